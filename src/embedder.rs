@@ -1,0 +1,260 @@
+//! The pipeline in one place: model files → config → tokenizer → session → pooling.
+
+use serde::Serialize;
+
+use crate::{
+    config::{ConfigError, ModelConfig},
+    hub::{HubError, ModelRepo},
+    pooling,
+    runtime::{Provider, RuntimeError, Session, SessionOptions},
+    tokenize::{TokenizeError, Tokenizer, Tokens},
+};
+
+pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmbedError {
+    #[error(transparent)]
+    Hub(#[from] HubError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenize(#[from] TokenizeError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("input {index} is longer than the model's maximum of {max} tokens (truncation is off)")]
+    TooLong { index: usize, max: usize },
+    #[error("model {model} gives {got}-dimensional vectors but its config says {expected}")]
+    DimensionMismatch { model: String, got: usize, expected: usize },
+}
+
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Hugging Face repo id or local directory.
+    pub model: String,
+    pub revision: Option<String>,
+    /// Path of the ONNX file inside the model; default `onnx/model.onnx`, then `model.onnx`.
+    pub onnx_file: Option<String>,
+    pub session: SessionOptions,
+    /// Padded tokens (rows × longest) per inference call: bounds memory and keeps batches fast.
+    pub max_batch_tokens: usize,
+    pub max_batch_size: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            model: DEFAULT_MODEL.to_string(),
+            revision: None,
+            onnx_file: None,
+            session: SessionOptions::default(),
+            max_batch_tokens: 16_384,
+            max_batch_size: 64,
+        }
+    }
+}
+
+/// What was loaded, for `/info`, logs and `--verbose`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub id: String,
+    pub revision: Option<String>,
+    pub onnx_file: String,
+    pub dimension: usize,
+    pub max_seq_length: usize,
+    pub pooling: &'static str,
+    pub provider: &'static str,
+    pub onnx_runtime_version: String,
+}
+
+pub struct Embeddings {
+    pub vectors: Vec<Vec<f32>>,
+    pub total_tokens: usize,
+}
+
+pub struct Embedder {
+    info: ModelInfo,
+    config: ModelConfig,
+    tokenizer: Tokenizer,
+    session: Session,
+    max_batch_tokens: usize,
+    max_batch_size: usize,
+}
+
+impl Embedder {
+    /// Resolves, loads and warms the model; the warm-up run also checks the dimension.
+    pub fn load(options: &EmbedderOptions) -> Result<Self, EmbedError> {
+        let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
+        let config = ModelConfig::load(&repo)?;
+        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json")?, config.max_seq_length)?;
+        let (onnx_file, onnx_path) = match &options.onnx_file {
+            Some(name) => (name.clone(), repo.file(name)?),
+            None => {
+                let path = repo.first_file(&["onnx/model.onnx", "model.onnx"])?;
+                let name = if path.ends_with("onnx/model.onnx") { "onnx/model.onnx" } else { "model.onnx" };
+                (name.to_string(), path)
+            }
+        };
+        // Large exports keep their weights beside the graph; fetch them into the same snapshot.
+        repo.optional_file(&format!("{onnx_file}_data"))?;
+        repo.optional_file(&format!("{onnx_file}.data"))?;
+        let session = Session::load(&onnx_path, &options.session)?;
+        let info = ModelInfo {
+            id: repo.id().to_string(),
+            revision: repo.revision().map(str::to_string),
+            onnx_file,
+            dimension: config.dimension,
+            max_seq_length: config.max_seq_length,
+            pooling: config.pooling.as_str(),
+            provider: session.provider().as_str(),
+            onnx_runtime_version: crate::runtime::init()?.to_string(),
+        };
+        let embedder = Self {
+            info,
+            config,
+            tokenizer,
+            session,
+            max_batch_tokens: options.max_batch_tokens.max(1),
+            max_batch_size: options.max_batch_size.max(1),
+        };
+        let warm = embedder.embed(&["warm-up"], true)?;
+        let got = warm.vectors.first().map_or(0, Vec::len);
+        if got != embedder.config.dimension {
+            return Err(EmbedError::DimensionMismatch {
+                model: embedder.info.id.clone(),
+                got,
+                expected: embedder.config.dimension,
+            });
+        }
+        tracing::info!(
+            model = %embedder.info.id,
+            revision = embedder.info.revision.as_deref().unwrap_or("local"),
+            onnx = %embedder.info.onnx_file,
+            dimension = embedder.info.dimension,
+            max_seq_length = embedder.info.max_seq_length,
+            pooling = embedder.info.pooling,
+            provider = embedder.info.provider,
+            "model loaded"
+        );
+        Ok(embedder)
+    }
+
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.session.provider()
+    }
+
+    pub fn dimension(&self) -> usize {
+        self.config.dimension
+    }
+
+    pub fn max_seq_length(&self) -> usize {
+        self.config.max_seq_length
+    }
+
+    pub fn max_batch_tokens(&self) -> usize {
+        self.max_batch_tokens
+    }
+
+    pub fn max_batch_size(&self) -> usize {
+        self.max_batch_size
+    }
+
+    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, EmbedError> {
+        Ok(self.tokenizer.encode(texts)?)
+    }
+
+    /// One inference call over `items` as a single padded batch; returns pooled, unnormalized
+    /// vectors in the same order. Callers keep batches within `max_batch_tokens`.
+    pub fn infer(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.tokenizer.batch(items);
+        let pooling = self.config.pooling;
+        let mask = batch.attention_mask.view();
+        Ok(self.session.run(&batch, |hidden| pooling::pool(hidden, mask, pooling))?)
+    }
+
+    /// Embeds tokenized texts in length-sorted batches (little padding), keeping input order.
+    pub fn embed_tokens(&self, tokens: &[Tokens], normalize: bool) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let mut order: Vec<usize> = (0..tokens.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
+        for range in plan_batches(order.iter().map(|&i| tokens[i].len()), self.max_batch_tokens, self.max_batch_size) {
+            let members = &order[range];
+            let items: Vec<&Tokens> = members.iter().map(|&i| &tokens[i]).collect();
+            for (&i, mut v) in members.iter().zip(self.infer(&items)?) {
+                if normalize {
+                    pooling::normalize(&mut v);
+                }
+                out[i] = v;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Texts longer than the model's maximum are truncated, as sentence-transformers does.
+    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S], normalize: bool) -> Result<Embeddings, EmbedError> {
+        let tokens = self.tokenize(texts)?;
+        let total_tokens = tokens.iter().map(Tokens::len).sum();
+        let vectors = self.embed_tokens(&tokens, normalize)?;
+        Ok(Embeddings { vectors, total_tokens })
+    }
+
+    /// Refuses texts that would be truncated, naming the first one.
+    pub fn check_lengths(&self, tokens: &[Tokens]) -> Result<(), EmbedError> {
+        match tokens.iter().position(|t| t.truncated) {
+            Some(index) => Err(EmbedError::TooLong { index, max: self.config.max_seq_length }),
+            None => Ok(()),
+        }
+    }
+
+}
+
+/// Splits lengths (sorted longest first) into consecutive batches whose padded size
+/// (rows × longest) stays within `max_tokens` and whose row count within `max_rows`.
+pub fn plan_batches(
+    lengths: impl IntoIterator<Item = usize>,
+    max_tokens: usize,
+    max_rows: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let mut batches = Vec::new();
+    let (mut start, mut width, mut rows) = (0usize, 0usize, 0usize);
+    let mut i = 0;
+    for len in lengths {
+        let new_width = width.max(len);
+        if rows > 0 && (rows + 1 > max_rows || (rows + 1) * new_width > max_tokens) {
+            batches.push(start..i);
+            start = i;
+            width = len;
+            rows = 1;
+        } else {
+            width = new_width;
+            rows += 1;
+        }
+        i += 1;
+    }
+    if rows > 0 {
+        batches.push(start..i);
+    }
+    batches
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::plan_batches;
+
+    #[test]
+    fn batches_respect_token_budget_and_row_limit() {
+        assert_eq!(plan_batches([10, 10, 10, 5], 25, 10), vec![0..2, 2..4]);
+        assert_eq!(plan_batches([3, 3, 3, 3, 3], 1000, 2), vec![0..2, 2..4, 4..5]);
+        // a single text longer than the budget still gets its own batch
+        assert_eq!(plan_batches([300, 2], 100, 8), vec![0..1, 1..2]);
+        assert!(plan_batches(std::iter::empty(), 100, 8).is_empty());
+    }
+}

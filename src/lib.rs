@@ -1,0 +1,16 @@
+//! akidb: text embeddings in process — tokenizers → ONNX Runtime → pooling → normalization.
+//!
+//! Data flows one way: [`hub`] finds the model's files, [`config`] reads what the model says about
+//! itself, [`tokenize`] and [`runtime`] turn text into hidden states, [`pooling`] into vectors;
+//! [`embedder`] ties them together and [`server`] puts them behind HTTP.
+
+pub mod config;
+pub mod embedder;
+pub mod hub;
+pub mod pooling;
+pub mod protocol;
+pub mod runtime;
+pub mod settings;
+pub mod tokenize;
+
+pub use embedder::{Embedder, EmbedderOptions, Embeddings, ModelInfo, DEFAULT_MODEL};

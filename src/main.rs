@@ -1,0 +1,135 @@
+use std::{
+    io::{Read, Write},
+    path::PathBuf,
+    time::Instant,
+};
+
+use akidb::{
+    protocol::{EmbedResponse, IndexedEmbedding, Usage},
+    settings::{FileSettings, ModelArgs},
+    Embedder,
+};
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Text embeddings in one binary: tokenizers + ONNX Runtime, in process.
+#[derive(Parser)]
+#[command(name = "akidb", version, about, long_about = None)]
+struct Cli {
+    /// TOML config file (see config.example.toml); flags and AKIDB_* variables override it
+    #[arg(long, global = true, env = "AKIDB_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed texts given as arguments, or one per line on stdin, and print JSON
+    Embed(EmbedArgs),
+}
+
+#[derive(clap::Args)]
+struct EmbedArgs {
+    /// Texts to embed; with none, one text per line is read from stdin
+    texts: Vec<String>,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Output: one JSON document (the seed API's response), or one {"index","embedding"} per line
+    #[arg(long, value_enum, default_value_t = Format::Json, env = "AKIDB_FORMAT")]
+    format: Format,
+    /// Return raw pooled vectors instead of unit-length ones
+    #[arg(long)]
+    no_normalize: bool,
+    /// Log what was loaded (model, revision, execution provider) to stderr
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Json,
+    Jsonl,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let verbose = matches!(&cli.command, Command::Embed(a) if a.verbose);
+    init_logging(if verbose { "info" } else { "warn" });
+    if let Err(e) = run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let file = FileSettings::load(cli.config.as_deref())?;
+    match cli.command {
+        Command::Embed(args) => embed(args, &file),
+    }
+}
+
+fn read_stdin_lines() -> Result<Vec<String>> {
+    let mut bytes = Vec::new();
+    std::io::stdin().read_to_end(&mut bytes).context("reading stdin")?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        anyhow::anyhow!("stdin is not valid UTF-8 (line {line}, byte {at})")
+    })?;
+    Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
+    if texts.is_empty() {
+        bail!("nothing to embed: pass texts as arguments or one per line on stdin");
+    }
+    let options = args.model.resolve(file);
+    let embedder = Embedder::load(&options).with_context(|| format!("loading model {}", options.model))?;
+    if args.verbose {
+        let info = embedder.info();
+        tracing::info!(
+            "model {} @ {} ({}), {} dims, max {} tokens, {} pooling, execution provider {}, ONNX Runtime {}",
+            info.id,
+            info.revision.as_deref().unwrap_or("local"),
+            info.onnx_file,
+            info.dimension,
+            info.max_seq_length,
+            info.pooling,
+            info.provider,
+            info.onnx_runtime_version
+        );
+    }
+    let started = Instant::now();
+    let out = embedder.embed(&texts, !args.no_normalize)?;
+    let duration_ms = started.elapsed().as_millis() as u64;
+
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        Format::Json => {
+            let response = EmbedResponse {
+                model: embedder.info().id.clone(),
+                embeddings: out.vectors,
+                usage: Usage { total_tokens: out.total_tokens, duration_ms },
+            };
+            serde_json::to_writer(&mut w, &response)?;
+            writeln!(w)?;
+        }
+        Format::Jsonl => {
+            for (index, embedding) in out.vectors.into_iter().enumerate() {
+                serde_json::to_writer(&mut w, &IndexedEmbedding { index, embedding })?;
+                writeln!(w)?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! The seed API's wire format, shared by `akidb embed` and `POST /api/v1/embed`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct EmbedRequest {
+    pub model: Option<String>,
+    pub inputs: Vec<String>,
+    pub normalize: Option<bool>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    pub model: String,
+    pub embeddings: Vec<Vec<f32>>,
+    pub usage: Usage,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Usage {
+    pub total_tokens: usize,
+    pub duration_ms: u64,
+}
+
+/// One line of `akidb embed --format jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexedEmbedding {
+    pub index: usize,
+    pub embedding: Vec<f32>,
+}

@@ -1,0 +1,257 @@
+//! ONNX Runtime: binding the linked library to `ort`, picking the execution provider, and running
+//! the transformer. build.rs links ONNX Runtime itself, so `ort` gets its API from here.
+
+use std::{ffi::CStr, path::Path, sync::OnceLock};
+
+use ndarray::{ArrayView3, Ix3};
+use ort::{
+    ep::{self, ExecutionProvider},
+    session::{
+        builder::{AutoDevicePolicy, GraphOptimizationLevel},
+        Session as OrtSession, SessionInputValue,
+    },
+    value::TensorRef,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::tokenize::Batch;
+
+/// The ONNX Runtime version pinned in Cargo.toml, which build.rs provided and linked.
+pub const PINNED_VERSION: &str = env!("AKIDB_ORT_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("the linked ONNX Runtime {found} does not provide API version {needed}; akidb needs ONNX Runtime {PINNED_VERSION} (rebuild with scripts/build-onnxruntime.sh, or point ORT_LIB_LOCATION at 1.{needed} or newer)")]
+    TooOld { found: String, needed: u32 },
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+    #[error("could not load ONNX model {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("the CoreML execution provider is not available in this build of ONNX Runtime (it is on macOS builds with --use_coreml); use --device auto or cpu")]
+    CoreMlUnavailable,
+    #[error("ONNX model {path} has no input named input_ids or attention_mask (inputs: {inputs})")]
+    UnsupportedInputs { path: String, inputs: String },
+    #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden]")]
+    UnexpectedOutput(Vec<usize>),
+}
+
+impl From<ort::Error> for RuntimeError {
+    fn from(e: ort::Error) -> Self {
+        RuntimeError::Ort(e.to_string())
+    }
+}
+
+struct Runtime {
+    version: String,
+    env: ort::environment::Environment,
+}
+
+static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+
+/// Hands the linked library's API to `ort` (once) and returns its version string.
+pub fn init() -> Result<&'static str, RuntimeError> {
+    runtime().map(|r| r.version.as_str())
+}
+
+fn runtime() -> Result<&'static Runtime, RuntimeError> {
+    let runtime = RUNTIME.get_or_init(|| {
+        // SAFETY: OrtGetApiBase is the library's C entry point; it returns a static struct whose
+        // function pointers stay valid for the life of the process.
+        let (version, api) = unsafe {
+            let base = ort::sys::OrtGetApiBase();
+            if base.is_null() {
+                return Err("OrtGetApiBase returned null".to_string());
+            }
+            let version = CStr::from_ptr(((*base).GetVersionString)()).to_string_lossy().into_owned();
+            let api = ((*base).GetApi)(ort::sys::ORT_API_VERSION);
+            if api.is_null() {
+                return Err(RuntimeError::TooOld { found: version, needed: ort::sys::ORT_API_VERSION }.to_string());
+            }
+            (version, (*api).clone())
+        };
+        ort::set_api(api);
+        let env = ort::init().with_name("akidb").build().map_err(|e| e.to_string())?;
+        Ok(Runtime { version, env })
+    });
+    runtime.as_ref().map_err(|message| RuntimeError::Ort(message.clone()))
+}
+
+/// Where inference runs. `Auto` takes CoreML when the linked library has it, else the CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    #[default]
+    Auto,
+    Cpu,
+    #[value(name = "coreml")]
+    #[serde(rename = "coreml")]
+    CoreMl,
+}
+
+/// The execution provider a session actually uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Provider {
+    #[serde(rename = "CPUExecutionProvider")]
+    Cpu,
+    #[serde(rename = "CoreMLExecutionProvider")]
+    CoreMl,
+}
+
+impl Provider {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Provider::Cpu => "CPUExecutionProvider",
+            Provider::CoreMl => "CoreMLExecutionProvider",
+        }
+    }
+}
+
+/// The device policy, separate from ONNX Runtime so it is testable on every platform.
+pub fn choose_provider(device: Device, coreml_available: bool) -> Result<Provider, RuntimeError> {
+    match (device, coreml_available) {
+        (Device::Cpu, _) | (Device::Auto, false) => Ok(Provider::Cpu),
+        (Device::Auto | Device::CoreMl, true) => Ok(Provider::CoreMl),
+        (Device::CoreMl, false) => Err(RuntimeError::CoreMlUnavailable),
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeUnits {
+    #[default]
+    All,
+    CpuAndGpu,
+    CpuAndNeuralEngine,
+    CpuOnly,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum CoreMlFormat {
+    #[default]
+    MlProgram,
+    NeuralNetwork,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CoreMlOptions {
+    pub compute_units: ComputeUnits,
+    pub model_format: CoreMlFormat,
+    pub static_input_shapes: bool,
+    /// Compiled CoreML models are kept here so restarts skip recompilation.
+    pub cache_dir: Option<std::path::PathBuf>,
+}
+
+impl CoreMlOptions {
+    pub fn to_ep(&self) -> ep::CoreML {
+        let mut coreml = ep::CoreML::default()
+            .with_compute_units(match self.compute_units {
+                ComputeUnits::All => ep::coreml::ComputeUnits::All,
+                ComputeUnits::CpuAndGpu => ep::coreml::ComputeUnits::CPUAndGPU,
+                ComputeUnits::CpuAndNeuralEngine => ep::coreml::ComputeUnits::CPUAndNeuralEngine,
+                ComputeUnits::CpuOnly => ep::coreml::ComputeUnits::CPUOnly,
+            })
+            .with_model_format(match self.model_format {
+                CoreMlFormat::MlProgram => ep::coreml::ModelFormat::MLProgram,
+                CoreMlFormat::NeuralNetwork => ep::coreml::ModelFormat::NeuralNetwork,
+            })
+            .with_static_input_shapes(self.static_input_shapes);
+        if let Some(dir) = &self.cache_dir {
+            coreml = coreml.with_model_cache_dir(dir.display());
+        }
+        coreml
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    pub device: Device,
+    /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
+    pub threads: Option<usize>,
+    pub coreml: CoreMlOptions,
+}
+
+/// A transformer session: token ids in, hidden states out.
+pub struct Session {
+    inner: Mutex<OrtSession>,
+    token_type_ids: bool,
+    output: String,
+    provider: Provider,
+}
+
+pub fn coreml_available() -> bool {
+    init().is_ok() && ep::CoreML::is_available().unwrap_or(false)
+}
+
+impl Session {
+    pub fn load(path: &Path, options: &SessionOptions) -> Result<Self, RuntimeError> {
+        let runtime = runtime()?;
+        let provider = choose_provider(options.device, coreml_available())?;
+        if options.device == Device::Auto && provider == Provider::Cpu {
+            tracing::debug!("CoreML is not available in the linked ONNX Runtime; running on the CPU");
+        }
+        let load_err = |e: ort::Error| RuntimeError::Load { path: path.display().to_string(), message: e.to_string() };
+        let mut builder = OrtSession::builder(&runtime.env)
+            .map_err(load_err)?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| load_err(e.into()))?
+            // Without this, ONNX Runtime's automatic device policy may pick an EP on its own.
+            .with_auto_device(AutoDevicePolicy::PreferCPU)
+            .map_err(|e| load_err(e.into()))?
+            .with_inter_threads(1)
+            .map_err(|e| load_err(e.into()))?;
+        if let Some(threads) = options.threads {
+            builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
+        }
+        if provider == Provider::CoreMl {
+            builder = builder
+                .with_execution_providers([options.coreml.to_ep().build().error_on_failure()])
+                .map_err(|e| load_err(e.into()))?;
+        }
+        let session = builder.commit_from_file(path).map_err(load_err)?;
+
+        let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
+        if !inputs.iter().any(|n| n == "input_ids") || !inputs.iter().any(|n| n == "attention_mask") {
+            return Err(RuntimeError::UnsupportedInputs { path: path.display().to_string(), inputs: inputs.join(", ") });
+        }
+        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let output = ["last_hidden_state", "token_embeddings"]
+            .into_iter()
+            .find(|name| outputs.iter().any(|o| o == name))
+            .map(str::to_string)
+            .or_else(|| outputs.first().cloned())
+            .ok_or_else(|| RuntimeError::Load { path: path.display().to_string(), message: "model has no outputs".into() })?;
+        tracing::debug!(?inputs, %output, provider = provider.as_str(), "ONNX session ready");
+        Ok(Self {
+            inner: Mutex::new(session),
+            token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
+            output,
+            provider,
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    /// Runs the batch and hands the hidden states `[batch, tokens, hidden]` to `f` without copying.
+    pub fn run<R>(&self, batch: &Batch, f: impl FnOnce(ArrayView3<'_, f32>) -> R) -> Result<R, RuntimeError> {
+        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
+            ("input_ids", TensorRef::from_array_view(batch.input_ids.view())?.into()),
+            ("attention_mask", TensorRef::from_array_view(batch.attention_mask.view())?.into()),
+        ];
+        if self.token_type_ids {
+            inputs.push(("token_type_ids", TensorRef::from_array_view(batch.token_type_ids.view())?.into()));
+        }
+        let mut session = self.inner.lock();
+        let outputs = session.run(inputs)?;
+        let value = outputs
+            .get(&self.output)
+            .ok_or_else(|| RuntimeError::Ort(format!("output {} missing from the run's results", self.output)))?;
+        let hidden = value.try_extract_array::<f32>()?;
+        let shape = hidden.shape().to_vec();
+        let hidden = hidden.into_dimensionality::<Ix3>().map_err(|_| RuntimeError::UnexpectedOutput(shape))?;
+        Ok(f(hidden))
+    }
+}

@@ -1,0 +1,148 @@
+//! Configuration: flags > `AKIDB_*` environment variables > `--config` TOML file > defaults.
+//! clap resolves flags and environment; the file and the defaults fill what is still unset.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::{
+    embedder::{EmbedderOptions, DEFAULT_MODEL},
+    runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("could not read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+/// Model and inference options, shared by `embed` and `serve`.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ModelArgs {
+    /// Hugging Face repo id (owner/name) or a local model directory [default: sentence-transformers/all-MiniLM-L6-v2]
+    #[arg(long, env = "AKIDB_EMBEDDING_MODEL")]
+    pub model: Option<String>,
+    /// Branch, tag or commit of the Hub repo [default: main]
+    #[arg(long, env = "AKIDB_MODEL_REVISION")]
+    pub revision: Option<String>,
+    /// ONNX file inside the model, e.g. onnx/model_quint8_avx2.onnx [default: onnx/model.onnx, then model.onnx]
+    #[arg(long, env = "AKIDB_ONNX_FILE")]
+    pub onnx_file: Option<String>,
+    /// Execution provider: auto (CoreML where the linked ONNX Runtime has it, else CPU), cpu, coreml [default: auto]
+    #[arg(long, env = "AKIDB_DEVICE", value_enum)]
+    pub device: Option<Device>,
+    /// Inference threads [default: one per physical core]
+    #[arg(long, env = "AKIDB_THREADS")]
+    pub threads: Option<usize>,
+    /// Padded tokens (texts × longest text) per inference call [default: 16384]
+    #[arg(long, env = "AKIDB_MAX_BATCH_TOKENS")]
+    pub max_batch_tokens: Option<usize>,
+    /// Texts per inference call [default: 64]
+    #[arg(long, env = "AKIDB_MAX_BATCH_SIZE")]
+    pub max_batch_size: Option<usize>,
+    /// CoreML compute units [default: all]
+    #[arg(long, env = "AKIDB_COREML_COMPUTE_UNITS", value_enum)]
+    pub coreml_compute_units: Option<ComputeUnits>,
+    /// CoreML model format [default: ml-program]
+    #[arg(long, env = "AKIDB_COREML_MODEL_FORMAT", value_enum)]
+    pub coreml_model_format: Option<CoreMlFormat>,
+    /// Ask CoreML for static input shapes [default: false]
+    #[arg(long, env = "AKIDB_COREML_STATIC_SHAPES", num_args = 0..=1, default_missing_value = "true")]
+    pub coreml_static_shapes: Option<bool>,
+    /// Where compiled CoreML models are cached [default: <user cache dir>/akidb/coreml]
+    #[arg(long, env = "AKIDB_COREML_CACHE_DIR")]
+    pub coreml_cache_dir: Option<PathBuf>,
+}
+
+/// The `--config` file. Unknown keys are errors, so a typo does not silently fall back.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub model: Option<String>,
+    pub revision: Option<String>,
+    pub onnx_file: Option<String>,
+    pub device: Option<Device>,
+    pub threads: Option<usize>,
+    pub max_batch_tokens: Option<usize>,
+    pub max_batch_size: Option<usize>,
+    #[serde(default)]
+    pub coreml: CoreMlFile,
+    #[serde(default)]
+    pub server: ServerFile,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoreMlFile {
+    pub compute_units: Option<ComputeUnits>,
+    pub model_format: Option<CoreMlFormat>,
+    pub static_input_shapes: Option<bool>,
+    pub cache_dir: Option<PathBuf>,
+}
+
+/// `[server]` keys; the server module applies them under its flags.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub served_model_name: Option<String>,
+    pub api_key: Option<String>,
+    pub payload_limit: Option<usize>,
+    pub max_inputs: Option<usize>,
+    pub max_concurrent_requests: Option<usize>,
+    pub max_batch_requests: Option<usize>,
+}
+
+impl FileSettings {
+    pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
+        toml::from_str(&text).map_err(|e| SettingsError::Parse { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+/// `~/Library/Caches/akidb/coreml` on macOS, `$XDG_CACHE_HOME/akidb/coreml` (or `~/.cache`) elsewhere.
+pub fn default_coreml_cache_dir() -> Option<PathBuf> {
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let base = if cfg!(target_os = "macos") {
+        home.map(|h| h.join("Library").join("Caches"))
+    } else {
+        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| home.map(|h| h.join(".cache")))
+    };
+    base.map(|b| b.join("akidb").join("coreml"))
+}
+
+impl ModelArgs {
+    /// Flags and environment (already in `self`) over the file over the defaults.
+    pub fn resolve(&self, file: &FileSettings) -> EmbedderOptions {
+        let defaults = EmbedderOptions::default();
+        EmbedderOptions {
+            model: self.model.clone().or_else(|| file.model.clone()).unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+            revision: self.revision.clone().or_else(|| file.revision.clone()),
+            onnx_file: self.onnx_file.clone().or_else(|| file.onnx_file.clone()),
+            session: SessionOptions {
+                device: self.device.or(file.device).unwrap_or_default(),
+                threads: self.threads.or(file.threads).filter(|&n| n > 0),
+                coreml: CoreMlOptions {
+                    compute_units: self.coreml_compute_units.or(file.coreml.compute_units).unwrap_or_default(),
+                    model_format: self.coreml_model_format.or(file.coreml.model_format).unwrap_or_default(),
+                    static_input_shapes: self.coreml_static_shapes.or(file.coreml.static_input_shapes).unwrap_or(false),
+                    cache_dir: self
+                        .coreml_cache_dir
+                        .clone()
+                        .or_else(|| file.coreml.cache_dir.clone())
+                        .or_else(default_coreml_cache_dir),
+                },
+            },
+            max_batch_tokens: self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(defaults.max_batch_tokens),
+            max_batch_size: self.max_batch_size.or(file.max_batch_size).unwrap_or(defaults.max_batch_size),
+        }
+    }
+}

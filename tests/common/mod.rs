@@ -1,0 +1,62 @@
+//! Shared test helpers: the real Hugging Face cache in ../shared/hf and the reference vectors.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::Once;
+
+pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+pub const TINY: &str = "akidb-test/tiny-bert-cls";
+
+pub fn shared_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("shared")
+}
+
+/// Points hf-hub at ../shared/hf, offline, unless the caller already chose a cache.
+pub fn hf_env() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("HF_HOME").is_none() {
+            std::env::set_var("HF_HOME", shared_dir().join("hf"));
+        }
+        if std::env::var_os("HF_HUB_OFFLINE").is_none() {
+            std::env::set_var("HF_HUB_OFFLINE", "1");
+        }
+    });
+}
+
+pub fn hf_home() -> PathBuf {
+    hf_env();
+    PathBuf::from(std::env::var_os("HF_HOME").expect("set by hf_env"))
+}
+
+/// `(text, embedding)` rows of ../shared/reference/<name>.dev.jsonl.
+pub fn reference(model: &str) -> Vec<(String, Vec<f32>)> {
+    let name = model.rsplit('/').next().expect("model id");
+    let path = shared_dir().join("reference").join(format!("{name}.dev.jsonl"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("reference row is JSON");
+            let text = v["text"].as_str().expect("text").to_string();
+            let emb = v["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("number") as f32).collect();
+            (text, emb)
+        })
+        .collect()
+}
+
+pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dimension mismatch");
+    let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+    let na: f64 = a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    let nb: f64 = b.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+    dot / (na * nb)
+}
+
+pub fn norm(a: &[f32]) -> f64 {
+    a.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt()
+}
+
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -1,0 +1,369 @@
+//! Checks scripts/build-onnxruntime.sh through its `--dry-run` output: the exact clone, build and
+//! merge commands for each mode and target, without running any of them. Nothing here depends on
+//! which tools are installed (in a dry run the script only notes a missing git, cmake or libtool),
+//! and every run writes to a fresh temporary directory, never to third_party/.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+const SCRIPT: &str = "scripts/build-onnxruntime.sh";
+
+/// The project root, canonical, so that it matches what the script computes with `cd ..; pwd`.
+fn root() -> PathBuf {
+    fs::canonicalize(env!("CARGO_MANIFEST_DIR")).expect("CARGO_MANIFEST_DIR exists")
+}
+
+/// `[package.metadata.onnxruntime] version` from Cargo.toml, the one place it is pinned.
+fn pinned_version() -> String {
+    let text = fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[package.metadata.onnxruntime]";
+        } else if in_section {
+            if let Some(value) = line.strip_prefix("version").map(str::trim).and_then(|l| l.strip_prefix('=')) {
+                return value.trim().trim_matches('"').to_string();
+            }
+        }
+    }
+    panic!("Cargo.toml has no [package.metadata.onnxruntime] version");
+}
+
+/// A new, empty directory under the system temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> TempDir {
+        static COUNTER: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("akidb-ort-script-{tag}-{}-{nanos}-{n}", std::process::id()));
+        fs::create_dir_all(&dir).expect("create temporary directory");
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` inside, as the UTF-8 string passed to the script and expected back.
+    fn join(&self, name: &str) -> String {
+        self.0.join(name).to_str().expect("temporary path is UTF-8").to_string()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs the script with `args` from the project root, in an environment that cannot change its
+/// defaults (no AKIDB_ORT_* overrides, no PYTHON).
+fn run_script(args: &[&str]) -> Output {
+    let root = root();
+    Command::new("bash")
+        .arg(SCRIPT)
+        .args(args)
+        .current_dir(&root)
+        .env("PWD", &root)
+        .env_remove("AKIDB_ORT_SOURCE")
+        .env_remove("AKIDB_ORT_SOURCE_CACHE")
+        .env_remove("AKIDB_ORT_TARGET")
+        .env_remove("PYTHON")
+        .output()
+        .expect("run bash (is bash installed?)")
+}
+
+/// Runs a dry run that must succeed and returns its `+ ` command lines.
+fn dry_run(args: &[&str]) -> Vec<String> {
+    let mut all = args.to_vec();
+    all.push("--dry-run");
+    let output = run_script(&all);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(
+        output.status.success(),
+        "bash {SCRIPT} {} failed ({})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        all.join(" "),
+        output.status
+    );
+    let commands: Vec<String> = stdout.lines().filter(|l| l.starts_with("+ ")).map(str::to_string).collect();
+    assert!(!commands.is_empty(), "no commands printed by bash {SCRIPT} {}\nstderr:\n{stderr}", all.join(" "));
+    commands
+}
+
+fn assert_has_line(commands: &[String], expected: &str) {
+    assert!(
+        commands.iter().any(|c| c == expected),
+        "expected the command line\n  {expected}\namong\n  {}",
+        commands.join("\n  ")
+    );
+}
+
+/// The one command line starting with `prefix`.
+fn line_starting<'a>(commands: &'a [String], prefix: &str) -> &'a str {
+    let found: Vec<&String> = commands.iter().filter(|c| c.starts_with(prefix)).collect();
+    assert_eq!(found.len(), 1, "expected one command starting with {prefix:?} among\n  {}", commands.join("\n  "));
+    found[0]
+}
+
+fn assert_no_line_contains(commands: &[String], needle: &str) {
+    if let Some(c) = commands.iter().find(|c| c.contains(needle)) {
+        panic!("no command should contain {needle:?}, but found\n  {c}");
+    }
+}
+
+#[test]
+fn from_source_macos_arm64_builds_coreml_and_merges_with_libtool() {
+    let v = pinned_version();
+    let tmp = TempDir::new("mac");
+    let cache = tmp.join("src");
+    let src = format!("{cache}/onnxruntime-{v}");
+    let build = format!("{src}/build/aarch64-apple-darwin");
+    // No --out: the default output directory is what build.rs reads. --force so that a stamp left
+    // by a real build on this machine cannot short-circuit the dry run (which writes nothing).
+    let commands = dry_run(&[
+        "--from-source",
+        "--target",
+        "aarch64-apple-darwin",
+        "--jobs",
+        "4",
+        "--source-cache",
+        &cache,
+        "--force",
+    ]);
+
+    assert_has_line(
+        &commands,
+        &format!(
+            "+ git clone --depth 1 --branch v{v} --recurse-submodules --shallow-submodules \
+             https://github.com/microsoft/onnxruntime.git {src}"
+        ),
+    );
+    assert_has_line(
+        &commands,
+        &format!(
+            "+ {src}/build.sh --config Release --build_dir {build} --update --build --parallel 4 \
+             --skip_tests --compile_no_warning_as_error --skip_submodule_sync --no_telemetry \
+             --use_coreml --osx_arch arm64 --apple_deploy_target 13.4 \
+             --cmake_extra_defines onnxruntime_BUILD_UNIT_TESTS=OFF CMAKE_POLICY_VERSION_MINIMUM=3.5"
+        ),
+    );
+
+    let out = root().join("third_party/onnxruntime/aarch64-apple-darwin");
+    let out = out.to_str().expect("UTF-8 path");
+    let libtool = line_starting(&commands, "+ libtool ");
+    let merge = format!("+ libtool -static -no_warning_for_no_symbols -o {out}/lib/libonnxruntime.a ");
+    assert!(libtool.starts_with(&merge), "libtool line:\n  {libtool}\nshould start with\n  {merge}");
+    for part in [
+        format!("{build}/Release/libonnxruntime_*.a"),
+        format!("{build}/Release/_deps/*-build/**/*.a"),
+        format!("{build}/Release/libcoreml_proto.a"),
+    ] {
+        assert!(libtool.contains(&part), "libtool line should merge {part}:\n  {libtool}");
+    }
+    assert_has_line(&commands, &format!("+ rm -rf {out}/lib"));
+    assert_no_line_contains(&commands, "ar -M");
+    assert_no_line_contains(&commands, "--allow_running_as_root");
+}
+
+#[test]
+fn from_source_linux_has_no_coreml_and_merges_with_ar() {
+    let v = pinned_version();
+    let tmp = TempDir::new("linux");
+    let cache = tmp.join("src");
+    let out = tmp.join("out");
+    let src = format!("{cache}/onnxruntime-{v}");
+    let build = format!("{src}/build/x86_64-unknown-linux-gnu");
+    let commands = dry_run(&[
+        "--from-source",
+        "--target",
+        "x86_64-unknown-linux-gnu",
+        "--jobs",
+        "2",
+        "--source-cache",
+        &cache,
+        "--out",
+        &out,
+    ]);
+
+    assert_has_line(
+        &commands,
+        &format!(
+            "+ git clone --depth 1 --branch v{v} --recurse-submodules --shallow-submodules \
+             https://github.com/microsoft/onnxruntime.git {src}"
+        ),
+    );
+    assert_has_line(
+        &commands,
+        &format!(
+            "+ {src}/build.sh --config Release --build_dir {build} --update --build --parallel 2 \
+             --skip_tests --compile_no_warning_as_error --skip_submodule_sync --no_telemetry \
+             --allow_running_as_root \
+             --cmake_extra_defines onnxruntime_BUILD_UNIT_TESTS=OFF CMAKE_POLICY_VERSION_MINIMUM=3.5"
+        ),
+    );
+    // rustc rejects the `framework` link kind off Apple targets: no CoreML EP on Linux.
+    assert_no_line_contains(&commands, "--use_coreml");
+    assert_no_line_contains(&commands, "--osx_arch");
+    assert_no_line_contains(&commands, "--apple_deploy_target");
+    assert_no_line_contains(&commands, "libtool");
+    assert_no_line_contains(&commands, "coreml_proto");
+
+    let ar = line_starting(&commands, "+ ar -M");
+    assert!(ar.contains(&format!("create {out}/lib/libonnxruntime.a;")), "ar line:\n  {ar}");
+    assert!(ar.contains(&format!("{build}/Release/libonnxruntime_*.a")), "ar line:\n  {ar}");
+    assert!(ar.contains(&format!("{build}/Release/_deps/*-build/**/*.a")), "ar line:\n  {ar}");
+    assert_has_line(&commands, &format!("+ ranlib {out}/lib/libonnxruntime.a"));
+}
+
+#[test]
+fn prebuilt_linux_downloads_the_manylinux_wheel() {
+    let v = pinned_version();
+    let tmp = TempDir::new("pre-linux");
+    let out = tmp.join("out");
+    let commands = dry_run(&["--prebuilt", "--target", "x86_64-unknown-linux-gnu", "--out", &out]);
+
+    let pip = line_starting(&commands, "+ python3 -m pip download ");
+    assert!(pip.contains(" --platform manylinux_2_28_x86_64 "), "pip line:\n  {pip}");
+    assert!(pip.contains(" --only-binary=:all: "), "pip line:\n  {pip}");
+    assert!(pip.ends_with(&format!(" onnxruntime=={v}")), "pip line should end with onnxruntime=={v}:\n  {pip}");
+    let lib = format!("libonnxruntime.so.{v}");
+    assert!(
+        commands.iter().any(|c| c.starts_with("+ cp ") && c.ends_with(&format!("/onnxruntime/capi/{lib} {out}/lib/"))),
+        "expected a cp of capi/{lib} into {out}/lib/ among\n  {}",
+        commands.join("\n  ")
+    );
+    assert_has_line(&commands, &format!("+ ln -sf {lib} {out}/lib/libonnxruntime.so.1"));
+    assert_has_line(&commands, &format!("+ ln -sf {lib} {out}/lib/libonnxruntime.so"));
+    assert_no_line_contains(&commands, "git clone");
+    assert_no_line_contains(&commands, "build.sh");
+}
+
+#[test]
+fn prebuilt_macos_downloads_the_arm64_wheel() {
+    let v = pinned_version();
+    let tmp = TempDir::new("pre-mac");
+    let out = tmp.join("out");
+    let commands = dry_run(&["--prebuilt", "--target", "aarch64-apple-darwin", "--out", &out]);
+
+    let pip = line_starting(&commands, "+ python3 -m pip download ");
+    assert!(pip.contains(" --platform macosx_14_0_arm64 "), "pip line:\n  {pip}");
+    assert!(pip.ends_with(&format!(" onnxruntime=={v}")), "pip line should end with onnxruntime=={v}:\n  {pip}");
+    let lib = format!("libonnxruntime.{v}.dylib");
+    assert!(
+        commands.iter().any(|c| c.starts_with("+ cp ") && c.ends_with(&format!("/onnxruntime/capi/{lib} {out}/lib/"))),
+        "expected a cp of capi/{lib} into {out}/lib/ among\n  {}",
+        commands.join("\n  ")
+    );
+    // The wheel's dylib has the install name @rpath/libonnxruntime.1.dylib.
+    assert_has_line(&commands, &format!("+ ln -sf {lib} {out}/lib/libonnxruntime.1.dylib"));
+    assert_has_line(&commands, &format!("+ ln -sf {lib} {out}/lib/libonnxruntime.dylib"));
+}
+
+#[test]
+fn unknown_flag_fails_with_a_clear_message() {
+    let output = run_script(&["--no-such-flag", "--dry-run"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "an unknown flag must fail; stderr:\n{stderr}");
+    assert!(stderr.contains("unknown argument: --no-such-flag"), "stderr should name the flag:\n{stderr}");
+    assert!(
+        !String::from_utf8_lossy(&output.stdout).lines().any(|l| l.starts_with("+ ")),
+        "nothing may run after a usage error"
+    );
+}
+
+#[test]
+fn bad_values_fail_with_a_clear_message() {
+    for (args, message) in [
+        (&["--jobs", "many", "--dry-run"][..], "--jobs takes a positive whole number"),
+        (&["--target", "riscv64gc-unknown-linux-gnu", "--dry-run"][..], "unsupported target riscv64gc-unknown-linux-gnu"),
+        (&["--prebuilt", "--target", "x86_64-apple-darwin", "--dry-run", "--out", "/nonexistent/akidb"][..], "use --from-source"),
+        (&["--target"][..], "--target needs a value"),
+    ] {
+        let output = run_script(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail; stderr:\n{stderr}");
+        assert!(stderr.contains(message), "{args:?}: stderr should contain {message:?}:\n{stderr}");
+    }
+}
+
+#[test]
+fn help_exits_zero() {
+    let output = run_script(&["--help"]);
+    assert!(output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("--from-source"));
+}
+
+#[test]
+fn dry_run_creates_no_files() {
+    let tmp = TempDir::new("nofiles");
+    let cache = tmp.join("src");
+    let out = tmp.join("out");
+    for args in [
+        &["--from-source", "--target", "aarch64-apple-darwin"][..],
+        &["--from-source", "--target", "x86_64-unknown-linux-gnu"][..],
+        &["--prebuilt", "--target", "x86_64-unknown-linux-gnu"][..],
+        &["--prebuilt", "--target", "aarch64-apple-darwin"][..],
+    ] {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--jobs", "3", "--source-cache", &cache, "--out", &out]);
+        dry_run(&all);
+        let left: Vec<PathBuf> = fs::read_dir(tmp.path()).expect("read temporary directory").flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "--dry-run {args:?} created {left:?}");
+    }
+}
+
+/// The scripts in scripts/: files with a shell shebang.
+fn shell_scripts() -> Vec<PathBuf> {
+    let mut scripts: Vec<PathBuf> = fs::read_dir(root().join("scripts"))
+        .expect("read scripts/")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "sh")
+                || fs::read_to_string(p).map(|t| t.lines().next().is_some_and(|l| l.starts_with("#!") && l.contains("sh"))).unwrap_or(false)
+        })
+        .collect();
+    scripts.sort();
+    assert!(!scripts.is_empty(), "no scripts found in scripts/");
+    scripts
+}
+
+#[test]
+fn scripts_parse_with_bash_n() {
+    for script in shell_scripts() {
+        let output = Command::new("bash").arg("-n").arg(&script).output().expect("run bash -n");
+        assert!(
+            output.status.success(),
+            "bash -n {} failed:\n{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
+#[test]
+fn scripts_are_shellcheck_clean() {
+    if Command::new("shellcheck").arg("--version").output().is_err() {
+        println!("shellcheck is not installed: skipped the shellcheck test (.ci/run installs it)");
+        return;
+    }
+    for script in shell_scripts() {
+        let output = Command::new("shellcheck").arg(&script).current_dir(root()).output().expect("run shellcheck");
+        assert!(
+            output.status.success(),
+            "shellcheck {} found problems:\n{}{}",
+            script.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

@@ -1,0 +1,138 @@
+//! The library pipeline against sentence-transformers' own vectors, through the real hf-hub cache
+//! and a real ONNX Runtime session.
+
+mod common;
+
+use std::sync::OnceLock;
+
+use akidb::{Embedder, EmbedderOptions};
+use common::{cosine, hf_env, max_abs_diff, norm, reference, MINILM, TINY};
+
+fn load(model: &str) -> Embedder {
+    hf_env();
+    Embedder::load(&EmbedderOptions { model: model.to_string(), ..Default::default() })
+        .unwrap_or_else(|e| panic!("loading {model}: {e}"))
+}
+
+fn minilm() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| load(MINILM))
+}
+
+fn tiny() -> &'static Embedder {
+    static E: OnceLock<Embedder> = OnceLock::new();
+    E.get_or_init(|| load(TINY))
+}
+
+fn check_reference(embedder: &Embedder, model: &str) {
+    let rows = reference(model);
+    assert!(rows.len() >= 10, "reference for {model} has only {} rows", rows.len());
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    let out = embedder.embed(&texts, true).expect("embed");
+    assert_eq!(out.vectors.len(), rows.len());
+    let mut worst = (1.0f64, String::new());
+    for ((text, want), got) in rows.iter().zip(&out.vectors) {
+        assert_eq!(got.len(), want.len(), "{model}: dimension");
+        let c = cosine(got, want);
+        if c < worst.0 {
+            worst = (c, text.clone());
+        }
+        assert!((norm(got) - 1.0).abs() < 1e-4, "{model}: not unit length for {text:?}");
+    }
+    assert!(worst.0 >= 0.9999, "{model}: cosine {} < 0.9999 for {:?}", worst.0, worst.1);
+}
+
+#[test]
+fn minilm_matches_sentence_transformers() {
+    check_reference(minilm(), MINILM);
+    let info = minilm().info();
+    assert_eq!((info.dimension, info.max_seq_length, info.pooling), (384, 256, "mean"));
+    assert_eq!(info.revision.as_deref(), Some("2e769ad2c3d58f341e499bab39d67dd9552519fc"));
+}
+
+#[test]
+fn tiny_cls_model_matches_sentence_transformers() {
+    check_reference(tiny(), TINY);
+    let info = tiny().info();
+    assert_eq!((info.dimension, info.max_seq_length, info.pooling), (32, 64, "cls"));
+}
+
+#[test]
+fn batch_equals_one_by_one_in_order() {
+    for (embedder, model) in [(minilm(), MINILM), (tiny(), TINY)] {
+        let rows = reference(model);
+        let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).take(20).collect();
+        let batch = embedder.embed(&texts, true).expect("batch").vectors;
+        for (i, text) in texts.iter().enumerate() {
+            let single = embedder.embed(&[*text], true).expect("single").vectors.remove(0);
+            let d = max_abs_diff(&batch[i], &single);
+            assert!(d < 1e-5, "{model}: row {i} differs by {d} between batch and single");
+        }
+    }
+}
+
+#[test]
+fn long_text_is_truncated_at_the_models_max_seq_length_not_the_tokenizer_files() {
+    let embedder = minilm();
+    let words: Vec<String> = (0..400).map(|i| format!("word{i}")).collect();
+    let prefix = |n: usize| words[..n].join(" ");
+    let len = |text: &str| embedder.tokenize(&[text]).expect("tokenize")[0].len();
+    let long = prefix(words.len());
+    let tokens = embedder.tokenize(&[long.as_str()]).expect("tokenize");
+    assert_eq!(tokens[0].len(), 256, "MiniLM's sentence_bert_config says 256; tokenizer.json says 128");
+    assert!(tokens[0].truncated);
+    assert_eq!(embedder.embed(&[long.as_str(), "hi"], true).unwrap().total_tokens, 256 + 3);
+
+    // The vector of the long text is that of its first 256 tokens, not of its first 128.
+    let n128 = (1..words.len()).find(|&n| len(&prefix(n)) >= 128).expect("a 128-token prefix");
+    let n256 = (n128..words.len()).find(|&n| len(&prefix(n)) >= 256).expect("a 256-token prefix");
+    let embed = |t: &str| embedder.embed(&[t], true).unwrap().vectors.remove(0);
+    let (v_full, v_128, v_256) = (embed(&long), embed(&prefix(n128)), embed(&prefix(n256)));
+    assert!(max_abs_diff(&v_full, &v_256) < 1e-5, "truncated at 256 tokens");
+    assert!(cosine(&v_full, &v_128) < 0.999, "not truncated at 128 tokens");
+
+    // The tiny model stops at its own 64.
+    assert_eq!(tiny().tokenize(&[long.as_str()]).expect("tokenize")[0].len(), 64);
+}
+
+#[test]
+fn normalize_off_gives_raw_pooled_vectors() {
+    let raw = minilm().embed(&["The quick brown fox"], false).unwrap().vectors.remove(0);
+    let unit = minilm().embed(&["The quick brown fox"], true).unwrap().vectors.remove(0);
+    assert!((norm(&raw) - 1.0).abs() > 0.01, "mean-pooled MiniLM vectors are not unit length");
+    assert!(cosine(&raw, &unit) > 0.99999);
+}
+
+#[test]
+fn empty_and_whitespace_texts_embed_without_error() {
+    let out = tiny().embed(&["", " ", "\t\n"], true).expect("embed");
+    assert_eq!(out.vectors.len(), 3);
+    assert!(out.vectors.iter().all(|v| v.len() == 32 && v.iter().all(|x| x.is_finite())));
+}
+
+#[test]
+fn truncation_check_names_the_offending_input() {
+    let long: String = "token ".repeat(500);
+    let tokens = tiny().tokenize(&["short", long.as_str()]).unwrap();
+    let err = tiny().check_lengths(&tokens).unwrap_err().to_string();
+    assert!(err.contains("input 1") && err.contains("64"), "{err}");
+    assert!(tiny().check_lengths(&tokens[..1]).is_ok());
+}
+
+#[test]
+fn quantized_onnx_file_is_selectable() {
+    hf_env();
+    let e = Embedder::load(&EmbedderOptions {
+        model: MINILM.to_string(),
+        onnx_file: Some("onnx/model_quint8_avx2.onnx".to_string()),
+        ..Default::default()
+    })
+    .expect("int8 model loads");
+    assert_eq!(e.info().onnx_file, "onnx/model_quint8_avx2.onnx");
+    let rows = reference(MINILM);
+    let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+    let out = e.embed(&texts, true).unwrap();
+    let worst = rows.iter().zip(&out.vectors).map(|((_, w), g)| cosine(g, w)).fold(1.0, f64::min);
+    // int8 is an approximation: close, not exact.
+    assert!(worst > 0.9, "int8 worst cosine {worst}");
+}
