@@ -184,6 +184,11 @@ provide_prebuilt() {
     run ln -sf "libonnxruntime.$VERSION.dylib" "$OUT/lib/libonnxruntime.1.dylib"
     run ln -sf "libonnxruntime.$VERSION.dylib" "$OUT/lib/libonnxruntime.dylib"
   fi
+  # ONNX Runtime's license and its dependencies' notices go with any binary that ships it.
+  run rm -rf "$OUT/licenses"
+  run mkdir -p "$OUT/licenses"
+  run cp "$tmp/wheel/onnxruntime/LICENSE" "$tmp/wheel/onnxruntime/ThirdPartyNotices.txt" \
+    "$tmp/wheel/onnxruntime/Privacy.md" "$OUT/licenses/"
   # The macOS arm64 wheel is built with the CoreML EP; the Linux one has the CPU EP only. Both
   # official builds have Microsoft's 1DS telemetry compiled in.
   if [ "$OS" = macos ]; then EPS="CPU, CoreML"; else EPS="CPU"; fi
@@ -273,6 +278,9 @@ provide_from_source() {
   fi
   run rm -rf "$OUT/lib"
   run mkdir -p "$OUT/lib"
+  run rm -rf "$OUT/licenses"
+  run mkdir -p "$OUT/licenses"
+  run cp "$src/LICENSE" "$src/ThirdPartyNotices.txt" "$OUT/licenses/"
   if [ "$OS" = macos ]; then
     run libtool -static -no_warning_for_no_symbols -o "$OUT/lib/libonnxruntime.a" "${archives[@]}"
   else
@@ -360,5 +368,5 @@ say "done: ONNX Runtime $VERSION ($MODE) for $TARGET"
 say "  execution providers: $EPS"
 say "  telemetry: $TELEMETRY"
 say "  time taken: $((ELAPSED / 60)) min $((ELAPSED % 60)) s"
-say "  library directory: $OUT/lib"
+say "  library directory: $OUT/lib (license and notices: $OUT/licenses)"
 if [ "$DRY_RUN" -eq 1 ]; then say "dry run: nothing was run and no file was written"; fi

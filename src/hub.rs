@@ -13,6 +13,8 @@ use hf_hub::{
 pub enum HubError {
     #[error("model '{0}' is neither a local directory nor a Hugging Face repo id (owner/name)")]
     InvalidModelId(String),
+    #[error("{repo}@{revision} is not in the Hugging Face cache at {cache} and HF_HUB_OFFLINE is set; run once online or unset HF_HUB_OFFLINE")]
+    RepoNotCached { repo: String, revision: String, cache: PathBuf },
     #[error("{file} of {repo}@{revision} is not in the Hugging Face cache at {cache} and HF_HUB_OFFLINE is set; run once online or unset HF_HUB_OFFLINE")]
     NotCached { repo: String, revision: String, file: String, cache: PathBuf },
     #[error("{repo}@{revision} has no {file}")]
@@ -45,7 +47,7 @@ pub struct ModelRepo {
 
 enum Kind {
     Local(PathBuf),
-    Cached { cache: Cache, snapshot: Option<PathBuf> },
+    Cached { cache: Cache, snapshot: PathBuf },
     Online { api: Box<ApiRepo>, files: Vec<String> },
 }
 
@@ -91,12 +93,11 @@ impl ModelRepo {
                     .ok()
                     .map(|sha| folder.join("snapshots").join(sha.trim()))
             };
-            let commit = snapshot.as_ref().and_then(|s| s.file_name()).map(|s| s.to_string_lossy().into_owned());
-            return Ok(Self {
-                id: model.to_string(),
-                revision: commit.or(Some(revision)),
-                kind: Kind::Cached { cache, snapshot: snapshot.filter(|s| s.is_dir()) },
-            });
+            let Some(snapshot) = snapshot.filter(|s| s.is_dir()) else {
+                return Err(HubError::RepoNotCached { repo: model.to_string(), revision, cache: cache.path().clone() });
+            };
+            let commit = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
+            return Ok(Self { id: model.to_string(), revision: commit, kind: Kind::Cached { cache, snapshot } });
         }
         let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
         let api = ApiBuilder::from_env()
@@ -156,7 +157,7 @@ impl ModelRepo {
     pub fn optional_file(&self, name: &str) -> Result<Option<PathBuf>, HubError> {
         match &self.kind {
             Kind::Local(dir) => Ok(Some(dir.join(name)).filter(|p| p.is_file())),
-            Kind::Cached { snapshot, .. } => Ok(snapshot.as_ref().map(|s| s.join(name)).filter(|p| p.is_file())),
+            Kind::Cached { snapshot, .. } => Ok(Some(snapshot.join(name)).filter(|p| p.is_file())),
             Kind::Online { api, files } => {
                 if !files.iter().any(|f| f == name) {
                     return Ok(None);

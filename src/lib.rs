@@ -10,6 +10,7 @@ pub mod hub;
 pub mod pooling;
 pub mod protocol;
 pub mod runtime;
+pub mod server;
 pub mod settings;
 pub mod tokenize;
 

@@ -6,6 +6,7 @@ use std::{
 
 use akidb::{
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
+    server::{shutdown_signal, Server, ServerArgs},
     settings::{FileSettings, ModelArgs},
     Embedder,
 };
@@ -27,6 +28,16 @@ struct Cli {
 enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON
     Embed(EmbedArgs),
+    /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    server: ServerArgs,
 }
 
 #[derive(clap::Args)]
@@ -54,8 +65,11 @@ enum Format {
 
 fn main() {
     let cli = Cli::parse();
-    let verbose = matches!(&cli.command, Command::Embed(a) if a.verbose);
-    init_logging(if verbose { "info" } else { "warn" });
+    let default_level = match &cli.command {
+        Command::Embed(a) if !a.verbose => "warn",
+        _ => "info",
+    };
+    init_logging(default_level);
     if let Err(e) = run(cli) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -65,14 +79,32 @@ fn main() {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 
 fn run(cli: Cli) -> Result<()> {
     let file = FileSettings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Embed(args) => embed(args, &file),
+        Command::Serve(args) => serve(args, &file),
     }
+}
+
+fn serve(args: ServeArgs, file: &FileSettings) -> Result<()> {
+    let options = args.model.resolve(file);
+    let config = args.server.resolve(&file.server);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let server = Server::bind(config).await?;
+        let addr = server.local_addr()?;
+        tracing::info!("listening on http://{addr} (model {} loading)", options.model);
+        let model = options.model.clone();
+        server
+            .run(move || Embedder::load(&options), shutdown_signal())
+            .await
+            .with_context(|| format!("serving model {model}"))
+    })
 }
 
 fn read_stdin_lines() -> Result<Vec<String>> {

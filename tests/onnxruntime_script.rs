@@ -135,7 +135,7 @@ fn from_source_macos_arm64_builds_coreml_and_merges_with_libtool() {
         "--jobs",
         "4",
         "--source-cache",
-        &cache,
+        cache.as_str(),
         "--force",
     ]);
 
@@ -188,9 +188,9 @@ fn from_source_linux_has_no_coreml_and_merges_with_ar() {
         "--jobs",
         "2",
         "--source-cache",
-        &cache,
+        cache.as_str(),
         "--out",
-        &out,
+        out.as_str(),
     ]);
 
     assert_has_line(
@@ -228,7 +228,7 @@ fn prebuilt_linux_downloads_the_manylinux_wheel() {
     let v = pinned_version();
     let tmp = TempDir::new("pre-linux");
     let out = tmp.join("out");
-    let commands = dry_run(&["--prebuilt", "--target", "x86_64-unknown-linux-gnu", "--out", &out]);
+    let commands = dry_run(&["--prebuilt", "--target", "x86_64-unknown-linux-gnu", "--out", out.as_str()]);
 
     let pip = line_starting(&commands, "+ python3 -m pip download ");
     assert!(pip.contains(" --platform manylinux_2_28_x86_64 "), "pip line:\n  {pip}");
@@ -251,7 +251,7 @@ fn prebuilt_macos_downloads_the_arm64_wheel() {
     let v = pinned_version();
     let tmp = TempDir::new("pre-mac");
     let out = tmp.join("out");
-    let commands = dry_run(&["--prebuilt", "--target", "aarch64-apple-darwin", "--out", &out]);
+    let commands = dry_run(&["--prebuilt", "--target", "aarch64-apple-darwin", "--out", out.as_str()]);
 
     let pip = line_starting(&commands, "+ python3 -m pip download ");
     assert!(pip.contains(" --platform macosx_14_0_arm64 "), "pip line:\n  {pip}");
@@ -283,8 +283,14 @@ fn unknown_flag_fails_with_a_clear_message() {
 fn bad_values_fail_with_a_clear_message() {
     for (args, message) in [
         (&["--jobs", "many", "--dry-run"][..], "--jobs takes a positive whole number"),
-        (&["--target", "riscv64gc-unknown-linux-gnu", "--dry-run"][..], "unsupported target riscv64gc-unknown-linux-gnu"),
-        (&["--prebuilt", "--target", "x86_64-apple-darwin", "--dry-run", "--out", "/nonexistent/akidb"][..], "use --from-source"),
+        (
+            &["--target", "riscv64gc-unknown-linux-gnu", "--dry-run"][..],
+            "unsupported target riscv64gc-unknown-linux-gnu",
+        ),
+        (
+            &["--prebuilt", "--target", "x86_64-apple-darwin", "--dry-run", "--out", "/nonexistent/akidb"][..],
+            "use --from-source",
+        ),
         (&["--target"][..], "--target needs a value"),
     ] {
         let output = run_script(args);
@@ -313,9 +319,10 @@ fn dry_run_creates_no_files() {
         &["--prebuilt", "--target", "aarch64-apple-darwin"][..],
     ] {
         let mut all = args.to_vec();
-        all.extend_from_slice(&["--jobs", "3", "--source-cache", &cache, "--out", &out]);
+        all.extend_from_slice(&["--jobs", "3", "--source-cache", cache.as_str(), "--out", out.as_str()]);
         dry_run(&all);
-        let left: Vec<PathBuf> = fs::read_dir(tmp.path()).expect("read temporary directory").flatten().map(|e| e.path()).collect();
+        let left: Vec<PathBuf> =
+            fs::read_dir(tmp.path()).expect("read temporary directory").flatten().map(|e| e.path()).collect();
         assert!(left.is_empty(), "--dry-run {args:?} created {left:?}");
     }
 }
@@ -329,7 +336,9 @@ fn shell_scripts() -> Vec<PathBuf> {
         .filter(|p| p.is_file())
         .filter(|p| {
             p.extension().is_some_and(|e| e == "sh")
-                || fs::read_to_string(p).map(|t| t.lines().next().is_some_and(|l| l.starts_with("#!") && l.contains("sh"))).unwrap_or(false)
+                || fs::read_to_string(p)
+                    .map(|t| t.lines().next().is_some_and(|l| l.starts_with("#!") && l.contains("sh")))
+                    .unwrap_or(false)
         })
         .collect();
     scripts.sort();
@@ -365,5 +374,84 @@ fn scripts_are_shellcheck_clean() {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
+    }
+}
+
+/// `[package] version` from Cargo.toml.
+fn package_version() -> String {
+    let text = fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
+    let mut in_section = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_section = line == "[package]";
+        } else if in_section {
+            if let Some(value) = line.strip_prefix("version").map(str::trim).and_then(|l| l.strip_prefix('=')) {
+                return value.trim().trim_matches('"').to_string();
+            }
+        }
+    }
+    panic!("Cargo.toml has no [package] version");
+}
+
+/// Runs scripts/package-release.sh --dry-run and returns its `+ ` command lines.
+fn package_dry_run(args: &[&str]) -> Vec<String> {
+    let root = root();
+    let output = Command::new("bash")
+        .arg("scripts/package-release.sh")
+        .args(args)
+        .arg("--dry-run")
+        .current_dir(&root)
+        .env("PWD", &root)
+        .env_remove("ORT_LIB_LOCATION")
+        .env_remove("ORT_LIB_PATH")
+        .output()
+        .expect("run bash");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "package-release.sh {args:?} --dry-run failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout.lines().filter(|l| l.starts_with("+ ")).map(str::to_string).collect()
+}
+
+#[test]
+fn package_release_dry_run_names_the_archive_and_writes_nothing() {
+    let v = package_version();
+    let root = root();
+    let root = root.to_str().expect("UTF-8 path");
+    for target in ["x86_64-unknown-linux-gnu", "aarch64-apple-darwin"] {
+        let tmp = TempDir::new("package");
+        let dist = tmp.join("dist");
+        let commands = package_dry_run(&["--target", target, "--dist", dist.as_str()]);
+        let stem = format!("akidb-{v}-{target}");
+
+        assert_has_line(
+            &commands,
+            &format!("+ cargo build --release --locked --manifest-path {root}/Cargo.toml --target {target}"),
+        );
+        let tar = line_starting(&commands, "+ tar ");
+        assert!(tar.starts_with(&format!("+ tar -C {dist}/.stage-{stem} ")), "tar line:\n  {tar}");
+        assert!(tar.ends_with(&format!(" -czf {dist}/{stem}.tar.gz {stem}")), "tar line:\n  {tar}");
+        for file in ["akidb", "README.md", "LICENSE", "config.example.toml"] {
+            assert!(
+                commands.iter().any(|c| c.starts_with("+ cp ") && c.ends_with(&format!("/{stem}/{file}"))),
+                "{target}: expected {file} copied into {stem}/ among\n  {}",
+                commands.join("\n  ")
+            );
+        }
+        let sums = line_starting(&commands, &format!("+ (cd {dist} && "));
+        assert!(sums.ends_with("akidb-*.tar.gz > SHA256SUMS)"), "checksum line:\n  {sums}");
+        if target.contains("apple") {
+            line_starting(&commands, "+ otool -L ");
+            assert_no_line_contains(&commands, "libonnxruntime.so");
+        }
+
+        let build_only = package_dry_run(&["--target", target, "--dist", dist.as_str(), "--skip-build"]);
+        assert_no_line_contains(&build_only, "cargo build");
+        let left: Vec<PathBuf> =
+            fs::read_dir(tmp.path()).expect("read temporary directory").flatten().map(|e| e.path()).collect();
+        assert!(left.is_empty(), "package-release.sh --dry-run created {left:?}");
     }
 }

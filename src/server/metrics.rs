@@ -1,0 +1,98 @@
+//! Prometheus metrics: what a dashboard needs to see batching, queueing and latency.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::EncodeLabelSet,
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{exponential_buckets, Histogram},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabels {
+    pub route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    pub batch_requests: Histogram,
+    pub batch_texts: Histogram,
+    pub inference_duration: Histogram,
+    pub queue_depth: Gauge,
+    pub tokens: Counter,
+    pub texts: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms … ~8 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("akidb");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 9));
+        let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 10));
+        let inference_duration = latency_histogram();
+        let queue_depth = Gauge::default();
+        let tokens = Counter::default();
+        let texts = Counter::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency by route", request_duration.clone());
+        registry.register("batch_requests", "Requests served by one batching round", batch_requests.clone());
+        registry.register("batch_size", "Texts per inference call", batch_texts.clone());
+        registry.register("inference_duration_seconds", "Time of one inference call", inference_duration.clone());
+        registry.register("queue_depth", "Requests waiting for the inference thread", queue_depth.clone());
+        registry.register("tokens", "Tokens embedded", tokens.clone());
+        registry.register("texts", "Texts embedded", texts.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            batch_requests,
+            batch_texts,
+            inference_duration,
+            queue_depth,
+            tokens,
+            texts,
+        }
+    }
+}
+
+impl Metrics {
+    pub fn observe_request(&self, route: &str, status: u16, elapsed: Duration) {
+        self.requests.get_or_create(&RequestLabels { route: route.to_string(), status }).inc();
+        self.request_duration.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_batch(&self, texts: usize, elapsed: Duration) {
+        self.batch_texts.observe(texts as f64);
+        self.inference_duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_round(&self, requests: usize) {
+        self.batch_requests.observe(requests as f64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

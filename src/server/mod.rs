@@ -1,0 +1,426 @@
+//! `akidb serve`: one axum router in front of the batching queue (router → queue → embedder, as
+//! text-embeddings-inference separates them). The listener is up before the model is loaded so
+//! `/health` can say 503 until the warm-up run is done.
+
+mod error;
+pub mod metrics;
+mod queue;
+mod routes;
+
+use std::{
+    future::Future,
+    sync::{Arc, OnceLock},
+    time::Instant,
+};
+
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    http::{header, StatusCode},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+use serde_json::json;
+use tokio::{net::TcpListener, sync::Semaphore};
+
+pub use self::error::{ApiError, Flavor};
+use self::{metrics::Metrics, queue::Queue};
+use crate::{embedder::EmbedError, settings::ServerFile, Embedder};
+
+/// Server limits and identity. Defaults are what a single-machine deployment wants.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Another name clients may send as `model` (besides the repo id and its short name).
+    pub served_model_name: Option<String>,
+    pub api_key: Option<String>,
+    pub payload_limit: usize,
+    pub max_inputs: usize,
+    pub max_concurrent_requests: usize,
+    pub max_batch_requests: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            served_model_name: None,
+            api_key: None,
+            payload_limit: 2_000_000,
+            max_inputs: 512,
+            max_concurrent_requests: 512,
+            max_batch_requests: 64,
+        }
+    }
+}
+
+/// Server flags; each falls back to `AKIDB_*`, then the `[server]` table of the config file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerArgs {
+    /// Address to bind [default: 127.0.0.1]
+    #[arg(long, env = "AKIDB_HOST")]
+    pub host: Option<String>,
+    /// Port to bind; 0 picks a free one [default: 8080]
+    #[arg(long, env = "AKIDB_PORT")]
+    pub port: Option<u16>,
+    /// Extra name accepted in requests' `model` field and returned in responses
+    #[arg(long, env = "AKIDB_SERVED_MODEL_NAME")]
+    pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` on every route but /health
+    #[arg(long, env = "AKIDB_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Largest request body in bytes; larger gets 413 [default: 2000000]
+    #[arg(long, env = "AKIDB_PAYLOAD_LIMIT")]
+    pub payload_limit: Option<usize>,
+    /// Most texts in one request; more gets 413 [default: 512]
+    #[arg(long, env = "AKIDB_MAX_INPUTS")]
+    pub max_inputs: Option<usize>,
+    /// Requests in flight or queued at once; more gets 429 with Retry-After [default: 512]
+    #[arg(long, env = "AKIDB_MAX_CONCURRENT_REQUESTS")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Requests merged into one batching round [default: 64]
+    #[arg(long, env = "AKIDB_MAX_BATCH_REQUESTS")]
+    pub max_batch_requests: Option<usize>,
+}
+
+impl ServerArgs {
+    pub fn resolve(&self, file: &ServerFile) -> ServerConfig {
+        let d = ServerConfig::default();
+        ServerConfig {
+            host: self.host.clone().or_else(|| file.host.clone()).unwrap_or(d.host),
+            port: self.port.or(file.port).unwrap_or(d.port),
+            served_model_name: self.served_model_name.clone().or_else(|| file.served_model_name.clone()),
+            api_key: self.api_key.clone().or_else(|| file.api_key.clone()).filter(|k| !k.is_empty()),
+            payload_limit: self.payload_limit.or(file.payload_limit).unwrap_or(d.payload_limit).max(1),
+            max_inputs: self.max_inputs.or(file.max_inputs).unwrap_or(d.max_inputs).max(1),
+            max_concurrent_requests: self
+                .max_concurrent_requests
+                .or(file.max_concurrent_requests)
+                .unwrap_or(d.max_concurrent_requests)
+                .max(1),
+            max_batch_requests: self.max_batch_requests.or(file.max_batch_requests).unwrap_or(d.max_batch_requests).max(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("could not bind {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Load(#[from] EmbedError),
+    #[error("server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+struct Engine {
+    embedder: Arc<Embedder>,
+    queue: Queue,
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    config: Arc<ServerConfig>,
+    engine: Arc<OnceLock<Engine>>,
+    limiter: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    started: Instant,
+}
+
+pub(crate) struct Embedded {
+    pub vectors: Vec<Vec<f32>>,
+    pub tokens: usize,
+}
+
+impl AppState {
+    fn new(config: ServerConfig) -> Self {
+        Self {
+            limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
+            config: Arc::new(config),
+            engine: Arc::new(OnceLock::new()),
+            metrics: Arc::new(Metrics::default()),
+            started: Instant::now(),
+        }
+    }
+
+    fn engine(&self) -> Result<&Engine, ApiError> {
+        self.engine
+            .get()
+            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading; retry shortly"))
+    }
+
+    fn model_name(&self) -> String {
+        match (&self.config.served_model_name, self.engine.get()) {
+            (Some(name), _) => name.clone(),
+            (None, Some(engine)) => engine.embedder.info().id.clone(),
+            (None, None) => String::new(),
+        }
+    }
+
+    fn dimension(&self) -> usize {
+        self.engine.get().map_or(0, |e| e.embedder.dimension())
+    }
+
+    /// The path every embedding route shares: validate, limit, tokenize, queue.
+    pub(crate) async fn embed(
+        &self,
+        model: Option<&str>,
+        texts: Vec<String>,
+        normalize: bool,
+        truncate: bool,
+    ) -> Result<Embedded, ApiError> {
+        let engine = self.engine()?;
+        if let Some(model) = model {
+            let info = engine.embedder.info();
+            let short = info.id.rsplit('/').next().unwrap_or(&info.id);
+            let known = model == info.id || model == short || self.config.served_model_name.as_deref() == Some(model);
+            if !known {
+                return Err(ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    format!("model '{model}' is not served here; this server serves '{}'", self.model_name()),
+                )
+                .param("model"));
+            }
+        }
+        if texts.is_empty() {
+            return Err(ApiError::unprocessable("inputs must not be empty"));
+        }
+        if texts.len() > self.config.max_inputs {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("{} inputs in one request; the limit is {}", texts.len(), self.config.max_inputs),
+            ));
+        }
+        let _permit =
+            self.limiter.try_acquire().map_err(|_| ApiError::overloaded(self.config.max_concurrent_requests))?;
+
+        let embedder = engine.embedder.clone();
+        let bytes: usize = texts.iter().map(String::len).sum();
+        // Small requests tokenize in place; large ones off the async workers.
+        let tokens = if bytes < 4096 {
+            embedder.tokenize(&texts)
+        } else {
+            tokio::task::spawn_blocking(move || embedder.tokenize(&texts))
+                .await
+                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}")))?
+        }
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if !truncate {
+            engine.embedder.check_lengths(&tokens).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+        }
+        let token_count: usize = tokens.iter().map(|t| t.len()).sum();
+        let text_count = tokens.len();
+        let vectors = engine.queue.embed(tokens, normalize).await.map_err(|e| match e {
+            queue::QueueError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            queue::QueueError::Inference(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        })?;
+        self.metrics.tokens.inc_by(token_count as u64);
+        self.metrics.texts.inc_by(text_count as u64);
+        Ok(Embedded { vectors, tokens: token_count })
+    }
+}
+
+async fn health(State(state): State<AppState>) -> Response {
+    match state.engine.get() {
+        Some(_) => Json(json!({ "status": "ok" })).into_response(),
+        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading" }))).into_response(),
+    }
+}
+
+async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let engine = state.engine()?;
+    let info = engine.embedder.info();
+    let c = &state.config;
+    Ok(Json(json!({
+        "model_id": info.id,
+        "served_model_name": state.model_name(),
+        "model_revision": info.revision,
+        "onnx_file": info.onnx_file,
+        "dimension": info.dimension,
+        "max_input_length": info.max_seq_length,
+        "pooling": info.pooling,
+        "execution_provider": info.provider,
+        "onnx_runtime_version": info.onnx_runtime_version,
+        "version": env!("CARGO_PKG_VERSION"),
+        "limits": {
+            "payload_limit": c.payload_limit,
+            "max_inputs": c.max_inputs,
+            "max_concurrent_requests": c.max_concurrent_requests,
+            "max_batch_requests": c.max_batch_requests,
+            "max_batch_tokens": engine.embedder.max_batch_tokens(),
+            "max_batch_size": engine.embedder.max_batch_size(),
+        },
+        "uptime_seconds": state.started.elapsed().as_secs(),
+    })))
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    let flavor = if request.uri().path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Native };
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path())).flavor(flavor)
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}", request.method(), request.uri().path()))
+}
+
+/// Counts and times every request, and logs one line for it.
+async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    state.metrics.observe_request(&route, status, elapsed);
+    tracing::info!(%method, %route, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    response
+}
+
+async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let Some(key) = state.config.api_key.as_deref() else { return next.run(request).await };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    if given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        return next.run(request).await;
+    }
+    let flavor = if request.uri().path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Native };
+    let mut response =
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>").flavor(flavor).into_response();
+    response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+    response
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The whole HTTP surface; `state` decides readiness, limits and auth.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/embed", post(routes::seed_embed))
+        .route("/v1/embeddings", post(routes::openai_embeddings))
+        .route("/embeddings", post(routes::openai_embeddings))
+        .route("/embed", post(routes::tei_embed))
+        .route("/api/embed", post(routes::ollama_embed))
+        .route("/health", get(health))
+        .route("/info", get(info))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(state.config.payload_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
+        .with_state(state)
+}
+
+/// A server whose model is loaded by `load` after the listener is up.
+pub struct Server {
+    state: AppState,
+    listener: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(config: ServerConfig) -> Result<Self, ServerError> {
+        let addr = format!("{}:{}", config.host, config.port);
+        let listener = TcpListener::bind(&addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        Ok(Self { state: AppState::new(config), listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
+    pub async fn run<L, S>(self, load: L, shutdown: S) -> Result<(), ServerError>
+    where
+        L: FnOnce() -> Result<Embedder, EmbedError> + Send + 'static,
+        S: Future<Output = ()> + Send + 'static,
+    {
+        let state = self.state.clone();
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<EmbedError>();
+        let loader = tokio::task::spawn_blocking(load);
+        let load_state = state.clone();
+        tokio::spawn(async move {
+            match loader.await {
+                Ok(Ok(embedder)) => {
+                    let embedder = Arc::new(embedder);
+                    let queue = Queue::start(embedder.clone(), load_state.config.max_batch_requests, load_state.metrics.clone());
+                    let _ = load_state.engine.set(Engine { embedder, queue });
+                    tracing::info!("model ready; /health is 200");
+                }
+                Ok(Err(e)) => {
+                    let _ = failed_tx.send(e);
+                }
+                Err(e) => tracing::error!("model loading task failed: {e}"),
+            }
+        });
+        let app = router(state);
+        let load_failure = Arc::new(parking_lot::Mutex::new(None::<EmbedError>));
+        let failure_slot = load_failure.clone();
+        let stop = async move {
+            tokio::select! {
+                () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
+                Ok(e) = failed_rx => { *failure_slot.lock() = Some(e); }
+            }
+        };
+        axum::serve(self.listener, app).with_graceful_shutdown(stop).await?;
+        let failure = load_failure.lock().take();
+        match failure {
+            Some(e) => Err(ServerError::Load(e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::warn!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
