@@ -255,3 +255,56 @@ impl Session {
         Ok(f(hidden))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_policy() {
+        assert_eq!(choose_provider(Device::Auto, false).unwrap(), Provider::Cpu);
+        assert_eq!(choose_provider(Device::Auto, true).unwrap(), Provider::CoreMl);
+        assert_eq!(choose_provider(Device::Cpu, true).unwrap(), Provider::Cpu);
+        assert_eq!(choose_provider(Device::CoreMl, true).unwrap(), Provider::CoreMl);
+        let err = choose_provider(Device::CoreMl, false).unwrap_err().to_string();
+        assert!(err.contains("CoreML execution provider is not available"), "{err}");
+    }
+
+    #[test]
+    fn auto_is_cpu_where_the_linked_runtime_has_no_coreml() {
+        if cfg!(target_os = "macos") {
+            return; // the macOS builds carry CoreML
+        }
+        assert!(!coreml_available());
+        assert_eq!(choose_provider(Device::Auto, coreml_available()).unwrap(), Provider::Cpu);
+    }
+
+    #[test]
+    fn coreml_options_map_onto_ort_keys() {
+        let options = CoreMlOptions {
+            compute_units: ComputeUnits::CpuAndNeuralEngine,
+            model_format: CoreMlFormat::MlProgram,
+            static_input_shapes: true,
+            cache_dir: Some("/tmp/akidb-coreml".into()),
+        };
+        let ep = format!("{:?}", options.to_ep());
+        for needle in [
+            "MLComputeUnits",
+            "CPUAndNeuralEngine",
+            "ModelFormat",
+            "MLProgram",
+            "RequireStaticInputShapes",
+            "ModelCacheDirectory",
+            "/tmp/akidb-coreml",
+        ] {
+            assert!(ep.contains(needle), "{needle} not in {ep}");
+        }
+        let ep = format!("{:?}", CoreMlOptions { compute_units: ComputeUnits::CpuOnly, ..Default::default() }.to_ep());
+        assert!(ep.contains("CPUOnly") && !ep.contains("ModelCacheDirectory"), "{ep}");
+    }
+
+    #[test]
+    fn the_linked_runtime_is_the_pinned_version() {
+        assert_eq!(init().unwrap(), PINNED_VERSION);
+    }
+}

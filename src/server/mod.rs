@@ -424,3 +424,71 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The router without a model: readiness, routing, content types and auth, driven with
+    //! `tower::ServiceExt::oneshot` as axum's own examples do.
+    use axum::body::{to_bytes, Body};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn call(app: Router, request: axum::http::Request<Body>) -> (StatusCode, serde_json::Value) {
+        let response = app.oneshot(request).await.expect("infallible");
+        let status = response.status();
+        let bytes = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+        (status, serde_json::from_slice(&bytes).expect("JSON body"))
+    }
+
+    fn post(path: &str, content_type: &str, body: &str) -> axum::http::Request<Body> {
+        axum::http::Request::post(path).header("content-type", content_type).body(Body::from(body.to_string())).unwrap()
+    }
+
+    #[tokio::test]
+    async fn before_the_model_is_loaded_health_and_embeddings_are_503() {
+        let app = router(AppState::new(ServerConfig::default()));
+        let (s, v) = call(app.clone(), axum::http::Request::get("/health").body(Body::empty()).unwrap()).await;
+        assert_eq!((s, v["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("loading")));
+        let (s, v) = call(app.clone(), post("/api/v1/embed", "application/json", r#"{"inputs":["a"]}"#)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v["error_type"], "unhealthy");
+        let (s, v) = call(app, post("/v1/embeddings", "application/json", r#"{"input":"a"}"#)).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(v["error"]["type"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn content_type_and_json_are_checked_before_anything_else() {
+        let app = router(AppState::new(ServerConfig::default()));
+        let (s, _) = call(app.clone(), post("/embed", "text/plain", r#"{"inputs":"a"}"#)).await;
+        assert_eq!(s, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let (s, v) = call(app.clone(), post("/embed", "application/json; charset=utf-8", r#"{"inputs":"#)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+        let (s, v) = call(app, post("/embed", "application/json", r#"{"inputs": 5}"#)).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "the request's shape is checked before readiness: {v}");
+    }
+
+    #[tokio::test]
+    async fn unknown_routes_and_methods_are_json_errors() {
+        let app = router(AppState::new(ServerConfig::default()));
+        let (s, v) = call(app.clone(), axum::http::Request::get("/v1/models/x").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        assert_eq!(v["error"]["code"], "not_found");
+        let (s, v) = call(app, axum::http::Request::get("/api/v1/embed").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+        assert!(v["error"].as_str().unwrap().contains("GET"));
+    }
+
+    #[tokio::test]
+    async fn api_key_is_required_except_on_health() {
+        let app = router(AppState::new(ServerConfig { api_key: Some("k".into()), ..Default::default() }));
+        let (s, _) = call(app.clone(), axum::http::Request::get("/health").body(Body::empty()).unwrap()).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "health answers without a key");
+        let (s, v) = call(app.clone(), axum::http::Request::get("/info").body(Body::empty()).unwrap()).await;
+        assert_eq!((s, v["error_type"].as_str()), (StatusCode::UNAUTHORIZED, Some("authentication")));
+        let authorized = axum::http::Request::get("/info").header("authorization", "Bearer k").body(Body::empty()).unwrap();
+        let (s, _) = call(app, authorized).await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "past auth, the model is not loaded yet");
+    }
+}

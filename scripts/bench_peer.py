@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""The Python peer of akidb's benchmarks: the same embedding pipeline, done the usual Python way.
+
+onnxruntime (InferenceSession, CPUExecutionProvider, ORT_ENABLE_ALL, intra-op threads =
+os.cpu_count() unless --threads) + tokenizers (Tokenizer.from_file, truncation at the model's
+max_seq_length from sentence_bert_config.json, padding to the longest text of each batch,
+encode_batch) + numpy pooling (mean over the attention mask, or CLS, as 1_Pooling/config.json says)
+and L2 normalization. Needs onnxruntime, tokenizers and numpy (scripts/bench-venv.sh installs them).
+
+Modes (each prints one JSON line on stdout):
+
+  --mode throughput --corpus FILE [--batch 32] [--repeat 3]
+      Texts sorted by token length (once, untimed), cut into batches; one warm-up pass, then
+      --repeat timed passes of tokenize + run + pool + normalize over every batch; the best pass
+      is reported: {"impl","mode","texts","tokens","seconds","texts_per_s","tokens_per_s"}.
+      "tokens" counts real (not padding) tokens after truncation.
+  --mode latency --text T [--iterations 300] [--warmup 30]
+      One text end to end (tokenize + run + pool + normalize) per call:
+      {"impl","mode","p50_ms","p95_ms","p99_ms","mean_ms","iterations"}.
+  --check REFERENCE.jsonl   (or --mode check --reference FILE)
+      Embeds every {"text","embedding"} line and reports the minimum cosine to the reference;
+      exits 1 if it is below --min-cosine (default 0.9999).
+  --mode stats --corpus FILE
+      The corpus' token-length distribution (before and after truncation); runs no model.
+
+Model: --model-dir DIR, else the snapshot that $HF_HOME/hub/models--<org>--<name>/refs/main names
+(HF_HOME defaults to ../shared/hf beside the repo, then ~/.cache/huggingface); --model picks the
+repo (default sentence-transformers/all-MiniLM-L6-v2), --onnx-file the graph inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def die(message: str) -> None:
+    print(f"bench_peer: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def resolve_model_dir(model: str) -> str:
+    candidates = []
+    if os.environ.get("HF_HOME"):
+        candidates.append(os.environ["HF_HOME"])
+    else:
+        candidates.append(os.path.join(ROOT, "..", "shared", "hf"))
+        candidates.append(os.path.join(os.path.expanduser("~"), ".cache", "huggingface"))
+    repo_dir = "models--" + model.replace("/", "--")
+    for home in candidates:
+        ref = os.path.join(home, "hub", repo_dir, "refs", "main")
+        if os.path.isfile(ref):
+            with open(ref, encoding="utf-8") as f:
+                commit = f.read().strip()
+            snapshot = os.path.join(home, "hub", repo_dir, "snapshots", commit)
+            if os.path.isdir(snapshot):
+                return os.path.abspath(snapshot)
+            die(f"{ref} names snapshot {commit}, but {snapshot} is missing")
+    die(
+        f"no Hugging Face cache of {model} (looked for hub/{repo_dir}/refs/main under "
+        f"{', '.join(candidates)}); set HF_HOME or pass --model-dir"
+    )
+    raise AssertionError  # unreachable
+
+
+def read_json(path: str, what: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        die(f"{what} not found: {path}")
+    except json.JSONDecodeError as e:
+        die(f"{what} is not valid JSON ({path}): {e}")
+    raise AssertionError  # unreachable
+
+
+class Embedder:
+    def __init__(self, model_dir: str, onnx_file: str, threads: int | None):
+        try:
+            import numpy as np
+            import onnxruntime as ort
+            from tokenizers import Tokenizer
+        except ImportError as e:
+            die(f"{e.name} is not installed; run scripts/bench-peer.sh (it makes target/bench-venv) "
+                "or pip install onnxruntime tokenizers numpy")
+        self.np = np
+        st = read_json(os.path.join(model_dir, "sentence_bert_config.json"), "sentence_bert_config.json")
+        self.max_seq_length = int(st["max_seq_length"])
+        pooling = read_json(os.path.join(model_dir, "1_Pooling", "config.json"), "1_Pooling/config.json")
+        if pooling.get("pooling_mode_mean_tokens"):
+            self.pooling = "mean"
+        elif pooling.get("pooling_mode_cls_token"):
+            self.pooling = "cls"
+        else:
+            die(f"unsupported pooling in {model_dir}/1_Pooling/config.json (mean or CLS only)")
+
+        tok_path = os.path.join(model_dir, "tokenizer.json")
+        if not os.path.isfile(tok_path):
+            die(f"tokenizer.json not found in {model_dir}")
+        self.tokenizer = Tokenizer.from_file(tok_path)
+        # tokenizer.json may carry fixed padding/truncation (MiniLM's says 128): replace both.
+        pad = self.tokenizer.padding or {}
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        self.tokenizer.enable_padding(
+            pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0), pad_token=pad.get("pad_token", "[PAD]")
+        )
+
+        onnx_path = os.path.join(model_dir, onnx_file)
+        if not os.path.isfile(onnx_path):
+            die(f"ONNX file not found: {onnx_path}")
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads if threads else (os.cpu_count() or 1)
+        self.threads = opts.intra_op_num_threads
+        self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+        unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        if unknown:
+            die(f"{onnx_path} wants inputs this peer does not provide: {sorted(unknown)}")
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+
+    def encode(self, texts: list[str]):
+        return self.tokenizer.encode_batch(texts)
+
+    def embed_encodings(self, encodings):
+        np = self.np
+        ids = np.array([e.ids for e in encodings], dtype=np.int64)
+        mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self.inputs:
+            feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        hidden = self.session.run([self.output], feeds)[0]
+        if self.pooling == "mean":
+            m = mask[:, :, None].astype(hidden.dtype)
+            pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        else:
+            pooled = hidden[:, 0, :]
+        norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+        return pooled / np.clip(norms, 1e-12, None)
+
+    def embed(self, texts: list[str]):
+        return self.embed_encodings(self.encode(texts))
+
+
+def read_corpus(path: str) -> list[str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            texts = [line.rstrip("\n") for line in f if line.strip()]
+    except FileNotFoundError:
+        die(f"corpus not found: {path}")
+    if not texts:
+        die(f"corpus {path} has no texts")
+    return texts
+
+
+def emit(record: dict) -> None:
+    print(json.dumps(record), flush=True)
+
+
+def throughput(emb: Embedder, texts: list[str], batch: int, repeat: int) -> None:
+    lengths = [sum(e.attention_mask) for e in emb.encode(texts)]
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    batches = [[texts[i] for i in order[s : s + batch]] for s in range(0, len(order), batch)]
+    tokens = sum(lengths)
+
+    def one_pass() -> float:
+        start = time.perf_counter()
+        for b in batches:
+            emb.embed(b)
+        return time.perf_counter() - start
+
+    one_pass()  # warm-up
+    best = min(one_pass() for _ in range(repeat))
+    emit({
+        "impl": "python", "mode": "throughput", "texts": len(texts), "tokens": tokens,
+        "seconds": round(best, 6), "texts_per_s": round(len(texts) / best, 3),
+        "tokens_per_s": round(tokens / best, 3),
+    })
+
+
+def latency(emb: Embedder, text: str, iterations: int, warmup: int) -> None:
+    np = emb.np
+    for _ in range(warmup):
+        emb.embed([text])
+    samples = np.empty(iterations, dtype=np.float64)
+    for i in range(iterations):
+        start = time.perf_counter_ns()
+        emb.embed([text])
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+    emit({
+        "impl": "python", "mode": "latency", "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
+        "p99_ms": round(float(p99), 4), "mean_ms": round(float(samples.mean()), 4), "iterations": iterations,
+    })
+
+
+def check(emb: Embedder, reference: str, min_cosine: float, batch: int) -> int:
+    np = emb.np
+    texts, refs = [], []
+    try:
+        with open(reference, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    texts.append(row["text"])
+                    refs.append(row["embedding"])
+    except FileNotFoundError:
+        die(f"reference file not found: {reference}")
+    except (json.JSONDecodeError, KeyError) as e:
+        die(f"{reference}:{n}: expected {{\"text\", \"embedding\"}} JSON: {e}")
+    if not texts:
+        die(f"{reference} has no rows")
+    got = np.concatenate([emb.embed(texts[s : s + batch]) for s in range(0, len(texts), batch)])
+    want = np.asarray(refs, dtype=np.float64)
+    if want.shape != got.shape:
+        die(f"reference vectors are {want.shape[1]}-dimensional, the model gives {got.shape[1]}")
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    cos = (got.astype(np.float64) * want).sum(axis=1)
+    worst = int(cos.argmin())
+    ok = bool(cos[worst] >= min_cosine)
+    emit({
+        "impl": "python", "mode": "check", "texts": len(texts), "min_cosine": round(float(cos[worst]), 8),
+        "mean_cosine": round(float(cos.mean()), 8), "worst_text": texts[worst][:80], "threshold": min_cosine, "ok": ok,
+    })
+    if not ok:
+        print(f"bench_peer: FAIL: min cosine {cos[worst]:.6f} < {min_cosine} (text: {texts[worst][:80]!r})", file=sys.stderr)
+    return 0 if ok else 1
+
+
+def stats(model_dir: str, texts: list[str]) -> None:
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        die("tokenizers is not installed (pip install tokenizers)")
+    max_len = int(read_json(os.path.join(model_dir, "sentence_bert_config.json"), "sentence_bert_config.json")["max_seq_length"])
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tok.no_padding()
+    tok.no_truncation()
+    full = [len(e.ids) for e in tok.encode_batch(texts)]
+    used = [min(n, max_len) for n in full]
+    bands = [("<10", 0, 9), ("10-30", 10, 30), ("31-100", 31, 100), ("101-256", 101, 256), (">256", 257, 10**9)]
+    counts = {name: sum(lo <= n <= hi for n in full) for name, lo, hi in bands}
+    q = statistics.quantiles(full, n=20)
+    emit({
+        "mode": "stats", "texts": len(texts), "max_seq_length": max_len, "bands": counts,
+        "min": min(full), "p05": q[0], "p25": q[4], "median": statistics.median(full), "p75": q[14],
+        "p95": q[18], "max": max(full), "mean": round(statistics.fmean(full), 1),
+        "truncated": sum(n > max_len for n in full), "tokens_after_truncation": sum(used),
+    })
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description="Python peer for akidb's benchmarks (onnxruntime + tokenizers + numpy).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    ap.add_argument("--mode", choices=["throughput", "latency", "check", "stats"])
+    ap.add_argument("--corpus", help="texts, one per line (throughput, stats)")
+    ap.add_argument("--batch", type=int, default=32, help="texts per inference call (default 32)")
+    ap.add_argument("--repeat", type=int, default=3, help="timed passes over the corpus; best wins (default 3)")
+    ap.add_argument("--text", default="The quick brown fox jumps over the lazy dog.", help="latency text")
+    ap.add_argument("--iterations", type=int, default=300, help="timed latency calls (default 300)")
+    ap.add_argument("--warmup", type=int, default=30, help="untimed latency calls first (default 30)")
+    ap.add_argument("--check", metavar="REFERENCE.jsonl", help="same as --mode check --reference FILE")
+    ap.add_argument("--reference", help="reference jsonl for --mode check")
+    ap.add_argument("--min-cosine", type=float, default=0.9999, help="check threshold (default 0.9999)")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub repo id to find in HF_HOME (default {DEFAULT_MODEL})")
+    ap.add_argument("--model-dir", help="model snapshot directory (default: from $HF_HOME, see below)")
+    ap.add_argument("--onnx-file", default="onnx/model.onnx", help="ONNX graph inside the model (default onnx/model.onnx)")
+    ap.add_argument("--threads", type=int, help="intra-op threads (default os.cpu_count())")
+    args = ap.parse_args()
+
+    mode = args.mode
+    if args.check:
+        if mode not in (None, "check"):
+            die("--check cannot be combined with --mode " + mode)
+        mode, args.reference = "check", args.check
+    if mode is None:
+        ap.error("give --mode throughput|latency|check|stats or --check REFERENCE.jsonl")
+    for name in ("batch", "repeat", "iterations"):
+        if getattr(args, name) < 1:
+            die(f"--{name} must be at least 1")
+    if args.warmup < 0 or (args.threads is not None and args.threads < 1):
+        die("--warmup must be >= 0 and --threads >= 1")
+    if mode in ("throughput", "stats") and not args.corpus:
+        die(f"--mode {mode} needs --corpus FILE")
+    if mode == "check" and not args.reference:
+        die("--mode check needs --reference FILE (or use --check FILE)")
+
+    model_dir = args.model_dir or resolve_model_dir(args.model)
+    if not os.path.isdir(model_dir):
+        die(f"model directory not found: {model_dir}")
+    if mode == "stats":
+        stats(model_dir, read_corpus(args.corpus))
+        return
+    corpus = read_corpus(args.corpus) if mode == "throughput" else None
+    emb = Embedder(model_dir, args.onnx_file, args.threads)
+    if mode == "throughput":
+        throughput(emb, corpus, args.batch, args.repeat)
+    elif mode == "latency":
+        latency(emb, args.text, args.iterations, args.warmup)
+    else:
+        sys.exit(check(emb, args.reference, args.min_cosine, args.batch))
+
+
+if __name__ == "__main__":
+    main()
