@@ -1,5 +1,7 @@
 //! The pipeline in one place: model files → config → tokenizer → session → pooling.
 
+use std::path::{Path, PathBuf};
+
 use serde::Serialize;
 
 use crate::{
@@ -98,7 +100,11 @@ impl Embedder {
         // Large exports keep their weights beside the graph; fetch them into the same snapshot.
         repo.optional_file(&format!("{onnx_file}_data"))?;
         repo.optional_file(&format!("{onnx_file}.data"))?;
-        let session = Session::load(&onnx_path, &options.session)?;
+        let mut session_options = options.session.clone();
+        if let Some(dir) = &session_options.coreml.cache_dir {
+            session_options.coreml.cache_dir = Some(coreml_cache_dir(dir, &repo, &onnx_file, &onnx_path));
+        }
+        let session = Session::load(&onnx_path, &session_options)?;
         let info = ModelInfo {
             id: repo.id().to_string(),
             revision: repo.revision().map(str::to_string),
@@ -213,6 +219,16 @@ impl Embedder {
         }
     }
 
+}
+
+/// Compiled CoreML models are only valid for one model file and one ONNX Runtime version
+/// (cached models have broken across versions), so the cache directory is keyed by both.
+fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, onnx_path: &Path) -> PathBuf {
+    let size = std::fs::metadata(onnx_path).map_or(0, |m| m.len());
+    let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
+    base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION))
+        .join(clean(repo.id()))
+        .join(format!("{}-{}-{size}", repo.revision().unwrap_or("local"), clean(onnx_file)))
 }
 
 /// Splits lengths (sorted longest first) into consecutive batches whose padded size

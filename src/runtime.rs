@@ -205,9 +205,20 @@ impl Session {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
         }
         if provider == Provider::CoreMl {
+            // ONNX Runtime reports CoreML's partitioning (nodes on CoreML vs the CPU) at info
+            // level; it reaches the log through ort's tracing bridge (RUST_LOG=ort=info).
             builder = builder
+                .with_log_level(ort::logging::LogLevel::Info)
+                .map_err(|e| load_err(e.into()))?
                 .with_execution_providers([options.coreml.to_ep().build().error_on_failure()])
                 .map_err(|e| load_err(e.into()))?;
+            tracing::info!(
+                compute_units = ?options.coreml.compute_units,
+                model_format = ?options.coreml.model_format,
+                static_input_shapes = options.coreml.static_input_shapes,
+                cache_dir = ?options.coreml.cache_dir,
+                "registering the CoreML execution provider"
+            );
         }
         let session = builder.commit_from_file(path).map_err(load_err)?;
 
