@@ -27,13 +27,19 @@ bench_venv_ensure() {
   ORT_VERSION=$(bench_ort_version "$root") || return 1
   BENCH_PYTHON=$venv/bin/python
 
+  # onnxruntime's version when numpy, tokenizers and onnxruntime all import; else empty.
+  local have=""
+  if [ -x "$BENCH_PYTHON" ]; then
+    have=$("$BENCH_PYTHON" -c 'import importlib.metadata as m, numpy, tokenizers, onnxruntime; print(m.version("onnxruntime"))' 2>/dev/null || true)
+  fi
+
   if [ "$dry_run" -eq 1 ]; then
-    if [ -x "$BENCH_PYTHON" ]; then
-      echo "+ # reuse $venv (pip install only if onnxruntime!=$ORT_VERSION or tokenizers/numpy are missing)"
+    [ -x "$BENCH_PYTHON" ] || echo "+ $base_python -m venv $venv"
+    if [ "$have" = "$ORT_VERSION" ]; then
+      echo "# reuse $venv (onnxruntime $ORT_VERSION, tokenizers and numpy are there)"
     else
-      echo "+ $base_python -m venv $venv"
+      echo "+ $BENCH_PYTHON -m pip install --quiet --disable-pip-version-check onnxruntime==$ORT_VERSION tokenizers numpy"
     fi
-    echo "+ $BENCH_PYTHON -m pip install --quiet --disable-pip-version-check onnxruntime==$ORT_VERSION tokenizers numpy"
     return 0
   fi
 
@@ -50,16 +56,6 @@ bench_venv_ensure() {
     fi
   fi
 
-  local have
-  have=$("$BENCH_PYTHON" - <<'EOF' 2>/dev/null || true
-import importlib.metadata as m
-try:
-    import numpy, tokenizers, onnxruntime  # noqa: F401
-    print(m.version("onnxruntime"))
-except Exception:
-    pass
-EOF
-)
   if [ "$have" != "$ORT_VERSION" ]; then
     echo "bench-venv: installing onnxruntime==$ORT_VERSION, tokenizers, numpy into $venv (from PyPI)" >&2
     if ! "$BENCH_PYTHON" -m pip install --quiet --disable-pip-version-check \

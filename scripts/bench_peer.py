@@ -15,7 +15,7 @@ Modes (each prints one JSON line on stdout):
       is reported: {"impl","mode","texts","tokens","seconds","texts_per_s","tokens_per_s"}.
       "tokens" counts real (not padding) tokens after truncation.
   --mode latency --text T [--iterations 300] [--warmup 30]
-      One text end to end (tokenize + run + pool + normalize) per call:
+      One text end to end (tokenize + run + pool + normalize) per call; nearest-rank percentiles:
       {"impl","mode","p50_ms","p95_ms","p99_ms","mean_ms","iterations"}.
   --check REFERENCE.jsonl   (or --mode check --reference FILE)
       Embeds every {"text","embedding"} line and reports the minimum cosine to the reference;
@@ -196,7 +196,9 @@ def latency(emb: Embedder, text: str, iterations: int, warmup: int) -> None:
         start = time.perf_counter_ns()
         emb.embed([text])
         samples[i] = (time.perf_counter_ns() - start) / 1e6
-    p50, p95, p99 = np.percentile(samples, [50, 95, 99])
+    # Nearest rank, sorted[round half up((n - 1) * p)]: the same rule as the akidb latency example.
+    ordered = np.sort(samples)
+    p50, p95, p99 = (ordered[min(int((len(ordered) - 1) * p + 0.5), len(ordered) - 1)] for p in (0.50, 0.95, 0.99))
     emit({
         "impl": "python", "mode": "latency", "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
         "p99_ms": round(float(p99), 4), "mean_ms": round(float(samples.mean()), 4), "iterations": iterations,
