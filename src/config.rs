@@ -60,6 +60,8 @@ pub struct ModelConfig {
     pub dimension: usize,
     /// The model's pipeline ends in a Normalize module (informational: `normalize` decides).
     pub normalize_module: bool,
+    /// From config.json; needed to fuse attention blocks (see `graph`).
+    pub num_attention_heads: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -87,6 +89,7 @@ struct PoolingConfig {
 #[derive(Deserialize)]
 struct TransformerConfig {
     hidden_size: Option<usize>,
+    num_attention_heads: Option<usize>,
     max_position_embeddings: Option<usize>,
 }
 
@@ -153,11 +156,12 @@ impl ModelConfig {
         // Position embeddings are a hard limit of the network itself.
         let max_seq_length = max_positions.map_or(max_seq_length, |p| max_seq_length.min(p)).max(2);
 
+        let num_attention_heads = transformer.as_ref().and_then(|c| c.num_attention_heads);
         let dimension = transformer
             .and_then(|c| c.hidden_size)
             .or(pooled_dim)
             .ok_or(ConfigError::UnknownDimension)?;
-        Ok(Self { max_seq_length, pooling, dimension, normalize_module })
+        Ok(Self { max_seq_length, pooling, dimension, normalize_module, num_attention_heads })
     }
 }
 

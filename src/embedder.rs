@@ -8,7 +8,7 @@ use crate::{
     config::{ConfigError, ModelConfig},
     hub::{HubError, ModelRepo},
     pooling,
-    runtime::{Provider, RuntimeError, Session, SessionOptions},
+    runtime::{choose_provider, coreml_available, Provider, RuntimeError, Session, SessionOptions},
     tokenize::{TokenizeError, Tokenizer, Tokens},
 };
 
@@ -67,6 +67,8 @@ pub struct ModelInfo {
     pub pooling: &'static str,
     pub provider: &'static str,
     pub onnx_runtime_version: String,
+    /// Attention blocks replaced by ONNX Runtime's fused kernel.
+    pub fused_attention: usize,
 }
 
 pub struct Embeddings {
@@ -98,13 +100,30 @@ impl Embedder {
             }
         };
         // Large exports keep their weights beside the graph; fetch them into the same snapshot.
-        repo.optional_file(&format!("{onnx_file}_data"))?;
-        repo.optional_file(&format!("{onnx_file}.data"))?;
+        let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
+            | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
         let mut session_options = options.session.clone();
         if let Some(dir) = &session_options.coreml.cache_dir {
             session_options.coreml.cache_dir = Some(coreml_cache_dir(dir, &repo, &onnx_file, &onnx_path));
         }
-        let session = Session::load(&onnx_path, &session_options)?;
+        // External weights are found relative to the file, so such models are loaded as they are;
+        // CoreML has no kernel for the fused op, so its graph stays whole there too.
+        let on_cpu = choose_provider(options.session.device, coreml_available())? == Provider::Cpu;
+        let rewritten = match (options.session.fuse_attention && on_cpu && !external_data, config.num_attention_heads) {
+            (true, Some(heads)) => fuse_attention(&onnx_path, heads),
+            _ => None,
+        };
+        let session = match &rewritten {
+            Some(r) => match Session::load(&onnx_path, Some(&r.model), &session_options) {
+                Err(e @ RuntimeError::Load { .. }) => {
+                    tracing::warn!("the rewritten graph did not load ({e}); using the model as exported");
+                    Session::load(&onnx_path, None, &session_options)?
+                }
+                other => other?,
+            },
+            None => Session::load(&onnx_path, None, &session_options)?,
+        };
+        let fused_attention = rewritten.as_ref().map_or(0, |r| r.fused);
         let info = ModelInfo {
             id: repo.id().to_string(),
             revision: repo.revision().map(str::to_string),
@@ -114,6 +133,7 @@ impl Embedder {
             pooling: config.pooling.as_str(),
             provider: session.provider().as_str(),
             onnx_runtime_version: crate::runtime::init()?.to_string(),
+            fused_attention,
         };
         let embedder = Self {
             info,
@@ -140,6 +160,7 @@ impl Embedder {
             max_seq_length = embedder.info.max_seq_length,
             pooling = embedder.info.pooling,
             provider = embedder.info.provider,
+            fused_attention = embedder.info.fused_attention,
             "model loaded"
         );
         Ok(embedder)
@@ -219,6 +240,18 @@ impl Embedder {
         }
     }
 
+}
+
+/// Reads and rewrites the ONNX file; any problem means "use it as it is".
+fn fuse_attention(path: &Path, heads: usize) -> Option<crate::graph::Rewritten> {
+    let bytes = std::fs::read(path).ok()?;
+    match crate::graph::fuse_attention(&bytes, heads, "attention_mask") {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("not rewriting {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// Compiled CoreML models are only valid for one model file and one ONNX Runtime version

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod embedder;
+pub mod graph;
 pub mod hub;
 pub mod pooling;
 pub mod protocol;

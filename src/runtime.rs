@@ -164,12 +164,20 @@ impl CoreMlOptions {
     }
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub device: Device,
+    /// Replace exported attention blocks with ONNX Runtime's fused kernel (see `graph`).
+    pub fuse_attention: bool,
     /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
     pub threads: Option<usize>,
     pub coreml: CoreMlOptions,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        Self { device: Device::Auto, fuse_attention: true, threads: None, coreml: CoreMlOptions::default() }
+    }
 }
 
 /// A transformer session: token ids in, hidden states out.
@@ -185,7 +193,8 @@ pub fn coreml_available() -> bool {
 }
 
 impl Session {
-    pub fn load(path: &Path, options: &SessionOptions) -> Result<Self, RuntimeError> {
+    /// Loads `path`, or `model` (its rewritten bytes) when given; `path` still names it in errors.
+    pub fn load(path: &Path, model: Option<&[u8]>, options: &SessionOptions) -> Result<Self, RuntimeError> {
         let runtime = runtime()?;
         let provider = choose_provider(options.device, coreml_available())?;
         if options.device == Device::Auto && provider == Provider::Cpu {
@@ -220,7 +229,11 @@ impl Session {
                 "registering the CoreML execution provider"
             );
         }
-        let session = builder.commit_from_file(path).map_err(load_err)?;
+        let session = match model {
+            Some(bytes) => builder.commit_from_memory(bytes),
+            None => builder.commit_from_file(path),
+        }
+        .map_err(load_err)?;
 
         let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
         if !inputs.iter().any(|n| n == "input_ids") || !inputs.iter().any(|n| n == "attention_mask") {

@@ -37,6 +37,9 @@ pub struct ModelArgs {
     /// Execution provider: auto (CoreML where the linked ONNX Runtime has it, else CPU), cpu, coreml [default: auto]
     #[arg(long, env = "AKIDB_DEVICE", value_enum)]
     pub device: Option<Device>,
+    /// Replace exported attention blocks with ONNX Runtime's fused MultiHeadAttention kernel [default: true]
+    #[arg(long, env = "AKIDB_FUSE_ATTENTION", num_args = 0..=1, default_missing_value = "true")]
+    pub fuse_attention: Option<bool>,
     /// Inference threads [default: one per physical core]
     #[arg(long, env = "AKIDB_THREADS")]
     pub threads: Option<usize>,
@@ -68,6 +71,7 @@ pub struct FileSettings {
     pub revision: Option<String>,
     pub onnx_file: Option<String>,
     pub device: Option<Device>,
+    pub fuse_attention: Option<bool>,
     pub threads: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_batch_size: Option<usize>,
@@ -136,6 +140,7 @@ impl ModelArgs {
             onnx_file: self.onnx_file.clone().or_else(|| file.onnx_file.clone()),
             session: SessionOptions {
                 device: self.device.or(file.device).unwrap_or_default(),
+                fuse_attention: self.fuse_attention.or(file.fuse_attention).unwrap_or(true),
                 threads: self.threads.or(file.threads).filter(|&n| n > 0),
                 coreml: CoreMlOptions {
                     compute_units: self.coreml_compute_units.or(file.coreml.compute_units).unwrap_or_default(),

@@ -136,3 +136,37 @@ fn quantized_onnx_file_is_selectable() {
     // int8 is an approximation: close, not exact.
     assert!(worst > 0.9, "int8 worst cosine {worst}");
 }
+
+#[test]
+fn fused_attention_gives_the_same_vectors_as_the_exported_graph() {
+    hf_env();
+    for (model, layers) in [(MINILM, 6), (TINY, 2)] {
+        let fused = if model == MINILM { minilm() } else { tiny() };
+        assert_eq!(fused.info().fused_attention, layers, "{model}: every attention block is fused");
+        let mut options = EmbedderOptions { model: model.to_string(), ..Default::default() };
+        options.session.fuse_attention = false;
+        let plain = Embedder::load(&options).expect("load unfused");
+        assert_eq!(plain.info().fused_attention, 0);
+        let rows = reference(model);
+        let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
+        let a = fused.embed(&texts, true).unwrap().vectors;
+        let b = plain.embed(&texts, true).unwrap().vectors;
+        for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(max_abs_diff(x, y) < 1e-5, "{model} row {i}: {}", max_abs_diff(x, y));
+        }
+    }
+}
+
+#[test]
+fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
+    // Not a protobuf at all: an error, which the loader treats as "use the file as it is".
+    assert!(akidb::graph::fuse_attention(b"\xff\xff\xff", 12, "attention_mask").is_err());
+    // A valid model without the named mask input is not touched.
+    let path = common::hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4/onnx/model.onnx");
+    let bytes = std::fs::read(path).unwrap();
+    assert!(akidb::graph::fuse_attention(&bytes, 2, "no_such_input").unwrap().is_none());
+    let r = akidb::graph::fuse_attention(&bytes, 2, "attention_mask").unwrap().expect("tiny model fuses");
+    assert_eq!(r.fused, 2);
+    assert!(r.model.windows(b"MultiHeadAttention".len()).any(|w| w == b"MultiHeadAttention"));
+    assert!(r.model.len() < bytes.len(), "the unfused attention nodes are gone");
+}
