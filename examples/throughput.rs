@@ -12,8 +12,8 @@ use clap::Parser;
 struct Args {
     #[arg(long, default_value = "benches/corpus.txt")]
     corpus: PathBuf,
-    /// Texts per inference call.
-    #[arg(long, default_value_t = 32)]
+    /// Texts per inference call (at most; the token budget may cut batches shorter).
+    #[arg(long, default_value_t = EmbedderOptions::default().max_batch_size)]
     batch: usize,
     /// Timed passes over the corpus after one warm-up pass; the best is reported.
     #[arg(long, default_value_t = 3)]
@@ -25,7 +25,7 @@ struct Args {
     #[arg(long)]
     threads: Option<usize>,
     /// Padded tokens per inference call (texts × longest).
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, default_value_t = EmbedderOptions::default().max_batch_tokens)]
     max_batch_tokens: usize,
 }
 

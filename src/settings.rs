@@ -43,10 +43,10 @@ pub struct ModelArgs {
     /// Inference threads [default: one per physical core]
     #[arg(long, env = "AKIDB_THREADS")]
     pub threads: Option<usize>,
-    /// Padded tokens (texts × longest text) per inference call [default: 16384]
+    /// Padded tokens (texts × longest text) per inference call [default: 1024]
     #[arg(long, env = "AKIDB_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
-    /// Texts per inference call [default: 64]
+    /// Texts per inference call [default: 128]
     #[arg(long, env = "AKIDB_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
     /// CoreML compute units [default: all]

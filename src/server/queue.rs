@@ -61,20 +61,12 @@ impl Queue {
 
 fn worker(embedder: Arc<Embedder>, mut rx: mpsc::UnboundedReceiver<Job>, max_requests: usize, metrics: Arc<Metrics>) {
     let budget = embedder.max_batch_tokens();
-    let mut carry: Option<Job> = None;
     loop {
-        let Some(first) = carry.take().or_else(|| rx.blocking_recv()) else { return };
-        let mut tokens_in_round: usize = first.tokens.iter().map(Tokens::len).sum();
+        let Some(first) = rx.blocking_recv() else { return };
         let mut jobs = vec![first];
-        // Take what queued up meanwhile, within the request count and the token budget.
+        // Take what queued up meanwhile; the token budget applies to each inference call below.
         while jobs.len() < max_requests {
             let Ok(job) = rx.try_recv() else { break };
-            let n: usize = job.tokens.iter().map(Tokens::len).sum();
-            if tokens_in_round + n > budget {
-                carry = Some(job);
-                break;
-            }
-            tokens_in_round += n;
             jobs.push(job);
         }
         metrics.queue_depth.dec_by(jobs.len() as i64);
