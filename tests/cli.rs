@@ -179,3 +179,26 @@ fn help_documents_flags_and_their_environment_variables() {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
+
+#[test]
+fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
+    let cache = tempfile::tempdir().unwrap();
+    let run = || {
+        let out = akidb().env("AKIDB_CACHE_DIR", cache.path()).env("RUST_LOG", "warn").args(["embed", "--model", TINY, "cache me"]).output().unwrap();
+        (json(&out), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let cached = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path().join("graphs")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+    };
+    let (first, _) = run();
+    let files = cached();
+    assert_eq!(files.len(), 1, "the first run caches the fused graph: {files:?}");
+    assert!(files[0].to_string_lossy().ends_with("-2.onnx"), "two attention blocks fused: {files:?}");
+    let (second, _) = run();
+    assert_eq!(first["embeddings"], second["embeddings"], "the cached graph gives the same vectors");
+    std::fs::write(&files[0], b"corrupt").unwrap();
+    let (third, stderr) = run();
+    assert!(stderr.contains("did not load"), "a corrupt cache is reported: {stderr}");
+    assert_eq!(first["embeddings"], third["embeddings"]);
+    assert!(!files[0].exists(), "the corrupt file is removed");
+}
