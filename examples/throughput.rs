@@ -24,6 +24,9 @@ struct Args {
     onnx_file: Option<String>,
     #[arg(long)]
     threads: Option<usize>,
+    /// Load the graph as exported, without fusing attention (to measure the rewrite).
+    #[arg(long)]
+    no_fuse: bool,
     /// Padded tokens per inference call (texts × longest).
     #[arg(long, default_value_t = EmbedderOptions::default().max_batch_tokens)]
     max_batch_tokens: usize,
@@ -37,7 +40,7 @@ fn main() -> anyhow::Result<()> {
     let embedder = Embedder::load(&EmbedderOptions {
         model: args.model,
         onnx_file: args.onnx_file,
-        session: SessionOptions { threads: args.threads, ..Default::default() },
+        session: SessionOptions { threads: args.threads, fuse_attention: !args.no_fuse, ..Default::default() },
         max_batch_size: args.batch,
         max_batch_tokens: args.max_batch_tokens,
         ..Default::default()

@@ -1,5 +1,5 @@
 //! Dynamic batching. Requests queue while the model is busy; one inference thread takes everything
-//! waiting (up to a request count and a token budget) and runs it as length-sorted batches, so
+//! waiting (up to a request count) and runs it as length-sorted, token-budgeted batches, so
 //! concurrent clients share forward passes instead of waiting in line for their own.
 
 use std::sync::Arc;
