@@ -420,20 +420,18 @@ pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Resul
 
     // New node list: the original order, each block's fused node in place of its last node.
     let cast = encode_node("Cast", "", "akidb/mask_cast", &[mask_input], &[MASK], &[int_attr("to", 6)]);
-    let mut replaced: HashMap<usize, Vec<u8>> = HashMap::new();
+    // Node index → (fused node, its block).
+    let mut replaced: HashMap<usize, (Vec<u8>, &Block)> = HashMap::new();
     for (n, b) in blocks.iter().enumerate() {
         let attrs = [int_attr("num_heads", num_heads as i64), float_attr("scale", b.scale)];
         let name = format!("akidb/attention_{n}");
         let node = encode_node("MultiHeadAttention", "com.microsoft", &name, &[&b.q, &b.k, &b.v, "", MASK], &[&b.output], &attrs);
-        replaced.insert(b.at, node);
+        replaced.insert(b.at, (node, b));
     }
     // Dead-node elimination: keep what the graph outputs still need.
     let inputs_of = |i: usize| -> Vec<String> {
         match replaced.get(&i) {
-            Some(_) => {
-                let b = blocks.iter().find(|b| b.at == i).expect("block for replaced node");
-                vec![b.q.clone(), b.k.clone(), b.v.clone()]
-            }
+            Some((_, b)) => vec![b.q.clone(), b.k.clone(), b.v.clone()],
             None => g.nodes[i].inputs.clone(),
         }
     };
@@ -455,7 +453,7 @@ pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Resul
             continue;
         }
         match replaced.get(&i) {
-            Some(node) => put_bytes(&mut new_graph, 1, node),
+            Some((node, _)) => put_bytes(&mut new_graph, 1, node),
             None => put_bytes(&mut new_graph, 1, g.nodes[i].raw),
         }
     }
