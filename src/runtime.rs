@@ -214,8 +214,8 @@ impl Session {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
         }
         if provider == Provider::CoreMl {
-            // ONNX Runtime reports CoreML's partitioning (nodes on CoreML vs the CPU) at info
-            // level; it reaches the log through ort's tracing bridge (RUST_LOG=ort=info).
+            // ONNX Runtime reports CoreML's partitioning (nodes on CoreML vs the CPU) at info level
+            // (shown with RUST_LOG=info,ort=info) and warns by itself when the graph is split.
             builder = builder
                 .with_log_level(ort::logging::LogLevel::Info)
                 .map_err(|e| load_err(e.into()))?

@@ -202,3 +202,17 @@ fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     assert_eq!(first["embeddings"], third["embeddings"]);
     assert!(!files[0].exists(), "the corrupt file is removed");
 }
+
+#[test]
+fn unreachable_hub_is_one_clear_line() {
+    // Online mode against an endpoint that refuses connections: the real hf-hub client fails fast.
+    let empty = tempfile::tempdir().unwrap();
+    let out = akidb()
+        .env_remove("HF_HUB_OFFLINE")
+        .env("HF_HOME", empty.path())
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .args(["embed", "--model", "owner/some-model", "x"])
+        .output()
+        .unwrap();
+    assert_clean_error(&out, "could not reach the Hugging Face Hub for owner/some-model@main");
+}

@@ -360,6 +360,21 @@ async fn api_key_guards_everything_but_health() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_model_name_is_accepted_and_returned() {
+    let server = TestServer::start(TINY, ServerConfig { served_model_name: Some("my-embedder".into()), ..Default::default() });
+    server.wait_healthy().await;
+    for model in ["my-embedder", TINY, "tiny-bert-cls"] {
+        let (s, v) = post(&server.url("/v1/embeddings"), json!({"model": model, "input": "a"})).await;
+        assert_eq!(s, 200, "{model}: {v}");
+        assert_eq!(v["model"], "my-embedder");
+    }
+    let (s, v) = post(&server.url("/api/v1/embed"), json!({"model": "other", "inputs": ["a"]})).await;
+    assert_eq!(s, 404);
+    assert!(v["error"].as_str().unwrap().contains("'my-embedder'"), "{v}");
+    server.shutdown().expect("clean shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_is_503_until_the_model_is_loaded() {
     let server = TestServer::start_with_delay(TINY, ServerConfig::default(), Duration::from_millis(1500));
     let client = reqwest::Client::new();
