@@ -5,7 +5,10 @@
 
 use std::time::Instant;
 
-use akidb::{runtime::SessionOptions, Embedder, EmbedderOptions, DEFAULT_MODEL};
+use akidb::{
+    settings::{FileSettings, ModelArgs},
+    Embedder,
+};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -16,12 +19,9 @@ struct Args {
     iterations: usize,
     #[arg(long, default_value_t = 50)]
     warmup: usize,
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
-    #[arg(long)]
-    onnx_file: Option<String>,
-    #[arg(long)]
-    threads: Option<usize>,
+    /// The same model flags and AKIDB_* variables as `akidb embed`.
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -31,12 +31,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let embedder = Embedder::load(&EmbedderOptions {
-        model: args.model,
-        onnx_file: args.onnx_file,
-        session: SessionOptions { threads: args.threads, ..Default::default() },
-        ..Default::default()
-    })?;
+    let embedder = Embedder::load(&args.model.resolve(&FileSettings::default()))?;
     let texts = [args.text.as_str()];
     for _ in 0..args.warmup {
         embedder.embed(&texts, true)?;

@@ -5,31 +5,27 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use akidb::{runtime::SessionOptions, Embedder, EmbedderOptions, DEFAULT_MODEL};
+use akidb::{
+    settings::{FileSettings, ModelArgs},
+    Embedder,
+};
 use clap::Parser;
 
 #[derive(Parser)]
 struct Args {
     #[arg(long, default_value = "benches/corpus.txt")]
     corpus: PathBuf,
-    /// Texts per inference call (at most; the token budget may cut batches shorter).
-    #[arg(long, default_value_t = EmbedderOptions::default().max_batch_size)]
-    batch: usize,
+    /// Texts per inference call, at most (the token budget may cut batches shorter); the peer
+    /// script's name for --max-batch-size.
+    #[arg(long)]
+    batch: Option<usize>,
     /// Timed passes over the corpus after one warm-up pass; the best is reported.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: String,
-    #[arg(long)]
-    onnx_file: Option<String>,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Load the graph as exported, without fusing attention (to measure the rewrite).
-    #[arg(long)]
-    no_fuse: bool,
-    /// Padded tokens per inference call (texts × longest).
-    #[arg(long, default_value_t = EmbedderOptions::default().max_batch_tokens)]
-    max_batch_tokens: usize,
+    /// The same model flags and AKIDB_* variables as `akidb embed` (--onnx-file, --threads,
+    /// --max-batch-tokens, --fuse-attention false, …).
+    #[command(flatten)]
+    model: ModelArgs,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,14 +33,11 @@ fn main() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.corpus)?;
     let texts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     anyhow::ensure!(!texts.is_empty(), "{} has no texts", args.corpus.display());
-    let embedder = Embedder::load(&EmbedderOptions {
-        model: args.model,
-        onnx_file: args.onnx_file,
-        session: SessionOptions { threads: args.threads, fuse_attention: !args.no_fuse, ..Default::default() },
-        max_batch_size: args.batch,
-        max_batch_tokens: args.max_batch_tokens,
-        ..Default::default()
-    })?;
+    let mut options = args.model.resolve(&FileSettings::default());
+    if let Some(batch) = args.batch {
+        options.max_batch_size = batch;
+    }
+    let embedder = Embedder::load(&options)?;
     let tokens = embedder.embed(&texts, true)?.total_tokens;
     let mut best = f64::INFINITY;
     for _ in 0..args.repeat.max(1) {

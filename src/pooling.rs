@@ -13,11 +13,11 @@ pub fn pool(hidden: ArrayView3<'_, f32>, mask: ArrayView2<'_, i64>, pooling: Poo
         .zip(mask.outer_iter())
         .map(|(tokens, mask)| {
             let len = mask.iter().take_while(|&&m| m != 0).count().max(1);
-            let mut out = vec![0f32; dim];
             match pooling {
-                Pooling::Cls => out = tokens.row(0).to_vec(),
-                Pooling::LastToken => out = tokens.row(len - 1).to_vec(),
+                Pooling::Cls => tokens.row(0).to_vec(),
+                Pooling::LastToken => tokens.row(len - 1).to_vec(),
                 Pooling::Mean | Pooling::MeanSqrtLen => {
+                    let mut out = vec![0f32; dim];
                     let mut count = 0f32;
                     for (row, &m) in tokens.outer_iter().zip(mask.iter()) {
                         if m != 0 {
@@ -30,9 +30,10 @@ pub fn pool(hidden: ArrayView3<'_, f32>, mask: ArrayView2<'_, i64>, pooling: Poo
                     // sentence-transformers clamps the count at 1e-9.
                     let denom = if pooling == Pooling::Mean { count.max(1e-9) } else { count.max(1e-9).sqrt() };
                     out.iter_mut().for_each(|o| *o /= denom);
+                    out
                 }
                 Pooling::Max => {
-                    out.fill(f32::NEG_INFINITY);
+                    let mut out = vec![f32::NEG_INFINITY; dim];
                     for (row, &m) in tokens.outer_iter().zip(mask.iter()) {
                         if m != 0 {
                             for (o, &v) in out.iter_mut().zip(row.iter()) {
@@ -40,9 +41,9 @@ pub fn pool(hidden: ArrayView3<'_, f32>, mask: ArrayView2<'_, i64>, pooling: Poo
                             }
                         }
                     }
+                    out
                 }
             }
-            out
         })
         .collect()
 }
