@@ -52,7 +52,8 @@ fn main() {
 
 /// Reads `[package.metadata.onnxruntime] version` so the pin lives in one place.
 fn pinned_version(cargo_toml: &Path) -> String {
-    let text = fs::read_to_string(cargo_toml).unwrap_or_else(|e| fail(&format!("reading {}: {e}", cargo_toml.display())));
+    let text =
+        fs::read_to_string(cargo_toml).unwrap_or_else(|e| fail(&format!("reading {}: {e}", cargo_toml.display())));
     let mut in_section = false;
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {

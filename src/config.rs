@@ -106,11 +106,15 @@ struct Module {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
     serde_json::from_str(&text).map_err(|source| ConfigError::Parse { path: path.to_path_buf(), source })
 }
 
-fn optional_json<T: for<'de> Deserialize<'de>>(repo: &ModelRepo, name: &str) -> Result<Option<(PathBuf, T)>, ConfigError> {
+fn optional_json<T: for<'de> Deserialize<'de>>(
+    repo: &ModelRepo,
+    name: &str,
+) -> Result<Option<(PathBuf, T)>, ConfigError> {
     match repo.optional_file(name)? {
         Some(path) => {
             let value = read_json(&path)?;
@@ -141,7 +145,8 @@ impl ModelConfig {
 
         let transformer = optional_json::<TransformerConfig>(repo, "config.json")?.map(|(_, c)| c);
         let max_positions = transformer.as_ref().and_then(|c| c.max_position_embeddings);
-        let st_max = optional_json::<SentenceBertConfig>(repo, "sentence_bert_config.json")?.and_then(|(_, c)| c.max_seq_length);
+        let st_max =
+            optional_json::<SentenceBertConfig>(repo, "sentence_bert_config.json")?.and_then(|(_, c)| c.max_seq_length);
         let max_seq_length = match st_max {
             Some(n) => n,
             None => {
@@ -157,10 +162,7 @@ impl ModelConfig {
         let max_seq_length = max_positions.map_or(max_seq_length, |p| max_seq_length.min(p)).max(2);
 
         let num_attention_heads = transformer.as_ref().and_then(|c| c.num_attention_heads);
-        let dimension = transformer
-            .and_then(|c| c.hidden_size)
-            .or(pooled_dim)
-            .ok_or(ConfigError::UnknownDimension)?;
+        let dimension = transformer.and_then(|c| c.hidden_size).or(pooled_dim).ok_or(ConfigError::UnknownDimension)?;
         Ok(Self { max_seq_length, pooling, dimension, normalize_module, num_attention_heads })
     }
 }

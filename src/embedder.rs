@@ -250,7 +250,6 @@ impl Embedder {
             None => Ok(()),
         }
     }
-
 }
 
 /// The attention-fused graph (see `graph`), as a file to load or bytes to load from memory.
@@ -266,7 +265,8 @@ fn fuse_attention(path: &Path, heads: usize) -> Option<Fused> {
     use std::hash::{Hash, Hasher};
     let meta = std::fs::metadata(path).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (path, meta.len(), meta.modified().ok(), heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION).hash(&mut hasher);
+    (path, meta.len(), meta.modified().ok(), heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION)
+        .hash(&mut hasher);
     let key = format!("{:016x}", hasher.finish());
     let dir = crate::settings::cache_dir().map(|d| d.join("graphs"));
     if let Some(dir) = &dir {
@@ -310,9 +310,11 @@ fn fuse_attention(path: &Path, heads: usize) -> Option<Fused> {
 fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, onnx_path: &Path) -> PathBuf {
     let size = std::fs::metadata(onnx_path).map_or(0, |m| m.len());
     let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
-    base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION))
-        .join(clean(repo.id()))
-        .join(format!("{}-{}-{size}", repo.revision().unwrap_or("local"), clean(onnx_file)))
+    base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
+        "{}-{}-{size}",
+        repo.revision().unwrap_or("local"),
+        clean(onnx_file)
+    ))
 }
 
 /// Splits lengths (sorted longest first) into consecutive batches whose padded size
@@ -343,7 +345,6 @@ pub fn plan_batches(
     }
     batches
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -70,7 +70,10 @@ fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, GraphError> {
             }
             2 => {
                 let len = usize::try_from(varint(buf, &mut pos)?).map_err(|_| GraphError::Malformed("length"))?;
-                let end = pos.checked_add(len).filter(|&e| e <= buf.len()).ok_or(GraphError::Malformed("length past the end"))?;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|&e| e <= buf.len())
+                    .ok_or(GraphError::Malformed("length past the end"))?;
                 let bytes = &buf[pos..end];
                 pos = end;
                 Value::Bytes(bytes)
@@ -121,7 +124,14 @@ struct Node<'a> {
 }
 
 fn parse_node(body: &[u8]) -> Result<Node<'_>, GraphError> {
-    let mut node = Node { raw: body, op: String::new(), domain: String::new(), inputs: vec![], outputs: vec![], attributes: vec![] };
+    let mut node = Node {
+        raw: body,
+        op: String::new(),
+        domain: String::new(),
+        inputs: vec![],
+        outputs: vec![],
+        attributes: vec![],
+    };
     for f in fields(body)? {
         if let Value::Bytes(b) = f.value {
             match f.number {
@@ -172,7 +182,9 @@ fn tensor_scalar(tensor: &[u8]) -> Option<f32> {
     for f in &fs {
         match (f.number, f.value) {
             (4, Value::Fixed32(bits)) => return Some(f32::from_bits(bits)),
-            (4, Value::Bytes(b)) | (9, Value::Bytes(b)) if b.len() == 4 => return Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+            (4, Value::Bytes(b)) | (9, Value::Bytes(b)) if b.len() == 4 => {
+                return Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            }
             _ => {}
         }
     }
@@ -288,7 +300,9 @@ fn match_block(g: &Graph<'_>, softmax: usize, mask_input: &str) -> Option<Block>
 
     // Softmax, then optionally the NaN guard Where(IsNaN(p), 0, p).
     let mut probs = sm.outputs.first()?.clone();
-    if let Some(w) = g.consumers_of(&probs).find(|&i| g.nodes[i].op == "Where" && g.nodes[i].inputs.get(2) == Some(&probs)) {
+    if let Some(w) =
+        g.consumers_of(&probs).find(|&i| g.nodes[i].op == "Where" && g.nodes[i].inputs.get(2) == Some(&probs))
+    {
         let guard = &g.nodes[w];
         let cond = g.node(guard.inputs.first()?)?;
         if cond.op != "IsNaN" {
@@ -296,7 +310,8 @@ fn match_block(g: &Graph<'_>, softmax: usize, mask_input: &str) -> Option<Block>
         }
         probs = guard.outputs.first()?.clone();
     }
-    let pv = g.consumers_of(&probs).map(|i| &g.nodes[i]).find(|n| n.op == "MatMul" && n.inputs.first() == Some(&probs))?;
+    let pv =
+        g.consumers_of(&probs).map(|i| &g.nodes[i]).find(|n| n.op == "MatMul" && n.inputs.first() == Some(&probs))?;
     let v = unshape(g, pv.inputs.get(1)?, &[0, 2, 1, 3])?;
 
     // [batch, heads, seq, head_dim] back to [batch, seq, hidden] through Reshape/Transpose only.
@@ -389,7 +404,11 @@ pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Resul
                     _ => None,
                 });
                 if let Some(name) = name {
-                    if f.number == 11 { graph_inputs.push(name) } else { graph_outputs.push(name) }
+                    if f.number == 11 {
+                        graph_inputs.push(name)
+                    } else {
+                        graph_outputs.push(name)
+                    }
                 }
             }
             _ => {}
@@ -425,7 +444,14 @@ pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Resul
     for (n, b) in blocks.iter().enumerate() {
         let attrs = [int_attr("num_heads", num_heads as i64), float_attr("scale", b.scale)];
         let name = format!("akidb/attention_{n}");
-        let node = encode_node("MultiHeadAttention", "com.microsoft", &name, &[&b.q, &b.k, &b.v, "", MASK], &[&b.output], &attrs);
+        let node = encode_node(
+            "MultiHeadAttention",
+            "com.microsoft",
+            &name,
+            &[&b.q, &b.k, &b.v, "", MASK],
+            &[&b.output],
+            &attrs,
+        );
         replaced.insert(b.at, (node, b));
     }
     // Dead-node elimination: keep what the graph outputs still need.

@@ -70,9 +70,8 @@ impl ModelRepo {
         }
         let valid_id = {
             let mut parts = model.split('/');
-            let ok_part = |p: &str| {
-                !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            };
+            let ok_part =
+                |p: &str| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
             match (parts.next(), parts.next(), parts.next()) {
                 (Some(a), Some(b), None) => ok_part(a) && ok_part(b),
                 (Some(a), None, None) => ok_part(a) && !a.starts_with('.'),
@@ -104,17 +103,19 @@ impl ModelRepo {
             .with_token(token)
             .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .build()
-            .map_err(|e| HubError::RepoInfo { repo: model.to_string(), revision: revision.clone(), source: Box::new(e) })?;
+            .map_err(|e| HubError::RepoInfo {
+                repo: model.to_string(),
+                revision: revision.clone(),
+                source: Box::new(e),
+            })?;
         let api = api.repo(Repo::with_revision(model.to_string(), RepoType::Model, revision.clone()));
-        let info = api
-            .info()
-            .map_err(|e| HubError::RepoInfo { repo: model.to_string(), revision: revision.clone(), source: Box::new(e) })?;
+        let info = api.info().map_err(|e| HubError::RepoInfo {
+            repo: model.to_string(),
+            revision: revision.clone(),
+            source: Box::new(e),
+        })?;
         let files = info.siblings.into_iter().map(|s| s.rfilename).collect();
-        Ok(Self {
-            id: model.to_string(),
-            revision: Some(info.sha),
-            kind: Kind::Online { api: Box::new(api), files },
-        })
+        Ok(Self { id: model.to_string(), revision: Some(info.sha), kind: Kind::Online { api: Box::new(api), files } })
     }
 
     /// The repo id or directory the user named.

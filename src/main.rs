@@ -94,7 +94,8 @@ fn run(cli: Cli) -> Result<()> {
 fn serve(args: ServeArgs, file: &FileSettings) -> Result<()> {
     let options = args.model.resolve(file);
     let config = args.server.resolve(&file.server);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         let addr = server.local_addr()?;

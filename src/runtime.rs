@@ -237,7 +237,10 @@ impl Session {
 
         let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
         if !inputs.iter().any(|n| n == "input_ids") || !inputs.iter().any(|n| n == "attention_mask") {
-            return Err(RuntimeError::UnsupportedInputs { path: path.display().to_string(), inputs: inputs.join(", ") });
+            return Err(RuntimeError::UnsupportedInputs {
+                path: path.display().to_string(),
+                inputs: inputs.join(", "),
+            });
         }
         let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
         let output = ["last_hidden_state", "token_embeddings"]
@@ -245,7 +248,10 @@ impl Session {
             .find(|name| outputs.iter().any(|o| o == name))
             .map(str::to_string)
             .or_else(|| outputs.first().cloned())
-            .ok_or_else(|| RuntimeError::Load { path: path.display().to_string(), message: "model has no outputs".into() })?;
+            .ok_or_else(|| RuntimeError::Load {
+                path: path.display().to_string(),
+                message: "model has no outputs".into(),
+            })?;
         tracing::debug!(?inputs, %output, provider = provider.as_str(), "ONNX session ready");
         Ok(Self {
             inner: Mutex::new(session),

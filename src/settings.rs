@@ -102,12 +102,16 @@ pub struct ServerFile {
     pub max_inputs: Option<usize>,
     pub max_concurrent_requests: Option<usize>,
     pub max_batch_requests: Option<usize>,
+    pub max_queued_tokens: Option<usize>,
+    pub request_timeout: Option<u64>,
+    pub shutdown_timeout: Option<u64>,
 }
 
 impl FileSettings {
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
         let Some(path) = path else { return Ok(Self::default()) };
-        let text = std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
         toml::from_str(&text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
             let message = match line {
@@ -190,7 +194,8 @@ mod tests {
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let file: FileSettings = toml::from_str("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"").unwrap();
+        let file: FileSettings =
+            toml::from_str("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"").unwrap();
         let from_file = ModelArgs::default().resolve(&file);
         assert_eq!((from_file.model.as_str(), from_file.session.threads), ("from/file", Some(3)));
         assert_eq!(from_file.session.coreml.compute_units, ComputeUnits::CpuOnly);

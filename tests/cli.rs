@@ -14,7 +14,8 @@ fn akidb() -> Command {
 }
 
 fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
-    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn akidb");
+    let mut child =
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn akidb");
     child.stdin.take().expect("stdin").write_all(stdin).expect("write stdin");
     child.wait_with_output().expect("wait")
 }
@@ -66,7 +67,8 @@ fn embed_arguments_prints_seed_api_json_matching_reference() {
 
 #[test]
 fn embed_reads_stdin_lines_and_prints_jsonl() {
-    let rows: Vec<_> = reference(TINY).into_iter().filter(|(t, _)| !t.contains('\n') && !t.trim().is_empty()).take(5).collect();
+    let rows: Vec<_> =
+        reference(TINY).into_iter().filter(|(t, _)| !t.contains('\n') && !t.trim().is_empty()).take(5).collect();
     let input: String = rows.iter().map(|(t, _)| format!("{t}\r\n")).collect();
     let mut cmd = akidb();
     cmd.args(["embed", "--model", TINY, "--format", "jsonl"]);
@@ -129,7 +131,14 @@ fn invalid_model_id_is_one_clear_line() {
 fn copy_tiny_to(dir: &std::path::Path) {
     let snapshot = hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots");
     let src = std::fs::read_dir(&snapshot).unwrap().next().unwrap().unwrap().path();
-    for rel in ["config.json", "tokenizer.json", "sentence_bert_config.json", "modules.json", "1_Pooling/config.json", "onnx/model.onnx"] {
+    for rel in [
+        "config.json",
+        "tokenizer.json",
+        "sentence_bert_config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "onnx/model.onnx",
+    ] {
         let to = dir.join(rel);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(src.join(rel), to).unwrap();
@@ -175,7 +184,16 @@ fn coreml_where_unavailable_is_one_clear_line() {
 fn help_documents_flags_and_their_environment_variables() {
     let out = akidb().args(["embed", "--help"]).output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for needle in ["--model", "AKIDB_EMBEDDING_MODEL", "--revision", "--onnx-file", "--format", "--no-normalize", "--device", "AKIDB_DEVICE"] {
+    for needle in [
+        "--model",
+        "AKIDB_EMBEDDING_MODEL",
+        "--revision",
+        "--onnx-file",
+        "--format",
+        "--no-normalize",
+        "--device",
+        "AKIDB_DEVICE",
+    ] {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
@@ -184,11 +202,18 @@ fn help_documents_flags_and_their_environment_variables() {
 fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     let cache = tempfile::tempdir().unwrap();
     let run = || {
-        let out = akidb().env("AKIDB_CACHE_DIR", cache.path()).env("RUST_LOG", "warn").args(["embed", "--model", TINY, "cache me"]).output().unwrap();
+        let out = akidb()
+            .env("AKIDB_CACHE_DIR", cache.path())
+            .env("RUST_LOG", "warn")
+            .args(["embed", "--model", TINY, "cache me"])
+            .output()
+            .unwrap();
         (json(&out), String::from_utf8_lossy(&out.stderr).to_string())
     };
     let cached = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(cache.path().join("graphs")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default()
+        std::fs::read_dir(cache.path().join("graphs"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
     };
     let (first, _) = run();
     let files = cached();

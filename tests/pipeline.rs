@@ -162,7 +162,9 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
     // Not a protobuf at all: an error, which the loader treats as "use the file as it is".
     assert!(akidb::graph::fuse_attention(b"\xff\xff\xff", 12, "attention_mask").is_err());
     // A valid model without the named mask input is not touched.
-    let path = common::hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4/onnx/model.onnx");
+    let path = common::hf_home().join(
+        "hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4/onnx/model.onnx",
+    );
     let bytes = std::fs::read(path).unwrap();
     assert!(akidb::graph::fuse_attention(&bytes, 2, "no_such_input").unwrap().is_none());
     let r = akidb::graph::fuse_attention(&bytes, 2, "attention_mask").unwrap().expect("tiny model fuses");

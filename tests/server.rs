@@ -37,9 +37,15 @@ impl TestServer {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().map_err(|e| e.to_string())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
             rt.block_on(async move {
-                let server = Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..config }).await.map_err(|e| e.to_string())?;
+                let server = Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..config })
+                    .await
+                    .map_err(|e| e.to_string())?;
                 addr_tx.send(server.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                 let load = move || {
                     std::thread::sleep(load_delay);
@@ -138,7 +144,8 @@ async fn every_route_matches_reference_and_cli() {
             }
         };
 
-        let (s, v) = post(&server.url("/api/v1/embed"), json!({"model": model, "inputs": texts, "normalize": true})).await;
+        let (s, v) =
+            post(&server.url("/api/v1/embed"), json!({"model": model, "inputs": texts, "normalize": true})).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(v["model"], model);
         assert!(v["usage"]["total_tokens"].as_u64().unwrap() > 0 && v["usage"]["duration_ms"].is_u64());
@@ -153,7 +160,9 @@ async fn every_route_matches_reference_and_cli() {
         }
         check("/v1/embeddings float", v["data"].as_array().unwrap().iter().map(|d| floats(&d["embedding"])).collect());
 
-        let (s, v) = post(&server.url("/v1/embeddings"), json!({"model": model, "input": texts, "encoding_format": "base64"})).await;
+        let (s, v) =
+            post(&server.url("/v1/embeddings"), json!({"model": model, "input": texts, "encoding_format": "base64"}))
+                .await;
         assert_eq!(s, 200, "{v}");
         let decoded = v["data"]
             .as_array()
@@ -227,21 +236,46 @@ async fn bad_input_gets_the_right_status_and_json_and_the_server_keeps_serving()
         ("/api/v1/embed", "application/json", json!({"inputs": []}).to_string(), 422, "must not be empty"),
         ("/v1/embeddings", "application/json", json!({"input": []}).to_string(), 422, "must not be empty"),
         ("/api/v1/embed", "application/json", json!({"inputs": [1, 2]}).to_string(), 422, "inputs[0]"),
-        ("/embed", "application/json", json!({"inputs": ["ok", {"a": 1}]}).to_string(), 422, "inputs[1] must be a string"),
+        (
+            "/embed",
+            "application/json",
+            json!({"inputs": ["ok", {"a": 1}]}).to_string(),
+            422,
+            "inputs[1] must be a string",
+        ),
         ("/api/embed", "application/json", json!({"input": null}).to_string(), 422, "missing field `input`"),
         ("/api/v1/embed", "application/json", json!({"normalize": true}).to_string(), 422, "missing field `inputs`"),
-        ("/api/v1/embed", "application/json", json!({"inputs": ["a"], "normalize": "yes"}).to_string(), 422, "invalid request"),
+        (
+            "/api/v1/embed",
+            "application/json",
+            json!({"inputs": ["a"], "normalize": "yes"}).to_string(),
+            422,
+            "invalid request",
+        ),
         ("/api/v1/embed", "application/json", json!({"inputs": many}).to_string(), 413, "limit is 512"),
         ("/embed", "application/json", json!({"inputs": [big]}).to_string(), 413, "limit"),
         ("/api/v1/embed", "application/json", json!({"model": "other/model", "inputs": ["a"]}).to_string(), 404, TINY),
         ("/v1/embeddings", "application/json", json!({"model": "gpt-4", "input": "a"}).to_string(), 404, TINY),
         ("/v1/embeddings", "application/json", json!({"input": "a", "dimensions": 33}).to_string(), 400, "dimensions"),
-        ("/v1/embeddings", "application/json", json!({"input": "a", "encoding_format": "int8"}).to_string(), 400, "encoding_format"),
-        ("/embed", "application/json", json!({"inputs": [long], "truncate": false}).to_string(), 422, "maximum of 64 tokens"),
+        (
+            "/v1/embeddings",
+            "application/json",
+            json!({"input": "a", "encoding_format": "int8"}).to_string(),
+            400,
+            "encoding_format",
+        ),
+        (
+            "/embed",
+            "application/json",
+            json!({"inputs": [long], "truncate": false}).to_string(),
+            422,
+            "maximum of 64 tokens",
+        ),
         ("/nope", "application/json", "{}".into(), 404, "no route"),
     ];
     for (route, content_type, body, status, needle) in cases {
-        let r = client.post(server.url(route)).header("content-type", content_type).body(body).send().await.expect("send");
+        let r =
+            client.post(server.url(route)).header("content-type", content_type).body(body).send().await.expect("send");
         let got = r.status().as_u16();
         let v: Value = r.json().await.unwrap_or_else(|e| panic!("{route} -> {got}: body is not JSON: {e}"));
         assert_eq!(got, status, "{route} {content_type}: {v}");
@@ -280,7 +314,12 @@ async fn concurrent_single_text_clients_are_batched_together() {
         let url = server.url("/embed");
         tasks.push(tokio::spawn(async move {
             for i in 0..8 {
-                let r = client.post(&url).json(&json!({"inputs": format!("client {c} request {i} about batching")})).send().await.unwrap();
+                let r = client
+                    .post(&url)
+                    .json(&json!({"inputs": format!("client {c} request {i} about batching")}))
+                    .send()
+                    .await
+                    .unwrap();
                 assert_eq!(r.status(), 200);
                 let v: Value = r.json().await.unwrap();
                 assert_eq!(v[0].as_array().unwrap().len(), 384);
@@ -292,7 +331,12 @@ async fn concurrent_single_text_clients_are_batched_together() {
     }
     let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
     let value = |prefix: &str| -> f64 {
-        metrics.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{prefix} not in metrics"))
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{prefix} not in metrics"))
     };
     let rounds = value("akidb_batch_requests_count");
     let single = value("akidb_batch_requests_bucket{le=\"1.0\"}");
@@ -361,7 +405,8 @@ async fn api_key_guards_everything_but_health() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_model_name_is_accepted_and_returned() {
-    let server = TestServer::start(TINY, ServerConfig { served_model_name: Some("my-embedder".into()), ..Default::default() });
+    let server =
+        TestServer::start(TINY, ServerConfig { served_model_name: Some("my-embedder".into()), ..Default::default() });
     server.wait_healthy().await;
     for model in ["my-embedder", TINY, "tiny-bert-cls"] {
         let (s, v) = post(&server.url("/v1/embeddings"), json!({"model": model, "input": "a"})).await;
@@ -435,7 +480,8 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let texts: Vec<String> = (0..256).map(|i| format!("a long enough text {i} {}", "to keep the model busy ".repeat(12))).collect();
+    let texts: Vec<String> =
+        (0..256).map(|i| format!("a long enough text {i} {}", "to keep the model busy ".repeat(12))).collect();
     let request = tokio::spawn({
         let (client, url) = (client.clone(), format!("{base}/api/v1/embed"));
         async move { client.post(url).json(&json!({"inputs": texts})).send().await }

@@ -2,13 +2,13 @@
 //! OpenAI's `{"error":{"message","type","param","code"}}` on `/v1/*`, TEI's
 //! `{"error","error_type"}` elsewhere (Ollama clients read `error` too).
 
+use axum::body::Bytes;
 use axum::{
     extract::rejection::BytesRejection,
     http::{header, HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use axum::body::Bytes;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 

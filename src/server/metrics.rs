@@ -45,7 +45,8 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("akidb");
         let requests = Family::<RequestLabels, Counter>::default();
-        let request_duration = Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let request_duration =
+            Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 9));
         let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let inference_duration = latency_histogram();

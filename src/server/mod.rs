@@ -40,6 +40,12 @@ pub struct ServerConfig {
     pub max_inputs: usize,
     pub max_concurrent_requests: usize,
     pub max_batch_requests: usize,
+    /// Tokens admitted but not yet embedded, across all requests; beyond it new requests get 429.
+    pub max_queued_tokens: usize,
+    /// Past this a request is answered with an error and its remaining texts are dropped.
+    pub request_timeout: Option<std::time::Duration>,
+    /// After SIGTERM, in-flight requests get this long before the process exits anyway.
+    pub shutdown_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -53,6 +59,10 @@ impl Default for ServerConfig {
             max_inputs: 512,
             max_concurrent_requests: 512,
             max_batch_requests: 64,
+            // ~20 s of work for MiniLM on two cores (~11k tokens/s): bounded, yet room for bulk jobs.
+            max_queued_tokens: 262_144,
+            request_timeout: Some(std::time::Duration::from_secs(60)),
+            shutdown_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -84,6 +94,15 @@ pub struct ServerArgs {
     /// Requests merged into one batching round [default: 64]
     #[arg(long, env = "AKIDB_MAX_BATCH_REQUESTS")]
     pub max_batch_requests: Option<usize>,
+    /// Tokens queued across all requests; beyond it new requests get 429 with Retry-After [default: 262144]
+    #[arg(long, env = "AKIDB_MAX_QUEUED_TOKENS")]
+    pub max_queued_tokens: Option<usize>,
+    /// Seconds a request may take before it is answered 503 and its remaining texts dropped; 0 = no limit [default: 60]
+    #[arg(long, env = "AKIDB_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<u64>,
+    /// Seconds SIGTERM waits for in-flight requests before exiting anyway [default: 30]
+    #[arg(long, env = "AKIDB_SHUTDOWN_TIMEOUT")]
+    pub shutdown_timeout: Option<u64>,
 }
 
 impl ServerArgs {
@@ -101,7 +120,11 @@ impl ServerArgs {
                 .or(file.max_concurrent_requests)
                 .unwrap_or(d.max_concurrent_requests)
                 .max(1),
-            max_batch_requests: self.max_batch_requests.or(file.max_batch_requests).unwrap_or(d.max_batch_requests).max(1),
+            max_batch_requests: self
+                .max_batch_requests
+                .or(file.max_batch_requests)
+                .unwrap_or(d.max_batch_requests)
+                .max(1),
         }
     }
 }
@@ -262,29 +285,28 @@ async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
-        state.metrics.render(),
-    )
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }
 
 async fn not_found(request: Request) -> ApiError {
     let flavor = if request.uri().path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Native };
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path())).flavor(flavor)
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {} {}", request.method(), request.uri().path()))
+        .flavor(flavor)
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, format!("{} is not allowed on {}", request.method(), request.uri().path()))
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed on {}", request.method(), request.uri().path()),
+    )
 }
 
 /// Counts and times every request, and logs one line for it.
 async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
     let method = request.method().clone();
     let response = next.run(request).await;
     let elapsed = started.elapsed();
@@ -310,7 +332,9 @@ async fn authorize(State(state): State<AppState>, request: Request, next: Next) 
     }
     let flavor = if request.uri().path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Native };
     let mut response =
-        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>").flavor(flavor).into_response();
+        ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong API key: send Authorization: Bearer <key>")
+            .flavor(flavor)
+            .into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
     response
 }
@@ -369,7 +393,11 @@ impl Server {
             match loader.await {
                 Ok(Ok(embedder)) => {
                     let embedder = Arc::new(embedder);
-                    let queue = Queue::start(embedder.clone(), load_state.config.max_batch_requests, load_state.metrics.clone());
+                    let queue = Queue::start(
+                        embedder.clone(),
+                        load_state.config.max_batch_requests,
+                        load_state.metrics.clone(),
+                    );
                     let _ = load_state.engine.set(Engine { embedder, queue });
                     tracing::info!("model ready; /health is 200");
                 }
@@ -487,7 +515,8 @@ mod tests {
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "health answers without a key");
         let (s, v) = call(app.clone(), axum::http::Request::get("/info").body(Body::empty()).unwrap()).await;
         assert_eq!((s, v["error_type"].as_str()), (StatusCode::UNAUTHORIZED, Some("authentication")));
-        let authorized = axum::http::Request::get("/info").header("authorization", "Bearer k").body(Body::empty()).unwrap();
+        let authorized =
+            axum::http::Request::get("/info").header("authorization", "Bearer k").body(Body::empty()).unwrap();
         let (s, _) = call(app, authorized).await;
         assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "past auth, the model is not loaded yet");
     }

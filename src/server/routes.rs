@@ -40,11 +40,16 @@ fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
                     "{field}[{i}] is an array: token-id inputs are not supported, send text"
                 ))
                 .param(field)),
-                other => Err(ApiError::unprocessable(format!("{field}[{i}] must be a string, not {}", kind(&other))).param(field)),
+                other => Err(ApiError::unprocessable(format!("{field}[{i}] must be a string, not {}", kind(&other)))
+                    .param(field)),
             })
             .collect(),
         Value::Null => Err(ApiError::unprocessable(format!("missing field `{field}`")).param(field)),
-        other => Err(ApiError::unprocessable(format!("{field} must be a string or an array of strings, not {}", kind(&other))).param(field)),
+        other => Err(ApiError::unprocessable(format!(
+            "{field} must be a string or an array of strings, not {}",
+            kind(&other)
+        ))
+        .param(field)),
     }
 }
 
@@ -69,11 +74,16 @@ pub struct SeedRequest {
 }
 
 /// `POST /api/v1/embed`: the seed API.
-pub async fn seed_embed(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<EmbedResponse>, ApiError> {
+pub async fn seed_embed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<EmbedResponse>, ApiError> {
     let started = Instant::now();
     let req: SeedRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.inputs, "inputs")?;
-    let out = state.embed(req.model.as_deref(), texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
+    let out =
+        state.embed(req.model.as_deref(), texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
     Ok(Json(EmbedResponse {
         model: state.model_name(),
         embeddings: out.vectors,
@@ -90,7 +100,11 @@ pub struct TeiRequest {
 }
 
 /// `POST /embed`: text-embeddings-inference's route.
-pub async fn tei_embed(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
+pub async fn tei_embed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.inputs, "inputs")?;
     let out = state.embed(None, texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
@@ -106,7 +120,11 @@ pub struct OllamaRequest {
 }
 
 /// `POST /api/embed`: Ollama's route (vectors are unit length there too).
-pub async fn ollama_embed(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn ollama_embed(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     let started = Instant::now();
     let req: OllamaRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.input, "input")?;
@@ -132,7 +150,11 @@ pub struct OpenAiRequest {
 }
 
 /// `POST /v1/embeddings`: OpenAI's API, errors in OpenAI's shape.
-pub async fn openai_embeddings(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+pub async fn openai_embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Value>, ApiError> {
     openai(state, headers, body).await.map_err(|e| e.flavor(Flavor::OpenAi))
 }
 

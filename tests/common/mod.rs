@@ -39,7 +39,12 @@ pub fn reference(model: &str) -> Vec<(String, Vec<f32>)> {
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).expect("reference row is JSON");
             let text = v["text"].as_str().expect("text").to_string();
-            let emb = v["embedding"].as_array().expect("embedding").iter().map(|x| x.as_f64().expect("number") as f32).collect();
+            let emb = v["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("number") as f32)
+                .collect();
             (text, emb)
         })
         .collect()
