@@ -125,6 +125,16 @@ impl ServerArgs {
                 .or(file.max_batch_requests)
                 .unwrap_or(d.max_batch_requests)
                 .max(1),
+            max_queued_tokens: self.max_queued_tokens.or(file.max_queued_tokens).unwrap_or(d.max_queued_tokens).max(1),
+            request_timeout: match self.request_timeout.or(file.request_timeout) {
+                Some(0) => None,
+                Some(secs) => Some(std::time::Duration::from_secs(secs)),
+                None => d.request_timeout,
+            },
+            shutdown_timeout: self
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .map_or(d.shutdown_timeout, std::time::Duration::from_secs),
         }
     }
 }
