@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::{
+    batching::{plan_batches, Budget},
     config::{ConfigError, ModelConfig},
     hub::{HubError, ModelRepo},
     pooling,
@@ -59,7 +60,7 @@ impl Default for EmbedderOptions {
 }
 
 /// What was loaded, for `/info`, logs and `--verbose`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct ModelInfo {
     pub id: String,
     pub revision: Option<String>,
@@ -83,8 +84,7 @@ pub struct Embedder {
     config: ModelConfig,
     tokenizer: Tokenizer,
     session: Session,
-    max_batch_tokens: usize,
-    max_batch_size: usize,
+    budget: Budget,
 }
 
 impl Embedder {
@@ -151,8 +151,7 @@ impl Embedder {
             config,
             tokenizer,
             session,
-            max_batch_tokens: options.max_batch_tokens.max(1),
-            max_batch_size: options.max_batch_size.max(1),
+            budget: Budget::new(options.max_batch_tokens, options.max_batch_size),
         };
         let warm = embedder.embed(&["warm-up"], true)?;
         let got = warm.vectors.first().map_or(0, Vec::len);
@@ -193,12 +192,8 @@ impl Embedder {
         self.config.max_seq_length
     }
 
-    pub fn max_batch_tokens(&self) -> usize {
-        self.max_batch_tokens
-    }
-
-    pub fn max_batch_size(&self) -> usize {
-        self.max_batch_size
+    pub fn budget(&self) -> Budget {
+        self.budget
     }
 
     pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, EmbedError> {
@@ -222,7 +217,7 @@ impl Embedder {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
-        for range in plan_batches(order.iter().map(|&i| tokens[i].len()), self.max_batch_tokens, self.max_batch_size) {
+        for range in plan_batches(order.iter().map(|&i| tokens[i].len()), self.budget) {
             let members = &order[range];
             let items: Vec<&Tokens> = members.iter().map(|&i| &tokens[i]).collect();
             for (&i, mut v) in members.iter().zip(self.infer(&items)?) {
@@ -315,47 +310,4 @@ fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, onnx_path: &
         repo.revision().unwrap_or("local"),
         clean(onnx_file)
     ))
-}
-
-/// Splits lengths (sorted longest first) into consecutive batches whose padded size
-/// (rows × longest) stays within `max_tokens` and whose row count within `max_rows`.
-pub fn plan_batches(
-    lengths: impl IntoIterator<Item = usize>,
-    max_tokens: usize,
-    max_rows: usize,
-) -> Vec<std::ops::Range<usize>> {
-    let mut batches = Vec::new();
-    let (mut start, mut width, mut rows) = (0usize, 0usize, 0usize);
-    let mut i = 0;
-    for len in lengths {
-        let new_width = width.max(len);
-        if rows > 0 && (rows + 1 > max_rows || (rows + 1) * new_width > max_tokens) {
-            batches.push(start..i);
-            start = i;
-            width = len;
-            rows = 1;
-        } else {
-            width = new_width;
-            rows += 1;
-        }
-        i += 1;
-    }
-    if rows > 0 {
-        batches.push(start..i);
-    }
-    batches
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plan_batches;
-
-    #[test]
-    fn batches_respect_token_budget_and_row_limit() {
-        assert_eq!(plan_batches([10, 10, 10, 5], 25, 10), vec![0..2, 2..4]);
-        assert_eq!(plan_batches([3, 3, 3, 3, 3], 1000, 2), vec![0..2, 2..4, 4..5]);
-        // a single text longer than the budget still gets its own batch
-        assert_eq!(plan_batches([300, 2], 100, 8), vec![0..1, 1..2]);
-        assert!(plan_batches(std::iter::empty(), 100, 8).is_empty());
-    }
 }

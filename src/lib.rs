@@ -4,6 +4,7 @@
 //! itself, [`tokenize`] and [`runtime`] turn text into hidden states, [`pooling`] into vectors;
 //! [`embedder`] ties them together and [`server`] puts them behind HTTP.
 
+pub mod batching;
 pub mod config;
 pub mod embedder;
 pub mod graph;

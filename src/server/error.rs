@@ -59,6 +59,23 @@ impl ApiError {
         e
     }
 
+    /// Over the queued-token bound: come back when the queue has drained.
+    pub fn queue_full(overloaded: super::scheduler::Overloaded) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, format!("the server is busy: {overloaded}"));
+        e.retry_after = Some(overloaded.retry_after);
+        e
+    }
+
+    pub fn timed_out(limit: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the request did not finish within the {} s request timeout; its remaining texts were dropped",
+                limit.as_secs_f64()
+            ),
+        )
+    }
+
     fn error_type(&self) -> &'static str {
         match self.status {
             StatusCode::UNAUTHORIZED => "authentication",
@@ -67,6 +84,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::TOO_MANY_REQUESTS => "overloaded",
             StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
+            StatusCode::GATEWAY_TIMEOUT => "timeout",
             s if s.is_server_error() => "backend",
             _ => "validation",
         }

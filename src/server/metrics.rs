@@ -32,6 +32,8 @@ pub struct Metrics {
     pub batch_texts: Histogram,
     pub inference_duration: Histogram,
     pub queue_depth: Gauge,
+    pub queued_tokens: Gauge,
+    pub dropped_texts: Counter,
     pub tokens: Counter,
     pub texts: Counter,
 }
@@ -51,14 +53,22 @@ impl Default for Metrics {
         let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 10));
         let inference_duration = latency_histogram();
         let queue_depth = Gauge::default();
+        let queued_tokens = Gauge::default();
+        let dropped_texts = Counter::default();
         let tokens = Counter::default();
         let texts = Counter::default();
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", request_duration.clone());
-        registry.register("batch_requests", "Requests served by one batching round", batch_requests.clone());
+        registry.register("batch_requests", "Requests sharing one inference call", batch_requests.clone());
         registry.register("batch_size", "Texts per inference call", batch_texts.clone());
         registry.register("inference_duration_seconds", "Time of one inference call", inference_duration.clone());
-        registry.register("queue_depth", "Requests waiting for the inference thread", queue_depth.clone());
+        registry.register("queue_depth", "Requests admitted and not yet answered", queue_depth.clone());
+        registry.register("queued_tokens", "Tokens admitted and not yet embedded", queued_tokens.clone());
+        registry.register(
+            "dropped_texts",
+            "Texts never computed because their request was abandoned (client gone, timed out)",
+            dropped_texts.clone(),
+        );
         registry.register("tokens", "Tokens embedded", tokens.clone());
         registry.register("texts", "Texts embedded", texts.clone());
         Self {
@@ -69,6 +79,8 @@ impl Default for Metrics {
             batch_texts,
             inference_duration,
             queue_depth,
+            queued_tokens,
+            dropped_texts,
             tokens,
             texts,
         }
@@ -81,13 +93,10 @@ impl Metrics {
         self.request_duration.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_batch(&self, texts: usize, elapsed: Duration) {
+    pub fn observe_batch(&self, texts: usize, requests: usize, elapsed: Duration) {
         self.batch_texts.observe(texts as f64);
-        self.inference_duration.observe(elapsed.as_secs_f64());
-    }
-
-    pub fn observe_round(&self, requests: usize) {
         self.batch_requests.observe(requests as f64);
+        self.inference_duration.observe(elapsed.as_secs_f64());
     }
 
     pub fn render(&self) -> String {

@@ -1,16 +1,17 @@
-//! `akidb serve`: one axum router in front of the batching queue (router → queue → embedder, as
-//! text-embeddings-inference separates them). The listener is up before the model is loaded so
+//! `akidb serve`: axum routes → scheduler → [`Backend`] (the engine), as text-embeddings-inference
+//! separates router, queue and backend. The listener is up before the model is loaded so
 //! `/health` can say 503 until the warm-up run is done.
 
+pub mod backend;
 mod error;
 pub mod metrics;
-mod queue;
 mod routes;
+pub mod scheduler;
 
 use std::{
-    future::Future,
+    future::{Future, IntoFuture},
     sync::{Arc, OnceLock},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -24,9 +25,13 @@ use axum::{
 use serde_json::json;
 use tokio::{net::TcpListener, sync::Semaphore};
 
+pub use self::backend::{Backend, BackendError};
 pub use self::error::{ApiError, Flavor};
-use self::{metrics::Metrics, queue::Queue};
-use crate::{embedder::EmbedError, settings::ServerFile, Embedder};
+use self::{
+    metrics::Metrics,
+    scheduler::{Scheduler, SchedulerConfig, SchedulerError},
+};
+use crate::{settings::ServerFile, Embeddings};
 
 /// Server limits and identity. Defaults are what a single-machine deployment wants.
 #[derive(Debug, Clone)]
@@ -147,15 +152,18 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error(transparent)]
-    Load(#[from] EmbedError),
+    #[error("{0}")]
+    Load(String),
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
 }
 
+/// A batch running this long is "stuck" whatever the usual batch time (see [`Scheduler::health`]).
+const STALL_FLOOR: Duration = Duration::from_secs(10);
+
 struct Engine {
-    embedder: Arc<Embedder>,
-    queue: Queue,
+    backend: Arc<dyn Backend>,
+    scheduler: Scheduler,
 }
 
 #[derive(Clone)]
@@ -165,11 +173,6 @@ pub struct AppState {
     limiter: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     started: Instant,
-}
-
-pub(crate) struct Embedded {
-    pub vectors: Vec<Vec<f32>>,
-    pub tokens: usize,
 }
 
 impl AppState {
@@ -183,6 +186,20 @@ impl AppState {
         }
     }
 
+    /// Puts a loaded model behind its scheduler; from now on `/health` is the scheduler's.
+    fn install(&self, backend: Arc<dyn Backend>, stall_floor: Duration) {
+        let config = SchedulerConfig {
+            budget: backend.budget(),
+            max_queued_tokens: self.config.max_queued_tokens,
+            max_batch_requests: self.config.max_batch_requests,
+            stall_floor,
+        };
+        let scheduler = Scheduler::start(backend.clone(), config, self.metrics.clone());
+        if self.engine.set(Engine { backend, scheduler }).is_err() {
+            tracing::warn!("a model was already installed; keeping the first");
+        }
+    }
+
     fn engine(&self) -> Result<&Engine, ApiError> {
         self.engine
             .get()
@@ -192,26 +209,27 @@ impl AppState {
     fn model_name(&self) -> String {
         match (&self.config.served_model_name, self.engine.get()) {
             (Some(name), _) => name.clone(),
-            (None, Some(engine)) => engine.embedder.info().id.clone(),
+            (None, Some(engine)) => engine.backend.info().id.clone(),
             (None, None) => String::new(),
         }
     }
 
     fn dimension(&self) -> usize {
-        self.engine.get().map_or(0, |e| e.embedder.dimension())
+        self.engine.get().map_or(0, |e| e.backend.info().dimension)
     }
 
-    /// The path every embedding route shares: validate, limit, tokenize, queue.
+    /// The path every embedding route shares: validate, limit, tokenize, admit, queue; all of it
+    /// within the request timeout, past which the request's remaining texts are dropped.
     pub(crate) async fn embed(
         &self,
         model: Option<&str>,
         texts: Vec<String>,
         normalize: bool,
         truncate: bool,
-    ) -> Result<Embedded, ApiError> {
+    ) -> Result<Embeddings, ApiError> {
         let engine = self.engine()?;
         if let Some(model) = model {
-            let info = engine.embedder.info();
+            let info = engine.backend.info();
             let short = info.id.rsplit('/').next().unwrap_or(&info.id);
             let known = model == info.id || model == short || self.config.served_model_name.as_deref() == Some(model);
             if !known {
@@ -231,45 +249,69 @@ impl AppState {
                 format!("{} inputs in one request; the limit is {}", texts.len(), self.config.max_inputs),
             ));
         }
-        let _permit =
-            self.limiter.try_acquire().map_err(|_| ApiError::overloaded(self.config.max_concurrent_requests))?;
+        engine.scheduler.health().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        let permit = self
+            .limiter
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApiError::overloaded(self.config.max_concurrent_requests))?;
+        engine.scheduler.check_room().map_err(ApiError::queue_full)?;
 
-        let embedder = engine.embedder.clone();
-        let bytes: usize = texts.iter().map(String::len).sum();
-        // Small requests tokenize in place; large ones off the async workers.
-        let tokens = if bytes < 4096 {
-            embedder.tokenize(&texts)
-        } else {
-            tokio::task::spawn_blocking(move || embedder.tokenize(&texts))
-                .await
-                .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}")))?
+        let work = async move {
+            let backend = engine.backend.clone();
+            let bytes: usize = texts.iter().map(String::len).sum();
+            // Small requests tokenize in place; large ones off the async workers.
+            let tokens = if bytes < 4096 {
+                backend.tokenize(&texts)
+            } else {
+                tokio::task::spawn_blocking(move || backend.tokenize(&texts)).await.map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}"))
+                })?
+            }
+            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            if !truncate {
+                if let Some(index) = tokens.iter().position(|t| t.truncated) {
+                    let max = engine.backend.info().max_seq_length;
+                    return Err(ApiError::unprocessable(format!(
+                        "input {index} is longer than the model's maximum of {max} tokens (truncation is off)"
+                    )));
+                }
+            }
+            let total_tokens: usize = tokens.iter().map(|t| t.len()).sum();
+            let text_count = tokens.len();
+            let ticket = engine.scheduler.admit(total_tokens).map_err(ApiError::queue_full)?;
+            let vectors =
+                engine.scheduler.submit(tokens, normalize, ticket, Some(permit)).await.map_err(|e| match e {
+                    SchedulerError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+                    SchedulerError::Inference(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+                })?;
+            self.metrics.tokens.inc_by(total_tokens as u64);
+            self.metrics.texts.inc_by(text_count as u64);
+            Ok(Embeddings { vectors, total_tokens })
+        };
+        match self.config.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| ApiError::timed_out(limit))?,
+            None => work.await,
         }
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-        if !truncate {
-            engine.embedder.check_lengths(&tokens).map_err(|e| ApiError::unprocessable(e.to_string()))?;
-        }
-        let token_count: usize = tokens.iter().map(|t| t.len()).sum();
-        let text_count = tokens.len();
-        let vectors = engine.queue.embed(tokens, normalize).await.map_err(|e| match e {
-            queue::QueueError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            queue::QueueError::Inference(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
-        })?;
-        self.metrics.tokens.inc_by(token_count as u64);
-        self.metrics.texts.inc_by(text_count as u64);
-        Ok(Embedded { vectors, tokens: token_count })
     }
 }
 
 async fn health(State(state): State<AppState>) -> Response {
-    match state.engine.get() {
-        Some(_) => Json(json!({ "status": "ok" })).into_response(),
-        None => (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading" }))).into_response(),
+    let Some(engine) = state.engine.get() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading" }))).into_response();
+    };
+    match engine.scheduler.health().and_then(|()| engine.backend.health().map_err(|e| e.to_string())) {
+        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
+        Err(error) => {
+            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unhealthy", "error": error }))).into_response()
+        }
     }
 }
 
 async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
-    let info = engine.embedder.info();
+    let info = engine.backend.info();
+    let budget = engine.backend.budget();
     let c = &state.config;
     Ok(Json(json!({
         "model_id": info.id,
@@ -287,8 +329,11 @@ async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
             "max_inputs": c.max_inputs,
             "max_concurrent_requests": c.max_concurrent_requests,
             "max_batch_requests": c.max_batch_requests,
-            "max_batch_tokens": engine.embedder.max_batch_tokens(),
-            "max_batch_size": engine.embedder.max_batch_size(),
+            "max_queued_tokens": c.max_queued_tokens,
+            "request_timeout_seconds": c.request_timeout.map(|d| d.as_secs_f64()),
+            "shutdown_timeout_seconds": c.shutdown_timeout.as_secs_f64(),
+            "max_batch_tokens": budget.max_tokens,
+            "max_batch_size": budget.max_rows,
         },
         "uptime_seconds": state.started.elapsed().as_secs(),
     })))
@@ -356,7 +401,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// The whole HTTP surface; `state` decides readiness, limits and auth.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/embed", post(routes::seed_embed))
+        .route("/api/v1/embed", post(routes::native_embed))
         .route("/v1/embeddings", post(routes::openai_embeddings))
         .route("/embeddings", post(routes::openai_embeddings))
         .route("/embed", post(routes::tei_embed))
@@ -389,49 +434,71 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight requests finish.
-    pub async fn run<L, S>(self, load: L, shutdown: S) -> Result<(), ServerError>
+    /// Serves until `shutdown` resolves, then lets in-flight requests finish for at most the
+    /// shutdown timeout. A model that fails to load, or whose loader panics, ends the server
+    /// with that error: never a permanent "loading".
+    pub async fn run<L, B, E, S>(self, load: L, shutdown: S) -> Result<(), ServerError>
     where
-        L: FnOnce() -> Result<Embedder, EmbedError> + Send + 'static,
+        L: FnOnce() -> Result<B, E> + Send + 'static,
+        B: Backend,
+        E: std::fmt::Display + Send + 'static,
         S: Future<Output = ()> + Send + 'static,
     {
         let state = self.state.clone();
-        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<EmbedError>();
+        let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
         let loader = tokio::task::spawn_blocking(load);
         let load_state = state.clone();
         tokio::spawn(async move {
-            match loader.await {
-                Ok(Ok(embedder)) => {
-                    let embedder = Arc::new(embedder);
-                    let queue = Queue::start(
-                        embedder.clone(),
-                        load_state.config.max_batch_requests,
-                        load_state.metrics.clone(),
-                    );
-                    let _ = load_state.engine.set(Engine { embedder, queue });
+            let failure = match loader.await {
+                Ok(Ok(backend)) => {
+                    load_state.install(Arc::new(backend), STALL_FLOOR);
                     tracing::info!("model ready; /health is 200");
+                    return;
                 }
-                Ok(Err(e)) => {
-                    let _ = failed_tx.send(e);
-                }
-                Err(e) => tracing::error!("model loading task failed: {e}"),
-            }
+                Ok(Err(e)) => e.to_string(),
+                Err(e) if e.is_panic() => format!("the model loader panicked: {}", panic_message(e.into_panic())),
+                Err(e) => format!("the model loader was cancelled: {e}"),
+            };
+            let _ = failed_tx.send(failure);
         });
         let app = router(state);
-        let load_failure = Arc::new(parking_lot::Mutex::new(None::<EmbedError>));
-        let failure_slot = load_failure.clone();
+        let failure = Arc::new(parking_lot::Mutex::new(None::<String>));
+        let failure_slot = failure.clone();
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let stop = async move {
             tokio::select! {
                 () = shutdown => tracing::info!("shutting down: finishing in-flight requests"),
                 Ok(e) = failed_rx => { *failure_slot.lock() = Some(e); }
             }
+            let _ = stopping_tx.send(());
         };
-        axum::serve(self.listener, app).with_graceful_shutdown(stop).await?;
-        let failure = load_failure.lock().take();
+        let deadline = self.state.config.shutdown_timeout;
+        let serve = axum::serve(self.listener, app).with_graceful_shutdown(stop).into_future();
+        let expired = async move {
+            match stopping_rx.await {
+                Ok(()) => tokio::time::sleep(deadline).await,
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            served = serve => served?,
+            () = expired => tracing::warn!(
+                "in-flight requests did not finish within the {} s shutdown timeout; exiting anyway",
+                deadline.as_secs_f64()
+            ),
+        }
+        let failure = failure.lock().take();
         match failure {
             Some(e) => Err(ServerError::Load(e)),
             None => Ok(()),
         }
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => payload.downcast_ref::<&str>().map_or_else(|| "(no message)".to_string(), |s| s.to_string()),
     }
 }
 
@@ -462,6 +529,9 @@ pub async fn shutdown_signal() {
         () = terminate => {},
     }
 }
+
+#[cfg(test)]
+mod scheduling_tests;
 
 #[cfg(test)]
 mod tests {

@@ -65,7 +65,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 #[derive(Deserialize)]
-pub struct SeedRequest {
+pub struct NativeRequest {
     model: Option<String>,
     #[serde(default)]
     inputs: Value,
@@ -73,21 +73,21 @@ pub struct SeedRequest {
     truncate: Option<bool>,
 }
 
-/// `POST /api/v1/embed`: the seed API.
-pub async fn seed_embed(
+/// `POST /api/v1/embed`: the native API.
+pub async fn native_embed(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<EmbedResponse>, ApiError> {
     let started = Instant::now();
-    let req: SeedRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let req: NativeRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.inputs, "inputs")?;
     let out =
         state.embed(req.model.as_deref(), texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
     Ok(Json(EmbedResponse {
         model: state.model_name(),
         embeddings: out.vectors,
-        usage: Usage { total_tokens: out.tokens, duration_ms: started.elapsed().as_millis() as u64 },
+        usage: Usage { total_tokens: out.total_tokens, duration_ms: started.elapsed().as_millis() as u64 },
     }))
 }
 
@@ -134,7 +134,7 @@ pub async fn ollama_embed(
         "embeddings": out.vectors,
         "total_duration": started.elapsed().as_nanos() as u64,
         "load_duration": 0,
-        "prompt_eval_count": out.tokens,
+        "prompt_eval_count": out.total_tokens,
     })))
 }
 
@@ -145,8 +145,6 @@ pub struct OpenAiRequest {
     model: Option<String>,
     encoding_format: Option<String>,
     dimensions: Option<i64>,
-    #[allow(dead_code)]
-    user: Option<String>,
 }
 
 /// `POST /v1/embeddings`: OpenAI's API, errors in OpenAI's shape.
@@ -204,6 +202,6 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
         "object": "list",
         "data": data,
         "model": state.model_name(),
-        "usage": { "prompt_tokens": out.tokens, "total_tokens": out.tokens },
+        "usage": { "prompt_tokens": out.total_tokens, "total_tokens": out.total_tokens },
     })))
 }

@@ -1,0 +1,520 @@
+//! Who waits for whom. One inference thread per model owns every admitted request and, before each
+//! inference call, picks the next batch across all of them:
+//!
+//! - **Shortest remaining work first.** The request with the fewest tokens left leads the batch,
+//!   so a one-text query waits at most for the batch in progress, never for a bulk job's queue.
+//!   Other requests join when they fit whole (concurrent queries share one call) or, when they
+//!   cannot finish in this call, only with texts no longer than the batch is already padded to.
+//!   A lone bulk request is cut exactly as [`plan_batches`](crate::batching::plan_batches) cuts it.
+//! - **Answer per batch.** A request is answered when its own last text is done.
+//! - **Drop abandoned work.** A request whose handler is gone (client hung up, timed out) is
+//!   removed before the next pick; its texts are counted in `akidb_dropped_texts_total`.
+//! - **Bounded work.** Admission is by queued tokens ([`Scheduler::admit`]); the [`Ticket`] travels
+//!   with the job and is released as its texts are done or dropped, so work that is queued, not
+//!   just handlers that are alive, is what the bound covers.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        mpsc, Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
+
+use super::{backend::Backend, metrics::Metrics};
+use crate::{batching::Budget, pooling, tokenize::Tokens};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("inference failed: {0}")]
+    Inference(String),
+    #[error("the inference worker has stopped")]
+    Stopped,
+}
+
+/// Over the queued-token bound; `retry_after` is the estimated time to drain the queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{queued} tokens are queued (limit {limit}); retry in about {retry_after} s")]
+pub struct Overloaded {
+    pub queued: usize,
+    pub limit: usize,
+    pub retry_after: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub budget: Budget,
+    pub max_queued_tokens: usize,
+    /// Most requests sharing one inference call.
+    pub max_batch_requests: usize,
+    /// A batch running longer than this (and longer than 20 typical batches) means "stuck".
+    pub stall_floor: Duration,
+}
+
+/// State the worker shares with handlers and `/health`.
+struct Shared {
+    metrics: Arc<Metrics>,
+    max_queued_tokens: usize,
+    stall_floor: Duration,
+    queued_tokens: AtomicUsize,
+    alive: AtomicBool,
+    epoch: Instant,
+    /// Microseconds since `epoch` at which the running batch started (+1); 0 when idle.
+    busy_since: AtomicU64,
+    /// Moving averages over recent batches, for stall detection and `Retry-After`.
+    batch_micros: AtomicU64,
+    tokens_per_sec: AtomicU64,
+}
+
+impl Shared {
+    fn micros(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(u64::MAX) + 1
+    }
+
+    fn release(&self, tokens: usize) {
+        if tokens > 0 {
+            let before = self.queued_tokens.fetch_sub(tokens, Ordering::AcqRel);
+            self.metrics.queued_tokens.set(i64::try_from(before - tokens).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Admitted tokens, held by a job until its texts are done or dropped.
+pub struct Ticket {
+    shared: Arc<Shared>,
+    tokens: usize,
+}
+
+impl Ticket {
+    fn release(&mut self, tokens: usize) {
+        let n = tokens.min(self.tokens);
+        self.tokens -= n;
+        self.shared.release(n);
+    }
+}
+
+impl std::fmt::Debug for Ticket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ticket").field("tokens", &self.tokens).finish()
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.shared.release(self.tokens);
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, SchedulerError>>;
+
+struct Job {
+    tokens: Vec<Tokens>,
+    normalize: bool,
+    reply: Reply,
+    ticket: Ticket,
+    /// The handler's concurrency permit: a client that hangs up frees it only when its work is gone.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Handle for request handlers and `/health`. The worker stops when the last handle is dropped.
+pub struct Scheduler {
+    tx: mpsc::Sender<Job>,
+    shared: Arc<Shared>,
+}
+
+impl Scheduler {
+    pub fn start(backend: Arc<dyn Backend>, config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            metrics,
+            max_queued_tokens: config.max_queued_tokens.max(1),
+            stall_floor: config.stall_floor,
+            queued_tokens: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            epoch: Instant::now(),
+            busy_since: AtomicU64::new(0),
+            batch_micros: AtomicU64::new(0),
+            tokens_per_sec: AtomicU64::new(0),
+        });
+        let worker_shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name("akidb-inference".into())
+            .spawn(move || Worker::new(backend, config, worker_shared).run(&rx));
+        if let Err(e) = spawned {
+            tracing::error!("could not start the inference thread: {e}");
+            shared.alive.store(false, Ordering::Release);
+        }
+        Self { tx, shared }
+    }
+
+    /// Admits `tokens` more queued tokens, or says how long to wait. A request larger than the
+    /// whole bound is admitted when nothing else is queued, so no valid request is refused forever.
+    pub fn admit(&self, tokens: usize) -> Result<Ticket, Overloaded> {
+        let s = &self.shared;
+        let mut queued = s.queued_tokens.load(Ordering::Acquire);
+        loop {
+            if queued > 0 && queued.saturating_add(tokens) > s.max_queued_tokens {
+                return Err(self.overloaded(queued));
+            }
+            match s.queued_tokens.compare_exchange_weak(queued, queued + tokens, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break,
+                Err(now) => queued = now,
+            }
+        }
+        s.metrics.queued_tokens.set(i64::try_from(queued + tokens).unwrap_or(i64::MAX));
+        Ok(Ticket { shared: s.clone(), tokens })
+    }
+
+    /// Refuses early, before any tokenizing, when the queue is already full.
+    pub fn check_room(&self) -> Result<(), Overloaded> {
+        let queued = self.shared.queued_tokens.load(Ordering::Acquire);
+        if queued >= self.shared.max_queued_tokens {
+            return Err(self.overloaded(queued));
+        }
+        Ok(())
+    }
+
+    fn overloaded(&self, queued: usize) -> Overloaded {
+        let rate = self.shared.tokens_per_sec.load(Ordering::Relaxed).max(1);
+        let retry_after = (queued as u64).div_ceil(rate).clamp(1, 60);
+        Overloaded { queued, limit: self.shared.max_queued_tokens, retry_after }
+    }
+
+    /// Queues tokenized texts now; the returned future yields their vectors in order. Dropping
+    /// the future abandons the request: its remaining texts are never computed.
+    pub fn submit(
+        &self,
+        tokens: Vec<Tokens>,
+        normalize: bool,
+        ticket: Ticket,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> + Send + 'static {
+        let (reply, rx) = oneshot::channel();
+        self.shared.metrics.queue_depth.inc();
+        let sent = self.tx.send(Job { tokens, normalize, reply, ticket, _permit: permit });
+        if sent.is_err() {
+            self.shared.metrics.queue_depth.dec();
+        }
+        async move { rx.await.unwrap_or(Err(SchedulerError::Stopped)) }
+    }
+
+    /// Whether the worker can make progress: alive, and no batch running far longer than usual.
+    pub fn health(&self) -> Result<(), String> {
+        let s = &self.shared;
+        if !s.alive.load(Ordering::Acquire) {
+            return Err("the inference worker has stopped".into());
+        }
+        let since = s.busy_since.load(Ordering::Acquire);
+        if since > 0 {
+            let running = Duration::from_micros(s.micros().saturating_sub(since));
+            let typical = Duration::from_micros(s.batch_micros.load(Ordering::Relaxed)) * 20;
+            if running > s.stall_floor.max(typical) {
+                return Err(format!("inference has made no progress for {:.1} s", running.as_secs_f64()));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn queued_tokens(&self) -> usize {
+        self.shared.queued_tokens.load(Ordering::Acquire)
+    }
+}
+
+struct AliveGuard(Arc<Shared>);
+
+impl Drop for AliveGuard {
+    /// Runs on a panic too: `/health` then tells the truth.
+    fn drop(&mut self) {
+        self.0.alive.store(false, Ordering::Release);
+        if thread::panicking() {
+            tracing::error!("the inference worker panicked; /health now answers 503");
+        }
+    }
+}
+
+/// One admitted request inside the worker.
+struct Entry {
+    tokens: Vec<Tokens>,
+    /// Text indices, longest first; `order[front..back]` are still to do.
+    order: Vec<usize>,
+    front: usize,
+    back: usize,
+    remaining_tokens: usize,
+    results: Vec<Vec<f32>>,
+    normalize: bool,
+    reply: Option<Reply>,
+    ticket: Ticket,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Entry {
+    fn new(job: Job) -> Self {
+        let mut order: Vec<usize> = (0..job.tokens.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(job.tokens[i].len()));
+        let remaining_tokens = job.tokens.iter().map(Tokens::len).sum();
+        Self {
+            back: order.len(),
+            order,
+            front: 0,
+            remaining_tokens,
+            results: vec![Vec::new(); job.tokens.len()],
+            tokens: job.tokens,
+            normalize: job.normalize,
+            reply: Some(job.reply),
+            ticket: job.ticket,
+            permit: job._permit,
+        }
+    }
+
+    fn remaining_lengths(&self) -> Vec<usize> {
+        self.order[self.front..self.back].iter().map(|&i| self.tokens[i].len()).collect()
+    }
+
+    fn abandoned(&self) -> bool {
+        self.reply.as_ref().is_none_or(oneshot::Sender::is_closed)
+    }
+
+    fn remaining_texts(&self) -> usize {
+        self.back - self.front
+    }
+}
+
+/// Part of one request in a batch: its `from_front` longest and `from_back` shortest remaining texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Take {
+    pub entry: usize,
+    pub from_front: usize,
+    pub from_back: usize,
+}
+
+/// Chooses the next batch. `queues[i]` are request i's remaining text lengths, longest first, in
+/// arrival order. Pure, so the policy is tested without threads.
+pub fn pick_batch(queues: &[Vec<usize>], budget: Budget, max_requests: usize) -> Vec<Take> {
+    let mut by_work: Vec<usize> = (0..queues.len()).filter(|&i| !queues[i].is_empty()).collect();
+    // Stable: equal work keeps arrival order.
+    by_work.sort_by_key(|&i| queues[i].iter().sum::<usize>());
+    let mut takes = Vec::new();
+    let (mut rows, mut width) = (0usize, 0usize);
+    for i in by_work {
+        if takes.len() >= max_requests.max(1) {
+            break;
+        }
+        let q = &queues[i];
+        let mut take = Take { entry: i, from_front: 0, from_back: 0 };
+        if rows == 0 {
+            // The lead request: its longest texts, as many as fit.
+            for &len in q {
+                if !budget.fits(rows + 1, width.max(len)) {
+                    break;
+                }
+                rows += 1;
+                width = width.max(len);
+                take.from_front += 1;
+            }
+        } else if budget.fits(rows + q.len(), width.max(q[0])) {
+            // It finishes in this call: join whole.
+            rows += q.len();
+            width = width.max(q[0]);
+            take.from_front = q.len();
+        } else {
+            // It cannot finish now: only texts that do not widen the batch.
+            for &len in q.iter().rev() {
+                if len > width || !budget.fits(rows + 1, width) {
+                    break;
+                }
+                rows += 1;
+                take.from_back += 1;
+            }
+        }
+        if take.from_front + take.from_back > 0 {
+            takes.push(take);
+        }
+    }
+    takes
+}
+
+struct Worker {
+    /// First field, so it drops first: `alive` is false before any waiting request hears "stopped".
+    _alive: AliveGuard,
+    backend: Arc<dyn Backend>,
+    config: SchedulerConfig,
+    shared: Arc<Shared>,
+    entries: Vec<Entry>,
+}
+
+impl Worker {
+    fn new(backend: Arc<dyn Backend>, config: SchedulerConfig, shared: Arc<Shared>) -> Self {
+        Self { _alive: AliveGuard(shared.clone()), backend, config, shared, entries: Vec::new() }
+    }
+
+    fn run(mut self, rx: &mpsc::Receiver<Job>) {
+        loop {
+            if self.entries.is_empty() {
+                match rx.recv() {
+                    Ok(job) => self.entries.push(Entry::new(job)),
+                    Err(_) => return,
+                }
+            }
+            while let Ok(job) = rx.try_recv() {
+                self.entries.push(Entry::new(job));
+            }
+            self.drop_abandoned();
+            if !self.entries.is_empty() {
+                self.run_batch();
+            }
+        }
+    }
+
+    fn drop_abandoned(&mut self) {
+        let metrics = &self.shared.metrics;
+        self.entries.retain(|e| {
+            if !e.abandoned() {
+                return true;
+            }
+            metrics.dropped_texts.inc_by(e.remaining_texts() as u64);
+            metrics.queue_depth.dec();
+            false
+        });
+    }
+
+    fn run_batch(&mut self) {
+        let queues: Vec<Vec<usize>> = self.entries.iter().map(Entry::remaining_lengths).collect();
+        let takes = pick_batch(&queues, self.config.budget, self.config.max_batch_requests);
+        // (entry, text index) per row.
+        let mut rows: Vec<(usize, usize)> = Vec::new();
+        for t in &takes {
+            let e = &self.entries[t.entry];
+            rows.extend(e.order[e.front..e.front + t.from_front].iter().map(|&i| (t.entry, i)));
+            rows.extend(e.order[e.back - t.from_back..e.back].iter().map(|&i| (t.entry, i)));
+        }
+        for t in &takes {
+            let e = &mut self.entries[t.entry];
+            e.front += t.from_front;
+            e.back -= t.from_back;
+        }
+        if rows.is_empty() {
+            self.finish_done();
+            return;
+        }
+        let batch: Vec<&Tokens> = rows.iter().map(|&(e, i)| &self.entries[e].tokens[i]).collect();
+        let padded = batch.len() * batch.iter().map(|t| t.len()).max().unwrap_or(0);
+        let real: usize = batch.iter().map(|t| t.len()).sum();
+
+        let started = Instant::now();
+        self.shared.busy_since.store(self.shared.micros(), Ordering::Release);
+        let result = self.backend.embed(&batch);
+        self.shared.busy_since.store(0, Ordering::Release);
+        let elapsed = started.elapsed();
+        self.observe(rows.len(), takes.len(), padded, elapsed);
+
+        match result {
+            Ok(vectors) if vectors.len() == rows.len() => {
+                for (&(e, i), v) in rows.iter().zip(vectors) {
+                    let entry = &mut self.entries[e];
+                    entry.remaining_tokens -= entry.tokens[i].len();
+                    entry.ticket.release(entry.tokens[i].len());
+                    entry.results[i] = v;
+                }
+            }
+            other => {
+                let message = match other {
+                    Ok(v) => format!("the backend returned {} vectors for {} texts", v.len(), rows.len()),
+                    Err(e) => e.to_string(),
+                };
+                tracing::error!(texts = rows.len(), tokens = real, "inference failed: {message}");
+                // Only the requests in this batch fail; the others go on.
+                for t in &takes {
+                    let entry = &mut self.entries[t.entry];
+                    entry.ticket.release(usize::MAX);
+                    entry.permit = None;
+                    if let Some(reply) = entry.reply.take() {
+                        let _ = reply.send(Err(SchedulerError::Inference(message.clone())));
+                    }
+                }
+            }
+        }
+        self.finish_done();
+    }
+
+    /// Answers every request whose last text is done, and forgets failed ones.
+    fn finish_done(&mut self) {
+        let metrics = &self.shared.metrics;
+        self.entries.retain_mut(|e| {
+            if e.reply.is_some() && e.front < e.back {
+                return true;
+            }
+            // Everything the request holds is given back before its client hears from it, so
+            // a client that sends again at once finds its permit and tokens free.
+            e.permit = None;
+            e.ticket.release(usize::MAX);
+            metrics.queue_depth.dec();
+            if let Some(reply) = e.reply.take() {
+                let mut vectors = std::mem::take(&mut e.results);
+                if e.normalize {
+                    vectors.iter_mut().for_each(|v| pooling::normalize(v));
+                }
+                let _ = reply.send(Ok(vectors));
+            }
+            false
+        });
+    }
+
+    fn observe(&self, texts: usize, requests: usize, padded: usize, elapsed: Duration) {
+        let s = &self.shared;
+        s.metrics.observe_batch(texts, requests, elapsed);
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX).max(1);
+        let ema = |slot: &AtomicU64, sample: u64| {
+            let old = slot.load(Ordering::Relaxed);
+            slot.store(if old == 0 { sample } else { (old * 7 + sample) / 8 }, Ordering::Relaxed);
+        };
+        ema(&s.batch_micros, micros);
+        ema(&s.tokens_per_sec, (padded as u64).saturating_mul(1_000_000) / micros);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b(tokens: usize) -> Budget {
+        Budget::new(tokens, 128)
+    }
+
+    #[test]
+    fn a_lone_request_is_cut_like_the_cli_cuts_it() {
+        let q = vec![vec![50, 40, 40, 30, 20, 20, 10]];
+        let take = pick_batch(&q, b(100), 64);
+        assert_eq!(take, vec![Take { entry: 0, from_front: 2, from_back: 0 }]);
+        assert_eq!(crate::batching::plan_batches(q[0].iter().copied(), b(100))[0], 0..2);
+    }
+
+    #[test]
+    fn the_request_with_least_work_leads_and_a_bulk_one_only_fills_without_widening() {
+        let bulk: Vec<usize> = std::iter::repeat_n(30, 100).chain(std::iter::repeat_n(4, 3)).collect();
+        let probe = vec![8];
+        let take = pick_batch(&[bulk, probe], b(100), 64);
+        assert_eq!(
+            take,
+            vec![Take { entry: 1, from_front: 1, from_back: 0 }, Take { entry: 0, from_front: 0, from_back: 3 }]
+        );
+    }
+
+    #[test]
+    fn concurrent_small_requests_share_one_call() {
+        let queues = vec![vec![9], vec![7], vec![12, 3], vec![5]];
+        let take = pick_batch(&queues, b(1000), 64);
+        assert_eq!(take.len(), 4);
+        assert_eq!(take.iter().map(|t| t.from_front).sum::<usize>(), 5);
+        // capped by requests per call
+        assert_eq!(pick_batch(&queues, b(1000), 2).len(), 2);
+    }
+
+    #[test]
+    fn empty_queues_are_skipped() {
+        assert!(pick_batch(&[vec![], vec![]], b(10), 4).is_empty());
+        assert_eq!(pick_batch(&[vec![], vec![3]], b(10), 4), vec![Take { entry: 1, from_front: 1, from_back: 0 }]);
+    }
+}

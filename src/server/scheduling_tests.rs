@@ -1,0 +1,396 @@
+//! Who waits for whom, what is dropped, what is rejected, what `/health` says — with a fake backend
+//! whose every batch waits for the test's go-ahead, so each outcome is decided by the test, not by
+//! a race. Routes are driven in process with `tower::ServiceExt::oneshot`, as axum's examples do.
+
+use std::{
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc, Arc,
+    },
+    time::Duration,
+};
+
+use axum::{
+    body::{to_bytes, Body},
+    http::{Request, StatusCode},
+    Router,
+};
+use parking_lot::Mutex;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{
+    backend::{Backend, BackendError},
+    router,
+    scheduler::{Scheduler, SchedulerConfig, SchedulerError},
+    AppState, Server, ServerConfig,
+};
+use crate::{batching::Budget, embedder::ModelInfo, server::metrics::Metrics, tokenize::Tokens};
+
+enum Step {
+    Go,
+    Fail,
+    Panic,
+}
+
+/// Texts are `"<tag> w w w"`: the tag becomes the first token id, each further word one token.
+/// Each row's vector is `[tag, tokens]`, so a test can tell whose text came back where.
+struct Fake {
+    info: ModelInfo,
+    budget: Budget,
+    /// Tags of every batch handed to `embed`, in order.
+    batches: Mutex<Vec<Vec<u32>>>,
+    started: Mutex<mpsc::Sender<Vec<u32>>>,
+    /// While the test holds the sender, every batch waits for a [`Step`]; dropped, batches run freely.
+    gate: Mutex<mpsc::Receiver<Step>>,
+    healthy: AtomicBool,
+}
+
+struct Control {
+    fake: Arc<Fake>,
+    started: mpsc::Receiver<Vec<u32>>,
+    gate: Option<mpsc::Sender<Step>>,
+}
+
+impl Control {
+    fn next_batch(&self) -> Vec<u32> {
+        self.started.recv_timeout(Duration::from_secs(10)).expect("the worker started a batch")
+    }
+
+    fn step(&self, step: Step) {
+        self.gate.as_ref().expect("gated").send(step).expect("the worker waits at the gate");
+    }
+
+    fn open(&mut self) {
+        self.gate = None;
+    }
+
+    fn tags_seen(&self) -> Vec<u32> {
+        self.fake.batches.lock().iter().flatten().copied().collect()
+    }
+}
+
+fn fake(budget: Budget) -> Control {
+    let (started_tx, started) = mpsc::channel();
+    let (gate, gate_rx) = mpsc::channel();
+    let fake = Arc::new(Fake {
+        info: ModelInfo { id: "test/fake".into(), dimension: 2, max_seq_length: 64, ..Default::default() },
+        budget,
+        batches: Mutex::new(Vec::new()),
+        started: Mutex::new(started_tx),
+        gate: Mutex::new(gate_rx),
+        healthy: AtomicBool::new(true),
+    });
+    Control { fake, started, gate: Some(gate) }
+}
+
+impl Backend for Fake {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn budget(&self) -> Budget {
+        self.budget
+    }
+
+    fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokens>, BackendError> {
+        texts
+            .iter()
+            .map(|t| {
+                let mut words = t.split_whitespace();
+                let tag: u32 = words
+                    .next()
+                    .and_then(|w| w.parse().ok())
+                    .ok_or_else(|| BackendError::Tokenize(format!("fake texts start with a numeric tag: {t:?}")))?;
+                let mut ids: Vec<u32> = std::iter::once(tag).chain(words.map(|_| 7)).collect();
+                let truncated = ids.len() > self.info.max_seq_length;
+                ids.truncate(self.info.max_seq_length);
+                Ok(Tokens { type_ids: vec![0; ids.len()], ids, truncated })
+            })
+            .collect()
+    }
+
+    fn embed(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError> {
+        let tags: Vec<u32> = batch.iter().map(|t| t.ids[0]).collect();
+        self.batches.lock().push(tags.clone());
+        let _ = self.started.lock().send(tags);
+        match self.gate.lock().recv() {
+            Ok(Step::Go) | Err(_) => {}
+            Ok(Step::Fail) => return Err(BackendError::Inference("the fake failed this batch".into())),
+            Ok(Step::Panic) => panic!("the fake backend panicked"),
+        }
+        Ok(batch.iter().map(|t| vec![t.ids[0] as f32, t.len() as f32]).collect())
+    }
+
+    fn health(&self) -> Result<(), BackendError> {
+        if self.healthy.load(Ordering::Acquire) {
+            Ok(())
+        } else {
+            Err(BackendError::Unhealthy("the fake says it is unwell".into()))
+        }
+    }
+}
+
+fn texts(tag: u32, n: usize, words: usize) -> Vec<String> {
+    (0..n).map(|_| format!("{tag}{}", " w".repeat(words))).collect()
+}
+
+fn scheduler(control: &Control, max_queued_tokens: usize) -> (Scheduler, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::default());
+    let config = SchedulerConfig {
+        budget: control.fake.budget,
+        max_queued_tokens,
+        max_batch_requests: 64,
+        stall_floor: Duration::from_secs(3600),
+    };
+    (Scheduler::start(control.fake.clone(), config, metrics.clone()), metrics)
+}
+
+fn submit(
+    s: &Scheduler,
+    control: &Control,
+    texts: &[String],
+) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> {
+    let tokens = control.fake.tokenize(texts).expect("fake tokens");
+    let ticket = s.admit(tokens.iter().map(Tokens::len).sum()).expect("admitted");
+    s.submit(tokens, false, ticket, None)
+}
+
+fn metric(metrics: &Metrics, name: &str) -> f64 {
+    metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+#[tokio::test]
+async fn a_one_text_request_behind_a_512_text_request_waits_for_one_batch_only() {
+    // 8 texts of 8 tokens per batch: the bulk request needs 64 batches.
+    let mut control = fake(Budget::new(64, 128));
+    let (s, _) = scheduler(&control, 1_000_000);
+    let bulk = submit(&s, &control, &texts(1, 512, 7));
+    assert_eq!(control.next_batch(), vec![1; 8]);
+    let probe = submit(&s, &control, &texts(2, 1, 2));
+    control.step(Step::Go);
+    assert_eq!(control.next_batch(), vec![2], "the probe leads the very next batch");
+    control.step(Step::Go);
+    assert_eq!(probe.await.unwrap(), vec![vec![2.0, 3.0]]);
+    assert_eq!(control.fake.batches.lock()[1], vec![2], "answered after the batch in progress and its own");
+
+    control.open();
+    let vectors = bulk.await.unwrap();
+    assert_eq!(vectors.len(), 512);
+    assert!(vectors.iter().all(|v| v == &vec![1.0, 8.0]));
+    let batches = control.fake.batches.lock().clone();
+    assert_eq!(batches.len(), 65, "64 bulk batches and the probe's");
+    assert!(batches.iter().all(|b| b.len() * 8 <= 64 || b == &vec![2]), "every batch within the budget");
+}
+
+#[tokio::test]
+async fn an_abandoned_request_is_never_computed_further() {
+    let mut control = fake(Budget::new(64, 128));
+    let (s, metrics) = scheduler(&control, 1_000_000);
+    let bulk = submit(&s, &control, &texts(1, 512, 7));
+    assert_eq!(control.next_batch(), vec![1; 8]);
+    drop(bulk); // the handler is gone: client hung up, or its timeout fired
+    let probe = submit(&s, &control, &texts(2, 1, 0));
+    control.step(Step::Go);
+    assert_eq!(control.next_batch(), vec![2]);
+    control.open();
+    assert_eq!(probe.await.unwrap(), vec![vec![2.0, 1.0]]);
+
+    assert_eq!(control.tags_seen().iter().filter(|&&t| t == 1).count(), 8, "only the batch in progress ran");
+    assert_eq!(metric(&metrics, "akidb_dropped_texts_total"), 504.0);
+    assert_eq!(s.queued_tokens(), 0, "the abandoned request's tokens are released");
+    assert_eq!(metric(&metrics, "akidb_queue_depth"), 0.0);
+}
+
+#[tokio::test]
+async fn a_failed_batch_fails_only_its_own_requests() {
+    let mut control = fake(Budget::new(16, 128));
+    let (s, _) = scheduler(&control, 1_000_000);
+    let a = submit(&s, &control, &texts(1, 4, 7)); // 2 batches of 2
+    assert_eq!(control.next_batch(), vec![1, 1]);
+    let b = submit(&s, &control, &texts(2, 1, 7));
+    control.step(Step::Fail);
+    assert!(matches!(a.await, Err(SchedulerError::Inference(m)) if m.contains("fake failed")));
+    assert_eq!(control.next_batch(), vec![2], "the worker goes on with the next request");
+    control.open();
+    assert_eq!(b.await.unwrap(), vec![vec![2.0, 8.0]]);
+    assert_eq!(s.queued_tokens(), 0);
+}
+
+#[test]
+fn admission_is_bounded_by_queued_tokens() {
+    let control = fake(Budget::new(64, 128));
+    let (s, _) = scheduler(&control, 100);
+    let first = s.admit(80).expect("room");
+    let refused = s.admit(40).expect_err("over the bound");
+    assert_eq!((refused.queued, refused.limit), (80, 100));
+    assert!(refused.retry_after >= 1);
+    drop(first);
+    assert_eq!(s.queued_tokens(), 0);
+    // larger than the whole bound, but alone: admitted rather than refused forever
+    let big = s.admit(500).expect("an empty queue takes any request");
+    assert!(s.check_room().is_err());
+    drop(big);
+    assert!(s.check_room().is_ok());
+}
+
+// --- the same, through the routes ---------------------------------------------------------
+
+fn app(control: &Control, config: ServerConfig, stall_floor: Duration) -> (Router, AppState) {
+    let state = AppState::new(config);
+    state.install(control.fake.clone(), stall_floor);
+    (router(state.clone()), state)
+}
+
+async fn call(app: &Router, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Option<String>, Value) {
+    let request = Request::builder().method(method).uri(path).header("content-type", "application/json");
+    let request = request.body(body.map_or_else(Body::empty, |b| Body::from(b.to_string()))).unwrap();
+    let response = app.clone().oneshot(request).await.expect("infallible");
+    let status = response.status();
+    let retry = response.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+    let bytes = to_bytes(response.into_body(), usize::MAX).await.expect("body");
+    let json = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {bytes:?}"));
+    (status, retry, json)
+}
+
+fn embed_body(tag: u32, n: usize, words: usize) -> Value {
+    serde_json::json!({ "inputs": texts(tag, n, words), "normalize": false })
+}
+
+// The test thread blocks on the fake's channels; the routes run on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_queued_token_bound_is_429_with_retry_after() {
+    let mut control = fake(Budget::new(64, 128));
+    let config = ServerConfig { max_queued_tokens: 100, ..Default::default() };
+    let (app, state) = app(&control, config, Duration::from_secs(3600));
+    let running = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/api/v1/embed", Some(embed_body(1, 10, 7))).await })
+    };
+    assert_eq!(control.next_batch(), vec![1; 8], "80 tokens admitted and running");
+
+    let (status, retry, body) = call(&app, "POST", "/embed", Some(embed_body(2, 5, 7))).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
+    assert_eq!(body["error_type"], "overloaded");
+    let (status, retry, body) =
+        call(&app, "POST", "/v1/embeddings", Some(serde_json::json!({ "input": texts(3, 5, 7) }))).await;
+    assert_eq!((status, body["error"]["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_error")));
+    assert!(retry.is_some());
+
+    control.open();
+    let (status, _, body) = running.await.unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["embeddings"].as_array().unwrap().len(), 10);
+    assert_eq!(state.engine.get().unwrap().scheduler.queued_tokens(), 0);
+    let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 5, 7))).await;
+    assert_eq!(status, StatusCode::OK, "admitted once the queue drained");
+}
+
+// The test thread blocks on the fake's channels; the routes run on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_request_timeout_the_answer_is_504_and_the_rest_is_dropped() {
+    let mut control = fake(Budget::new(64, 128));
+    let config = ServerConfig { request_timeout: Some(Duration::from_millis(300)), ..Default::default() };
+    let (app, state) = app(&control, config, Duration::from_secs(3600));
+    let timed = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(&app, "POST", "/v1/embeddings", Some(serde_json::json!({ "input": texts(1, 64, 7) }))).await
+        })
+    };
+    assert_eq!(control.next_batch(), vec![1; 8]);
+    // The gate stays shut: the batch in progress outlives the timeout.
+    let (status, _, body) = timed.await.unwrap();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "timeout");
+    assert_eq!(body["error"]["type"], "server_error");
+    assert!(body["error"]["message"].as_str().unwrap().contains("request timeout"));
+
+    control.open();
+    let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 1, 1))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(control.tags_seen().iter().filter(|&&t| t == 1).count(), 8, "56 texts were never computed");
+    let metrics = state.metrics.render();
+    assert!(metrics.contains("akidb_dropped_texts_total 56"), "{metrics}");
+}
+
+// The test thread blocks on the fake's channels; the routes run on the other worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_tells_a_stalled_or_dead_worker_and_an_unwell_backend() {
+    let mut control = fake(Budget::new(64, 128));
+    let (app, _) = app(&control, ServerConfig::default(), Duration::from_millis(200));
+    assert_eq!(call(&app, "GET", "/health", None).await.0, StatusCode::OK);
+
+    let stuck = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(1, 1, 1))).await })
+    };
+    assert_eq!(control.next_batch(), vec![1]);
+    // The batch is held: within a bounded wait /health must turn to 503.
+    let mut health = (StatusCode::OK, None, Value::Null);
+    for _ in 0..100 {
+        health = call(&app, "GET", "/health", None).await;
+        if health.0 != StatusCode::OK {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(health.0, StatusCode::SERVICE_UNAVAILABLE, "{}", health.2);
+    assert!(health.2["error"].as_str().unwrap().contains("no progress"), "{}", health.2);
+    control.step(Step::Go);
+    assert_eq!(stuck.await.unwrap().0, StatusCode::OK);
+    assert_eq!(call(&app, "GET", "/health", None).await.0, StatusCode::OK, "progress again: healthy");
+
+    control.fake.healthy.store(false, Ordering::Release);
+    let (status, _, body) = call(&app, "GET", "/health", None).await;
+    assert_eq!((status, body["status"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unhealthy")));
+    control.fake.healthy.store(true, Ordering::Release);
+
+    // The worker dies: the request in flight and every later one get 503, and so does /health.
+    let dying = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(3, 1, 1))).await })
+    };
+    assert_eq!(control.next_batch(), vec![3]);
+    control.step(Step::Panic);
+    let (status, _, body) = dying.await.unwrap();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, _, body) = call(&app, "GET", "/health", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["error"].as_str().unwrap().contains("stopped"), "{body}");
+    let (status, _, body) = call(&app, "POST", "/embed", Some(embed_body(4, 1, 1))).await;
+    assert_eq!((status, body["error_type"].as_str()), (StatusCode::SERVICE_UNAVAILABLE, Some("unhealthy")));
+    control.open();
+}
+
+#[tokio::test]
+async fn tokenizer_errors_are_the_clients_422() {
+    let control = fake(Budget::new(64, 128));
+    let (app, _) = app(&control, ServerConfig::default(), Duration::from_secs(3600));
+    let (status, _, body) = call(&app, "POST", "/embed", Some(serde_json::json!({ "inputs": ["no tag here"] }))).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+}
+
+async fn run_with_loader<L>(load: L) -> Result<(), super::ServerError>
+where
+    L: FnOnce() -> Result<Fake, String> + Send + 'static,
+{
+    let server =
+        Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..Default::default() }).await.expect("bind");
+    tokio::time::timeout(Duration::from_secs(10), server.run(load, std::future::pending()))
+        .await
+        .expect("a failed load ends the server instead of answering 'loading' forever")
+}
+
+#[tokio::test]
+async fn a_loader_that_panics_or_fails_ends_the_server_with_the_cause() {
+    let err = run_with_loader(|| panic!("weights are corrupt")).await.expect_err("the server must stop");
+    assert!(err.to_string().contains("panicked") && err.to_string().contains("weights are corrupt"), "{err}");
+    let err = run_with_loader(|| Err("no such model".to_string())).await.expect_err("the server must stop");
+    assert_eq!(err.to_string(), "no such model");
+}
