@@ -32,6 +32,7 @@ usage: scripts/bench-http.sh [options]
   --iterations N      Python peer: timed single-text calls (default 300)
   --warmup W          Python peer: untimed calls first (default 30)
   --no-python         skip the Python peer's in-process latency
+  --no-mixed          skip the mixed workload (bulk indexing + one-text queries)
   --dry-run           print the commands instead of running them
   -h, --help          this text
 
@@ -56,6 +57,8 @@ STARTUP_TIMEOUT=180
 ITERATIONS=300
 WARMUP=30
 PYTHON_PEER=1
+MIXED=1
+MIXED_OUT=""
 DRY_RUN=0
 
 while [ $# -gt 0 ]; do
@@ -72,6 +75,7 @@ while [ $# -gt 0 ]; do
     --iterations) [ $# -ge 2 ] || die "--iterations needs a value"; ITERATIONS=$2; shift ;;
     --warmup) [ $# -ge 2 ] || die "--warmup needs a value"; WARMUP=$2; shift ;;
     --no-python) PYTHON_PEER=0 ;;
+    --no-mixed) MIXED=0 ;;
     --dry-run) DRY_RUN=1 ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1 (see --help)" ;;
@@ -251,6 +255,19 @@ metrics "$M1"
 load concurrent 16 2
 metrics "$M2"
 
+# 2b. The mixed workload: an indexing client (256-text requests back to back) and a one-text
+# query every 0.2 s, against each alone (examples/mixed_load.rs).
+if [ "$MIXED" -eq 1 ]; then
+  mixed=(cargo run --quiet --release --example mixed_load -- --url "$URL")
+  if [ "$DRY_RUN" -eq 1 ]; then
+    show "${mixed[@]}"
+  else
+    say "mixed workload: bulk indexing + one-text queries"
+    MIXED_OUT=$("${mixed[@]}") || die "the mixed workload failed: $(show "${mixed[@]}")"
+    printf '%s\n' "$MIXED_OUT" | sed 's/^/    /' >&2
+  fi
+fi
+
 # 3. The server's memory after the load.
 rss_kib="" hwm_kib=""
 if [ "$DRY_RUN" -eq 1 ]; then
@@ -377,3 +394,4 @@ if env.get("BENCH_PY_LINE"):
 print()
 print(f"raw results: {results}")
 EOF
+[ -z "$MIXED_OUT" ] || printf '\nmixed workload (examples/mixed_load.rs):\n%s\n' "$MIXED_OUT"

@@ -3,96 +3,16 @@
 
 mod common;
 
-use std::{
-    io::{BufRead, BufReader},
-    net::SocketAddr,
-    process::{Command, Stdio},
-    sync::OnceLock,
-    time::Duration,
-};
+use std::{process::Command, sync::OnceLock, time::Duration};
 
-use akidb::{
-    server::{Server, ServerConfig},
-    Embedder, EmbedderOptions,
-};
+use akidb::server::ServerConfig;
 use base64::Engine as _;
-use common::{cosine, hf_env, hf_home, max_abs_diff, reference, MINILM, TINY};
+use common::{
+    cosine, hf_home, max_abs_diff, reference,
+    server::{spawn_binary, TestServer},
+    MINILM, TINY,
+};
 use serde_json::{json, Value};
-
-struct TestServer {
-    base: String,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
-}
-
-impl TestServer {
-    /// Starts a real server on an ephemeral port in its own runtime thread.
-    fn start(model: &str, config: ServerConfig) -> Self {
-        Self::start_with_delay(model, config, Duration::ZERO)
-    }
-
-    fn start_with_delay(model: &str, config: ServerConfig, load_delay: Duration) -> Self {
-        hf_env();
-        let options = EmbedderOptions { model: model.to_string(), ..Default::default() };
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
-        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())?;
-            rt.block_on(async move {
-                let server = Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..config })
-                    .await
-                    .map_err(|e| e.to_string())?;
-                addr_tx.send(server.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-                let load = move || {
-                    std::thread::sleep(load_delay);
-                    Embedder::load(&options)
-                };
-                server
-                    .run(load, async move {
-                        let _ = stop_rx.await;
-                    })
-                    .await
-                    .map_err(|e| e.to_string())
-            })
-        });
-        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
-        Self { base: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = client.get(self.url("/health")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server never became healthy");
-    }
-
-    /// Waits for the server to end by itself.
-    fn join(mut self) -> Result<(), String> {
-        self.thread.take().expect("thread").join().expect("server thread")
-    }
-
-    /// Stops accepting, lets in-flight requests finish, returns the server's result.
-    fn shutdown(mut self) -> Result<(), String> {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        self.thread.take().expect("thread").join().expect("server thread")
-    }
-}
 
 /// One shared MiniLM server and one tiny-model server for the read-only tests.
 fn shared(model: &'static str) -> &'static TestServer {
@@ -439,35 +359,6 @@ async fn a_model_that_fails_to_load_stops_the_server_with_its_error() {
     let server = TestServer::start("nobody/missing-model", ServerConfig::default());
     let err = tokio::task::spawn_blocking(move || server.join()).await.unwrap().unwrap_err();
     assert!(err.contains("not in the Hugging Face cache"), "{err}");
-}
-
-/// Starts the real binary and returns it with its address, read from its log.
-fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_akidb"))
-        .env("HF_HOME", hf_home())
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_LOG", "info")
-        .args(["serve", "--port", "0"])
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn akidb serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("listening on http://").nth(1) {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
-                    sent = true;
-                }
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logged its address");
-    (child, format!("http://{addr}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

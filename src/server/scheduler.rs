@@ -123,11 +123,14 @@ struct Job {
 pub struct Scheduler {
     tx: mpsc::Sender<Job>,
     shared: Arc<Shared>,
+    /// Requests up to this many tokens (one batch) may use the admission reserve.
+    small: usize,
 }
 
 impl Scheduler {
     pub fn start(backend: Arc<dyn Backend>, config: SchedulerConfig, metrics: Arc<Metrics>) -> Self {
         let (tx, rx) = mpsc::channel();
+        let small = config.budget.max_tokens;
         let shared = Arc::new(Shared {
             metrics,
             max_queued_tokens: config.max_queued_tokens.max(1),
@@ -147,16 +150,21 @@ impl Scheduler {
             tracing::error!("could not start the inference thread: {e}");
             shared.alive.store(false, Ordering::Release);
         }
-        Self { tx, shared }
+        Self { tx, shared, small }
     }
 
-    /// Admits `tokens` more queued tokens, or says how long to wait. A request larger than the
-    /// whole bound is admitted when nothing else is queued, so no valid request is refused forever.
+    /// Admits `tokens` more queued tokens, or says how long to wait. A request that fits in one
+    /// batch may also use a reserve of a quarter of the bound: under shortest-work-first it adds
+    /// at most one batch of delay, so queries keep working while bulk jobs fill the queue. A
+    /// request larger than the whole bound is admitted when nothing else is queued, so no valid
+    /// request is refused forever.
     pub fn admit(&self, tokens: usize) -> Result<Ticket, Overloaded> {
         let s = &self.shared;
+        let limit =
+            if tokens <= self.small { s.max_queued_tokens + s.max_queued_tokens / 4 } else { s.max_queued_tokens };
         let mut queued = s.queued_tokens.load(Ordering::Acquire);
         loop {
-            if queued > 0 && queued.saturating_add(tokens) > s.max_queued_tokens {
+            if queued > 0 && queued.saturating_add(tokens) > limit {
                 return Err(self.overloaded(queued));
             }
             match s.queued_tokens.compare_exchange_weak(queued, queued + tokens, Ordering::AcqRel, Ordering::Acquire) {
@@ -168,10 +176,11 @@ impl Scheduler {
         Ok(Ticket { shared: s.clone(), tokens })
     }
 
-    /// Refuses early, before any tokenizing, when the queue is already full.
+    /// Refuses early, before any tokenizing, when not even a query would be admitted.
     pub fn check_room(&self) -> Result<(), Overloaded> {
-        let queued = self.shared.queued_tokens.load(Ordering::Acquire);
-        if queued >= self.shared.max_queued_tokens {
+        let s = &self.shared;
+        let queued = s.queued_tokens.load(Ordering::Acquire);
+        if queued >= s.max_queued_tokens + s.max_queued_tokens / 4 {
             return Err(self.overloaded(queued));
         }
         Ok(())

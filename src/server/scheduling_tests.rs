@@ -222,14 +222,18 @@ async fn a_failed_batch_fails_only_its_own_requests() {
 }
 
 #[test]
-fn admission_is_bounded_by_queued_tokens() {
-    let control = fake(Budget::new(64, 128));
+fn admission_is_bounded_by_queued_tokens_with_a_reserve_for_queries() {
+    let control = fake(Budget::new(16, 128));
     let (s, _) = scheduler(&control, 100);
     let first = s.admit(80).expect("room");
     let refused = s.admit(40).expect_err("over the bound");
     assert_eq!((refused.queued, refused.limit), (80, 100));
     assert!(refused.retry_after >= 1);
-    drop(first);
+    // a one-batch query still gets in, up to a quarter of the bound beyond it
+    let queries = [s.admit(16).expect("queries use the reserve"), s.admit(16).expect("up to 125")];
+    let refused = s.admit(16).expect_err("the reserve is bounded too");
+    assert_eq!(refused.queued, 112);
+    drop((first, queries));
     assert_eq!(s.queued_tokens(), 0);
     // larger than the whole bound, but alone: admitted rather than refused forever
     let big = s.admit(500).expect("an empty queue takes any request");
@@ -273,12 +277,13 @@ async fn over_the_queued_token_bound_is_429_with_retry_after() {
     };
     assert_eq!(control.next_batch(), vec![1; 8], "80 tokens admitted and running");
 
-    let (status, retry, body) = call(&app, "POST", "/embed", Some(embed_body(2, 5, 7))).await;
+    // 80 more tokens: more than one batch, so no reserve.
+    let (status, retry, body) = call(&app, "POST", "/embed", Some(embed_body(2, 10, 7))).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
     assert_eq!(body["error_type"], "overloaded");
     let (status, retry, body) =
-        call(&app, "POST", "/v1/embeddings", Some(serde_json::json!({ "input": texts(3, 5, 7) }))).await;
+        call(&app, "POST", "/v1/embeddings", Some(serde_json::json!({ "input": texts(3, 10, 7) }))).await;
     assert_eq!((status, body["error"]["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_error")));
     assert!(retry.is_some());
 
@@ -287,7 +292,7 @@ async fn over_the_queued_token_bound_is_429_with_retry_after() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["embeddings"].as_array().unwrap().len(), 10);
     assert_eq!(state.engine.get().unwrap().scheduler.queued_tokens(), 0);
-    let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 5, 7))).await;
+    let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 10, 7))).await;
     assert_eq!(status, StatusCode::OK, "admitted once the queue drained");
 }
 

@@ -1,6 +1,8 @@
 //! Shared test helpers: the real Hugging Face cache in ../shared/hf and the reference vectors.
 #![allow(dead_code)]
 
+pub mod server;
+
 use std::path::PathBuf;
 use std::sync::Once;
 

@@ -1,0 +1,119 @@
+//! A real server for the tests: in process on an ephemeral port, or the real binary.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use akidb::{
+    server::{Server, ServerConfig},
+    Embedder, EmbedderOptions,
+};
+
+use super::{hf_env, hf_home};
+
+pub struct TestServer {
+    base: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl TestServer {
+    /// Starts a real server on an ephemeral port in its own runtime thread.
+    pub fn start(model: &str, config: ServerConfig) -> Self {
+        Self::start_with_delay(model, config, Duration::ZERO)
+    }
+
+    pub fn start_with_delay(model: &str, config: ServerConfig, load_delay: Duration) -> Self {
+        hf_env();
+        let options = EmbedderOptions { model: model.to_string(), ..Default::default() };
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())?;
+            rt.block_on(async move {
+                let server = Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..config })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                addr_tx.send(server.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                let load = move || {
+                    std::thread::sleep(load_delay);
+                    Embedder::load(&options)
+                };
+                server
+                    .run(load, async move {
+                        let _ = stop_rx.await;
+                    })
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
+        let addr = addr_rx.recv_timeout(Duration::from_secs(30)).expect("server bound");
+        Self { base: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn wait_healthy(&self) {
+        let client = reqwest::Client::new();
+        for _ in 0..600 {
+            if let Ok(r) = client.get(self.url("/health")).send().await {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server never became healthy");
+    }
+
+    /// Waits for the server to end by itself.
+    pub fn join(mut self) -> Result<(), String> {
+        self.thread.take().expect("thread").join().expect("server thread")
+    }
+
+    /// Stops accepting, lets in-flight requests finish, returns the server's result.
+    pub fn shutdown(mut self) -> Result<(), String> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.thread.take().expect("thread").join().expect("server thread")
+    }
+}
+
+/// Starts the real binary and returns it with its address, read from its log.
+pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_akidb"))
+        .env("HF_HOME", hf_home())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_LOG", "info")
+        .args(["serve", "--port", "0"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn akidb serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(rest) = line.split("listening on http://").nth(1) {
+                    let _ = tx.send(rest.split_whitespace().next().unwrap_or_default().to_string());
+                    sent = true;
+                }
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logged its address");
+    (child, format!("http://{addr}"))
+}
