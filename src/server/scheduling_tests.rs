@@ -178,13 +178,15 @@ async fn a_one_text_request_behind_a_512_text_request_waits_for_one_batch_only()
     assert_eq!(probe.await.unwrap(), vec![vec![2.0, 3.0]]);
     assert_eq!(control.fake.batches.lock()[1], vec![2], "answered after the batch in progress and its own");
 
+    control.step(Step::Go);
+    assert_eq!(control.next_batch(), vec![1, 1], "after a query, bulk batches take a quarter of the budget");
     control.open();
     let vectors = bulk.await.unwrap();
     assert_eq!(vectors.len(), 512);
     assert!(vectors.iter().all(|v| v == &vec![1.0, 8.0]));
     let batches = control.fake.batches.lock().clone();
-    assert_eq!(batches.len(), 65, "64 bulk batches and the probe's");
     assert!(batches.iter().all(|b| b.len() * 8 <= 64 || b == &vec![2]), "every batch within the budget");
+    assert_eq!(batches.iter().flatten().filter(|&&t| t == 1).count(), 512, "every bulk text computed once");
 }
 
 #[tokio::test]
