@@ -105,6 +105,10 @@ pub struct ServerFile {
     pub max_queued_tokens: Option<usize>,
     pub request_timeout: Option<u64>,
     pub shutdown_timeout: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub header_read_timeout: Option<u64>,
+    pub keep_alive_timeout: Option<u64>,
+    pub body_read_timeout: Option<u64>,
 }
 
 impl FileSettings {

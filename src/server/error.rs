@@ -84,7 +84,7 @@ impl ApiError {
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
             StatusCode::TOO_MANY_REQUESTS => "overloaded",
             StatusCode::SERVICE_UNAVAILABLE => "unhealthy",
-            StatusCode::GATEWAY_TIMEOUT => "timeout",
+            StatusCode::GATEWAY_TIMEOUT | StatusCode::REQUEST_TIMEOUT => "timeout",
             s if s.is_server_error() => "backend",
             _ => "validation",
         }

@@ -3,13 +3,14 @@
 //! `/health` can say 503 until the warm-up run is done.
 
 pub mod backend;
+mod conn;
 mod error;
 pub mod metrics;
 mod routes;
 pub mod scheduler;
 
 use std::{
-    future::{Future, IntoFuture},
+    future::Future,
     sync::{Arc, OnceLock},
     time::{Duration, Instant},
 };
@@ -51,6 +52,14 @@ pub struct ServerConfig {
     pub request_timeout: Option<std::time::Duration>,
     /// After SIGTERM, in-flight requests get this long before the process exits anyway.
     pub shutdown_timeout: std::time::Duration,
+    /// Open connections at most; more wait in the listen backlog until one closes.
+    pub max_connections: usize,
+    /// From accept (or the next request's first byte) to its complete headers.
+    pub header_read_timeout: std::time::Duration,
+    /// Idle time allowed between requests on a kept-alive connection.
+    pub keep_alive_timeout: std::time::Duration,
+    /// Time allowed to receive a request's body once its headers are in.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +77,10 @@ impl Default for ServerConfig {
             max_queued_tokens: 262_144,
             request_timeout: Some(std::time::Duration::from_secs(60)),
             shutdown_timeout: std::time::Duration::from_secs(30),
+            max_connections: 2048,
+            header_read_timeout: std::time::Duration::from_secs(10),
+            keep_alive_timeout: std::time::Duration::from_secs(30),
+            body_read_timeout: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -108,6 +121,18 @@ pub struct ServerArgs {
     /// Seconds SIGTERM waits for in-flight requests before exiting anyway [default: 30]
     #[arg(long, env = "AKIDB_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Open connections at most; more wait in the listen backlog until one closes [default: 2048]
+    #[arg(long, env = "AKIDB_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Seconds to receive a request's headers, from accept or its first byte [default: 10]
+    #[arg(long, env = "AKIDB_HEADER_READ_TIMEOUT")]
+    pub header_read_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may sit idle between requests [default: 30]
+    #[arg(long, env = "AKIDB_KEEP_ALIVE_TIMEOUT")]
+    pub keep_alive_timeout: Option<u64>,
+    /// Seconds to receive a request's body once its headers are in; slower gets 408 [default: 30]
+    #[arg(long, env = "AKIDB_BODY_READ_TIMEOUT")]
+    pub body_read_timeout: Option<u64>,
 }
 
 impl ServerArgs {
@@ -140,8 +165,17 @@ impl ServerArgs {
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
                 .map_or(d.shutdown_timeout, std::time::Duration::from_secs),
+            max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections).max(1),
+            header_read_timeout: secs(self.header_read_timeout.or(file.header_read_timeout), d.header_read_timeout),
+            keep_alive_timeout: secs(self.keep_alive_timeout.or(file.keep_alive_timeout), d.keep_alive_timeout),
+            body_read_timeout: secs(self.body_read_timeout.or(file.body_read_timeout), d.body_read_timeout),
         }
     }
+}
+
+/// Seconds from a flag or the file; at least one, so no timeout can be switched off by accident.
+fn secs(value: Option<u64>, default: Duration) -> Duration {
+    value.map_or(default, |s| Duration::from_secs(s.max(1)))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +405,30 @@ async fn track(State(state): State<AppState>, request: Request, next: Next) -> R
     response
 }
 
+/// Reads the whole body within the body-read timeout (408) and the payload limit (413), so a
+/// client that trickles its body cannot hold a handler, then hands it on in memory.
+async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt as _;
+    let (parts, body) = request.into_parts();
+    let flavor = if parts.uri.path().starts_with("/v1/") { Flavor::OpenAi } else { Flavor::Native };
+    let limited = http_body_util::Limited::new(body, state.config.payload_limit);
+    let error = match tokio::time::timeout(state.config.body_read_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            return next.run(Request::from_parts(parts, axum::body::Body::from(collected.to_bytes()))).await
+        }
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!("the request body did not arrive within {} s", state.config.body_read_timeout.as_secs_f64()),
+        ),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than the {}-byte limit", state.config.payload_limit),
+        ),
+        Ok(Err(e)) => ApiError::bad_request(format!("could not read the request body: {e}")),
+    };
+    error.flavor(flavor).into_response()
+}
+
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = state.config.api_key.as_deref() else { return next.run(request).await };
     if request.uri().path() == "/health" {
@@ -412,6 +470,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(state.config.payload_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
@@ -472,8 +531,14 @@ impl Server {
             }
             let _ = stopping_tx.send(());
         };
-        let deadline = self.state.config.shutdown_timeout;
-        let serve = axum::serve(self.listener, app).with_graceful_shutdown(stop).into_future();
+        let c = &self.state.config;
+        let limits = conn::Limits {
+            max_connections: c.max_connections,
+            timeouts: conn::Timeouts { header_read: c.header_read_timeout, keep_alive: c.keep_alive_timeout },
+        };
+        raise_open_files_limit(c.max_connections);
+        let deadline = c.shutdown_timeout;
+        let serve = conn::serve(self.listener, app, limits, stop);
         let expired = async move {
             match stopping_rx.await {
                 Ok(()) => tokio::time::sleep(deadline).await,
@@ -481,7 +546,7 @@ impl Server {
             }
         };
         tokio::select! {
-            served = serve => served?,
+            () = serve => {},
             () = expired => tracing::warn!(
                 "in-flight requests did not finish within the {} s shutdown timeout; exiting anyway",
                 deadline.as_secs_f64()
@@ -492,6 +557,19 @@ impl Server {
             Some(e) => Err(ServerError::Load(e)),
             None => Ok(()),
         }
+    }
+}
+
+/// Each connection is a file descriptor: make room for the connection cap when the system allows.
+fn raise_open_files_limit(max_connections: usize) {
+    let wanted = u64::try_from(max_connections).unwrap_or(u64::MAX).saturating_add(256);
+    match rlimit::increase_nofile_limit(wanted) {
+        Ok(got) if got < wanted => tracing::warn!(
+            "the open-files limit is {got}, below --max-connections {max_connections} plus headroom: \
+             connections past it fail to be accepted (raise `ulimit -n`)"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not read or raise the open-files limit: {e}"),
     }
 }
 
