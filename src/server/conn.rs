@@ -32,27 +32,43 @@ pub struct Timeouts {
     pub keep_alive: Duration,
 }
 
-/// Requests of one connection whose handlers are running.
+/// Requests of one connection whose handlers are running, and the connection's task to wake when
+/// the last one ends: hyper may have polled the read side while the handler ran, and would not
+/// poll it again (to start the idle timer) until the client sends something.
 #[derive(Debug, Default)]
-pub struct InFlight(AtomicUsize);
+pub struct InFlight {
+    count: AtomicUsize,
+    waker: parking_lot::Mutex<Option<std::task::Waker>>,
+}
 
 /// Held while a handler runs; dropped with it, also when the client hangs up.
 pub struct Busy(Arc<InFlight>);
 
 impl InFlight {
     pub fn enter(self: &Arc<Self>) -> Busy {
-        self.0.fetch_add(1, Ordering::AcqRel);
+        self.count.fetch_add(1, Ordering::AcqRel);
         Busy(self.clone())
     }
 
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.count.load(Ordering::Acquire) > 0
+    }
+
+    fn wake_when_idle(&self, waker: &std::task::Waker) {
+        let mut slot = self.waker.lock();
+        if !slot.as_ref().is_some_and(|w| w.will_wake(waker)) {
+            *slot = Some(waker.clone());
+        }
     }
 }
 
 impl Drop for Busy {
     fn drop(&mut self) {
-        self.0 .0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(waker) = self.0.waker.lock().take() {
+                waker.wake();
+            }
+        }
     }
 }
 
@@ -124,7 +140,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
                 Poll::Ready(Ok(()))
             }
             Poll::Pending => {
-                let Some((deadline, why)) = this.deadline() else { return Poll::Pending };
+                let Some((deadline, why)) = this.deadline() else {
+                    this.in_flight.wake_when_idle(cx.waker());
+                    // The handler may have ended just before the waker was stored.
+                    if !this.in_flight.busy() {
+                        cx.waker().wake_by_ref();
+                    }
+                    return Poll::Pending;
+                };
                 if this.timer.deadline() != deadline {
                     this.timer.as_mut().reset(deadline);
                 }
