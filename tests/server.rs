@@ -9,7 +9,7 @@ use akidb::server::ServerConfig;
 use base64::Engine as _;
 use common::{
     cosine, hf_home, max_abs_diff, reference,
-    server::{spawn_binary, TestServer},
+    server::{spawn_binary, wait_healthy, TestServer},
     MINILM, TINY,
 };
 use serde_json::{json, Value};
@@ -365,12 +365,7 @@ async fn a_model_that_fails_to_load_stops_the_server_with_its_error() {
 async fn sigterm_finishes_the_request_in_flight_then_exits_cleanly() {
     let (mut child, base) = spawn_binary(&["--model", MINILM]);
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.map(|r| r.status() == 200).unwrap_or(false) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&base).await;
     let texts: Vec<String> =
         (0..256).map(|i| format!("a long enough text {i} {}", "to keep the model busy ".repeat(12))).collect();
     let request = tokio::spawn({

@@ -12,7 +12,7 @@ use std::{
 
 use akidb::server::ServerConfig;
 use common::{
-    server::{spawn_binary, TestServer},
+    server::{spawn_binary, wait_healthy, TestServer},
     MINILM,
 };
 use serde_json::{json, Value};
@@ -207,12 +207,7 @@ async fn sigterm_exits_within_the_shutdown_timeout_even_with_a_huge_request_in_f
     let _turn = TURN.lock().await;
     let (mut child, base) = spawn_binary(&["--model", MINILM, "--shutdown-timeout", "1"]);
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.map(|r| r.status() == 200).unwrap_or(false) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&base).await;
     // 512 texts of ~250 tokens: far more than a second of work.
     let texts: Vec<String> =
         (0..512).map(|i| format!("text {i} {}", "words to keep the model busy ".repeat(40))).collect();

@@ -15,7 +15,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{server::spawn_binary, MINILM};
+use common::{
+    server::{spawn_binary, wait_healthy},
+    MINILM,
+};
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
@@ -73,12 +76,7 @@ async fn soak_mixed_traffic_no_5xx_flat_memory_no_leaks() {
     let (mut child, base) = spawn_binary(&["--model", MINILM, "--max-queued-tokens", "60000"]);
     let pid = child.id();
     let client = reqwest::Client::new();
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.map(|r| r.status() == 200).unwrap_or(false) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_healthy(&base).await;
     let started = Instant::now();
     let baseline = sample(pid, Duration::ZERO);
     let running = Arc::new(AtomicBool::new(true));

@@ -63,16 +63,7 @@ impl TestServer {
     }
 
     pub async fn wait_healthy(&self) {
-        let client = reqwest::Client::new();
-        for _ in 0..600 {
-            if let Ok(r) = client.get(self.url("/health")).send().await {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server never became healthy");
+        wait_healthy(&self.base).await;
     }
 
     /// Waits for the server to end by itself.
@@ -116,4 +107,16 @@ pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logged its address");
     (child, format!("http://{addr}"))
+}
+
+/// Polls `base`/health until it answers 200 (at most 30 s).
+pub async fn wait_healthy(base: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        if client.get(format!("{base}/health")).send().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became healthy");
 }
