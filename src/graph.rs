@@ -474,13 +474,10 @@ pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Resul
 
     let mut new_graph = Vec::with_capacity(graph_bytes.len() + 1024);
     put_bytes(&mut new_graph, 1, &cast);
-    for i in 0..g.nodes.len() {
-        if !live[i] {
-            continue;
-        }
+    for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
         match replaced.get(&i) {
-            Some((node, _)) => put_bytes(&mut new_graph, 1, node),
-            None => put_bytes(&mut new_graph, 1, g.nodes[i].raw),
+            Some((fused, _)) => put_bytes(&mut new_graph, 1, fused),
+            None => put_bytes(&mut new_graph, 1, node.raw),
         }
     }
     for f in graph_fields.iter().filter(|f| f.number != 1) {

@@ -29,7 +29,7 @@ enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON
     Embed(EmbedArgs),
     /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
 }
 
 #[derive(clap::Args)]
@@ -87,7 +87,7 @@ fn run(cli: Cli) -> Result<()> {
     let file = FileSettings::load(cli.config.as_deref())?;
     match cli.command {
         Command::Embed(args) => embed(args, &file),
-        Command::Serve(args) => serve(args, &file),
+        Command::Serve(args) => serve(*args, &file),
     }
 }
 
