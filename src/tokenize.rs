@@ -6,6 +6,9 @@ use std::path::Path;
 use ndarray::Array2;
 use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
 
+/// Up to this many texts are tokenized on the calling thread (see [`Tokenizer::encode`]).
+const SEQUENTIAL_UP_TO: usize = 8;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {
     #[error("could not load tokenizer {path}: {message}")]
@@ -68,10 +71,15 @@ impl Tokenizer {
         self.max_len
     }
 
-    /// Tokenizes in parallel (the tokenizers crate's rayon pool) without computing offsets.
+    /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the
+    /// tokenizers crate's rayon pool. A query must not queue in that pool behind a bulk request's texts.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, TokenizeError> {
-        let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();
-        let encodings = self.inner.encode_batch_fast(inputs, true).map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        let encodings = if texts.len() <= SEQUENTIAL_UP_TO {
+            texts.iter().map(|t| self.inner.encode_fast(t.as_ref(), true)).collect::<Result<Vec<_>, _>>()
+        } else {
+            self.inner.encode_batch_fast(texts.iter().map(AsRef::as_ref).collect::<Vec<&str>>(), true)
+        }
+        .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         Ok(encodings
             .into_iter()
             .map(|e| Tokens {

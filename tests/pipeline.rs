@@ -72,6 +72,22 @@ fn batch_equals_one_by_one_in_order() {
 }
 
 #[test]
+fn few_texts_tokenize_like_a_large_batch() {
+    // A few texts take the calling thread, many the rayon pool: both must give the same tokens.
+    let long = "a long text that will be cut at the limit ".repeat(60);
+    for (embedder, model) in [(minilm(), MINILM), (tiny(), TINY)] {
+        let mut texts: Vec<String> = reference(model).into_iter().map(|(t, _)| t).take(20).collect();
+        texts.push(long.clone());
+        let batch = embedder.tokenize(&texts).expect("batch");
+        for (text, want) in texts.iter().zip(&batch) {
+            let alone = embedder.tokenize(&[text.as_str()]).expect("alone").remove(0);
+            assert_eq!((&alone.ids, &alone.type_ids, alone.truncated), (&want.ids, &want.type_ids, want.truncated));
+        }
+        assert!(batch.last().is_some_and(|t| t.truncated), "{model}: the long text is truncated");
+    }
+}
+
+#[test]
 fn long_text_is_truncated_at_the_models_max_seq_length_not_the_tokenizer_files() {
     let embedder = minilm();
     let words: Vec<String> = (0..400).map(|i| format!("word{i}")).collect();

@@ -181,6 +181,7 @@ async fn a_storm_of_bulk_requests_gets_429s_while_queries_still_get_through() {
     let idle = idle_p50(&client, &server).await;
     let before = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
 
+    let storm_start = Instant::now();
     let mut storm = Vec::new();
     for r in 0..24 {
         let (client, url) = (client.clone(), server.url("/v1/embeddings"));
@@ -195,7 +196,10 @@ async fn a_storm_of_bulk_requests_gets_429s_while_queries_still_get_through() {
     let mut latencies = Vec::new();
     let mut i = 0;
     while !storm.iter().all(tokio::task::JoinHandle::is_finished) {
-        latencies.push(probe(&client, &server, i).await);
+        let t0 = Instant::now();
+        let l = probe(&client, &server, i).await;
+        eprintln!("probe at {:?}: {:?}", t0.duration_since(storm_start), l);
+        latencies.push(l);
         i += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -289,7 +289,11 @@ impl AppState {
             .clone()
             .try_acquire_owned()
             .map_err(|_| ApiError::overloaded(self.config.max_concurrent_requests))?;
-        engine.scheduler.check_room().map_err(ApiError::queue_full)?;
+
+        // Every word is at least one token: a lower bound, admitted before the tokenizing it may spare.
+        let max_len = engine.backend.info().max_seq_length;
+        let floor = texts.iter().map(|t| t.split_whitespace().count().min(max_len)).sum();
+        let mut ticket = engine.scheduler.admit(floor).map_err(ApiError::queue_full)?;
 
         let work = async move {
             let backend = engine.backend.clone();
@@ -313,7 +317,7 @@ impl AppState {
             }
             let total_tokens: usize = tokens.iter().map(|t| t.len()).sum();
             let text_count = tokens.len();
-            let ticket = engine.scheduler.admit(total_tokens).map_err(ApiError::queue_full)?;
+            engine.scheduler.settle(&mut ticket, total_tokens).map_err(ApiError::queue_full)?;
             let vectors =
                 engine.scheduler.submit(tokens, normalize, ticket, Some(permit)).await.map_err(|e| match e {
                     SchedulerError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -161,30 +161,31 @@ impl Scheduler {
     /// request larger than the whole bound is admitted when nothing else is queued, so no valid
     /// request is refused forever.
     pub fn admit(&self, tokens: usize) -> Result<Ticket, Overloaded> {
+        let mut ticket = Ticket { shared: self.shared.clone(), tokens: 0 };
+        self.settle(&mut ticket, tokens)?;
+        Ok(ticket)
+    }
+
+    /// Sets an admitted ticket to `tokens` under the same bound. Handlers admit a lower bound of a
+    /// request's tokens before tokenizing, so a flood is refused without tokenizing it, and settle
+    /// the real count afterwards.
+    pub fn settle(&self, ticket: &mut Ticket, tokens: usize) -> Result<(), Overloaded> {
         let s = &self.shared;
         let limit =
             if tokens <= self.small { s.max_queued_tokens + s.max_queued_tokens / 4 } else { s.max_queued_tokens };
         let mut queued = s.queued_tokens.load(Ordering::Acquire);
-        loop {
-            if queued > 0 && queued.saturating_add(tokens) > limit {
+        let now = loop {
+            let others = queued.saturating_sub(ticket.tokens);
+            if tokens > ticket.tokens && others > 0 && others.saturating_add(tokens) > limit {
                 return Err(self.overloaded(queued));
             }
-            match s.queued_tokens.compare_exchange_weak(queued, queued + tokens, Ordering::AcqRel, Ordering::Acquire) {
-                Ok(_) => break,
+            match s.queued_tokens.compare_exchange_weak(queued, others + tokens, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break others + tokens,
                 Err(now) => queued = now,
             }
-        }
-        s.metrics.queued_tokens.set(i64::try_from(queued + tokens).unwrap_or(i64::MAX));
-        Ok(Ticket { shared: s.clone(), tokens })
-    }
-
-    /// Refuses early, before any tokenizing, when not even a query would be admitted.
-    pub fn check_room(&self) -> Result<(), Overloaded> {
-        let s = &self.shared;
-        let queued = s.queued_tokens.load(Ordering::Acquire);
-        if queued >= s.max_queued_tokens + s.max_queued_tokens / 4 {
-            return Err(self.overloaded(queued));
-        }
+        };
+        ticket.tokens = tokens;
+        s.metrics.queued_tokens.set(i64::try_from(now).unwrap_or(i64::MAX));
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 
 use std::{
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         mpsc, Arc,
     },
     time::Duration,
@@ -44,6 +44,8 @@ struct Fake {
     /// While the test holds the sender, every batch waits for a [`Step`]; dropped, batches run freely.
     gate: Mutex<mpsc::Receiver<Step>>,
     healthy: AtomicBool,
+    /// Texts handed to `tokenize`: a refused request should not have cost any.
+    tokenized: AtomicUsize,
 }
 
 struct Control {
@@ -80,6 +82,7 @@ fn fake(budget: Budget) -> Control {
         started: Mutex::new(started_tx),
         gate: Mutex::new(gate_rx),
         healthy: AtomicBool::new(true),
+        tokenized: AtomicUsize::new(0),
     });
     Control { fake, started, gate: Some(gate) }
 }
@@ -94,6 +97,7 @@ impl Backend for Fake {
     }
 
     fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokens>, BackendError> {
+        self.tokenized.fetch_add(texts.len(), Ordering::Relaxed);
         texts
             .iter()
             .map(|t| {
@@ -238,10 +242,19 @@ fn admission_is_bounded_by_queued_tokens_with_a_reserve_for_queries() {
     drop((first, queries));
     assert_eq!(s.queued_tokens(), 0);
     // larger than the whole bound, but alone: admitted rather than refused forever
-    let big = s.admit(500).expect("an empty queue takes any request");
-    assert!(s.check_room().is_err());
+    let mut big = s.admit(300).expect("an empty queue takes any request");
+    s.settle(&mut big, 500).expect("and lets it grow to its real size");
+    assert!(s.admit(1).is_err(), "nothing else while it is queued");
     drop(big);
-    assert!(s.check_room().is_ok());
+    assert_eq!(s.queued_tokens(), 0);
+    // an estimate admitted under the bound is refused when its real size is over it
+    let held = s.admit(60).expect("room");
+    let mut estimate = s.admit(30).expect("the estimate fits");
+    assert_eq!(s.settle(&mut estimate, 50).expect_err("the real count does not").queued, 90);
+    s.settle(&mut estimate, 40).expect("a real count that fits");
+    assert_eq!(s.queued_tokens(), 100);
+    drop((held, estimate));
+    assert_eq!(s.queued_tokens(), 0);
 }
 
 // --- the same, through the routes ---------------------------------------------------------
@@ -288,6 +301,7 @@ async fn over_the_queued_token_bound_is_429_with_retry_after() {
         call(&app, "POST", "/v1/embeddings", Some(serde_json::json!({ "input": texts(3, 10, 7) }))).await;
     assert_eq!((status, body["error"]["type"].as_str()), (StatusCode::TOO_MANY_REQUESTS, Some("rate_limit_error")));
     assert!(retry.is_some());
+    assert_eq!(control.fake.tokenized.load(Ordering::Relaxed), 10, "refused before tokenizing");
 
     control.open();
     let (status, _, body) = running.await.unwrap();
