@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON; or a corpus with --input/--output
-    Embed(EmbedArgs),
+    Embed(Box<EmbedArgs>),
     /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
     Serve(Box<ServeArgs>),
 }
@@ -91,7 +91,7 @@ fn init_logging(default: &str) {
 fn run(cli: Cli) -> Result<()> {
     let file = FileSettings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Embed(args) => embed(args, &file),
+        Command::Embed(args) => embed(*args, &file),
         Command::Serve(args) => serve(*args, &file),
     }
 }

@@ -87,7 +87,8 @@ fn read_parquet(path: &Path, dim: usize) -> Vec<Row> {
             other => panic!("embedding is {other}"),
         }
         let index = batch.column_by_name("index").unwrap().as_any().downcast_ref::<UInt64Array>().unwrap().clone();
-        let emb = batch.column_by_name("embedding").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap().clone();
+        let emb =
+            batch.column_by_name("embedding").unwrap().as_any().downcast_ref::<FixedSizeListArray>().unwrap().clone();
         let ids = batch.column_by_name("id").cloned();
         for i in 0..batch.num_rows() {
             let values = emb.value(i);
@@ -173,7 +174,6 @@ else:
     import pyarrow.parquet as pq
     t = pq.read_table(path)
     emb = t.column("embedding")
-    df = t.to_pandas() if False else None
     print(json.dumps({"columns": t.column_names, "type": str(t.schema.field("embedding").type),
                       "vectors": emb.to_pylist(), "index": t.column("index").to_pylist(),
                       "id": t.column("id").to_pylist() if "id" in t.column_names else None}))
@@ -191,6 +191,8 @@ fn assert_matches_reference(got: &[Vec<f32>], want: &[Vec<f32>], what: &str) {
     }
 }
 
+type Case<'a> = (&'a Path, Option<&'a str>, Vec<Vec<f32>>);
+
 #[test]
 fn every_input_and_output_format_matches_the_reference_vectors() {
     let rows = reference(MINILM);
@@ -207,10 +209,11 @@ fn every_input_and_output_format_matches_the_reference_vectors() {
     write_parquet_input(&parquet, &all_texts, &int_ids);
     let python = python();
 
-    let inputs: [(&Path, Option<&str>, Vec<Vec<f32>>); 3] = [
-        (&txt, None, line_rows.iter().map(|(_, e)| e.clone()).collect()),
-        (&jsonl, Some("doc"), rows.iter().map(|(_, e)| e.clone()).collect()),
-        (&parquet, Some("doc_id"), rows.iter().map(|(_, e)| e.clone()).collect()),
+    // (input, id field, expected vectors)
+    let inputs: [Case; 3] = [
+        (txt.as_path(), None, line_rows.iter().map(|(_, e)| e.clone()).collect()),
+        (jsonl.as_path(), Some("doc"), rows.iter().map(|(_, e)| e.clone()).collect()),
+        (parquet.as_path(), Some("doc_id"), rows.iter().map(|(_, e)| e.clone()).collect()),
     ];
     let want_id = |input: &Path, i: usize| -> Option<Value> {
         match input.extension().unwrap().to_str().unwrap() {
@@ -255,11 +258,9 @@ fn every_input_and_output_format_matches_the_reference_vectors() {
                     assert_eq!(v["type"], "fixed_size_list<item: float not null>[384]", "{what}");
                     let index: Vec<u64> = serde_json::from_value(v["index"].clone()).unwrap();
                     assert_eq!(index, (0..want.len() as u64).collect::<Vec<_>>());
-                    let py_ids: Vec<Option<Value>> =
-                        serde_json::from_value::<Option<Vec<Value>>>(v["id"].clone()).unwrap().map_or_else(
-                            || vec![None; want.len()],
-                            |ids| ids.into_iter().map(Some).collect(),
-                        );
+                    let py_ids: Vec<Option<Value>> = serde_json::from_value::<Option<Vec<Value>>>(v["id"].clone())
+                        .unwrap()
+                        .map_or_else(|| vec![None; want.len()], |ids| ids.into_iter().map(Some).collect());
                     assert_eq!(py_ids, ids, "{what}: Python reads the same ids");
                 }
             }
@@ -550,7 +551,10 @@ fn flag_mistakes_are_one_line_before_the_model_loads() {
         (&["--input", s(&input), "--output", "x.csv"], "pass --output-format"),
         (&["--input", "in.docx", "--output", "x.jsonl"], "pass --input-format"),
         (&["--input", s(&input), "--output", "x.npy", "--resume"], "--resume needs"),
-        (&["--input", s(&input), "--output", "x.parquet", "--id-field", "id"], "--id-field needs a .jsonl or .parquet input"),
+        (
+            &["--input", s(&input), "--output", "x.parquet", "--id-field", "id"],
+            "--id-field needs a .jsonl or .parquet input",
+        ),
         (&["--input", s(&input)], ""),
     ];
     for (args, message) in &cases[..4] {

@@ -8,7 +8,9 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use arrow_array::{Array, ArrayRef, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray};
+use arrow_array::{
+    Array, ArrayRef, Int32Array, Int64Array, LargeStringArray, RecordBatch, StringArray, StringViewArray,
+};
 use arrow_schema::DataType;
 use parquet::arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ProjectionMask};
 use serde::Serialize;
@@ -143,15 +145,18 @@ pub fn open(spec: &InputSpec) -> Result<(Records, Option<u64>), InputError> {
     };
     let lines = Lines { reader, file: name, line: 0, buf: Vec::new(), done: false };
     let records: Records = match spec.format {
-        InputFormat::Text => Box::new(lines.filter_map(|item| match item {
-            Ok((line, bytes)) => match String::from_utf8(bytes) {
-                Ok(text) if text.is_empty() => None,
-                Ok(text) => Some(Ok(Record { line, text, id: None })),
-                Err(_) => Some(Err(LineError::Invalid(line, Invalid::Utf8))),
-            },
-            Err(e) => Some(Err(e)),
-        })
-        .map(with_file(spec.name()))),
+        InputFormat::Text => Box::new(
+            lines
+                .filter_map(|item| match item {
+                    Ok((line, bytes)) => match String::from_utf8(bytes) {
+                        Ok(text) if text.is_empty() => None,
+                        Ok(text) => Some(Ok(Record { line, text, id: None })),
+                        Err(_) => Some(Err(LineError::Invalid(line, Invalid::Utf8))),
+                    },
+                    Err(e) => Some(Err(e)),
+                })
+                .map(with_file(spec.name())),
+        ),
         InputFormat::Jsonl => {
             let mut parser = JsonlParser::new(spec);
             Box::new(
@@ -159,7 +164,10 @@ pub fn open(spec: &InputSpec) -> Result<(Records, Option<u64>), InputError> {
                     .filter(|item| !matches!(item, Ok((_, bytes)) if bytes.iter().all(u8::is_ascii_whitespace)))
                     .map(move |item| {
                         let (line, bytes) = item?;
-                        parser.parse(&bytes).map(|(text, id)| Record { line, text, id }).map_err(|r| LineError::Invalid(line, r))
+                        parser
+                            .parse(&bytes)
+                            .map(|(text, id)| Record { line, text, id })
+                            .map_err(|r| LineError::Invalid(line, r))
                     })
                     .map(with_file(spec.name())),
             )
@@ -313,23 +321,25 @@ fn open_parquet(spec: &InputSpec) -> Result<(Records, Option<u64>), InputError> 
     };
     let text_at = column(&spec.text_field, "text")?;
     if !matches!(schema.field(text_at).data_type(), DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View) {
-        return Err(fail(format!("column {:?} is {}, not a string", spec.text_field, schema.field(text_at).data_type())));
+        return Err(fail(format!(
+            "column {:?} is {}, not a string",
+            spec.text_field,
+            schema.field(text_at).data_type()
+        )));
     }
     let id_at = spec.id_field.as_deref().map(|f| column(f, "id")).transpose()?;
     if let Some(at) = id_at {
         let ty = schema.field(at).data_type();
-        if !matches!(ty, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Int64 | DataType::Int32) {
+        if !matches!(ty, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Int64 | DataType::Int32)
+        {
             return Err(fail(format!("id column {:?} is {ty}, not a string or an integer", schema.field(at).name())));
         }
     }
     let mut roots = vec![text_at];
     roots.extend(id_at);
     let mask = ProjectionMask::roots(builder.parquet_schema(), roots.iter().copied());
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(PARQUET_BATCH_ROWS)
-        .build()
-        .map_err(|e| fail(e.to_string()))?;
+    let reader =
+        builder.with_projection(mask).with_batch_size(PARQUET_BATCH_ROWS).build().map_err(|e| fail(e.to_string()))?;
     // After projection the columns keep their relative order.
     let (text_col, id_col) = match id_at {
         Some(at) if at < text_at => (1, Some(0)),

@@ -108,7 +108,12 @@ pub fn plan(args: &CorpusArgs) -> Result<(InputSpec, OutputFormat), CorpusError>
     if args.id_field.is_some() && input_format == InputFormat::Text {
         return usage("--id-field needs a .jsonl or .parquet input".into());
     }
-    let spec = InputSpec { path: input, format: input_format, text_field: args.text_field.clone(), id_field: args.id_field.clone() };
+    let spec = InputSpec {
+        path: input,
+        format: input_format,
+        text_field: args.text_field.clone(),
+        id_field: args.id_field.clone(),
+    };
     Ok((spec, output_format))
 }
 

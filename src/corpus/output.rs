@@ -319,7 +319,12 @@ impl ParquetSink {
                     why: format!(
                         "{} has columns ({}), expected {} dimensions{}",
                         file.display(),
-                        schema.fields().iter().map(|f| format!("{} {}", f.name(), f.data_type())).collect::<Vec<_>>().join(", "),
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| format!("{} {}", f.name(), f.data_type()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
                         self.dimension,
                         if self.with_ids { " and an id column" } else { " and no id column" }
                     ),
@@ -333,7 +338,10 @@ impl ParquetSink {
         for entry in fs::read_dir(&self.parts).map_err(&err)? {
             let entry = entry.map_err(&err)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let keep = name.strip_prefix("part-").and_then(|s| s.strip_suffix(".parquet")).and_then(|s| s.parse::<usize>().ok());
+            let keep = name
+                .strip_prefix("part-")
+                .and_then(|s| s.strip_suffix(".parquet"))
+                .and_then(|s| s.parse::<usize>().ok());
             if !matches!(keep, Some(k) if k < n) {
                 fs::remove_file(entry.path()).map_err(&err)?;
             }

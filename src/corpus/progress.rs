@@ -125,9 +125,13 @@ fn bar(total: Option<u64>, resumed: u64) -> ProgressBar {
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
             "{bar:30} {pos}/{len} texts  {rate}  ETA {eta}",
         ),
-        None => (ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()), "{spinner} {pos} texts  {rate}  {elapsed}"),
+        None => (
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+            "{spinner} {pos} texts  {rate}  {elapsed}",
+        ),
     };
-    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).with_key("rate", rate);
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()).with_key("rate", rate);
     bar.set_style(style);
     bar.set_position(resumed);
     bar.reset_eta();
