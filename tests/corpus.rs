@@ -571,3 +571,26 @@ fn flag_mistakes_are_one_line_before_the_model_loads() {
     assert_eq!(v["index"], 0);
     assert_eq!(v["embedding"].as_array().unwrap().len(), 32);
 }
+
+#[test]
+fn a_null_parquet_text_names_its_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("nulls.parquet");
+    let schema = Arc::new(Schema::new(vec![Field::new("text", DataType::Utf8, true)]));
+    let texts = StringArray::from(vec![Some("first"), None, Some("third")]);
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(texts)]).unwrap();
+    let mut w = ArrowWriter::try_new(fs::File::create(&input).unwrap(), schema, None).unwrap();
+    w.write(&batch).unwrap();
+    w.close().unwrap();
+
+    let out = dir.path().join("nulls.jsonl");
+    let run = embed(TINY, &["--input", s(&input), "--output", s(&out)]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("error: {}:2: field \"text\" is null", s(&input))), "{stderr}");
+    assert_eq!(read_jsonl(&out).len(), 1, "the row before it is written");
+
+    let skipped = dir.path().join("skipped.jsonl");
+    ok(&embed(TINY, &["--skip-invalid", "--input", s(&input), "--output", s(&skipped)]));
+    assert_eq!(read_jsonl(&skipped).len(), 2);
+}

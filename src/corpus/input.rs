@@ -71,6 +71,8 @@ pub enum Invalid {
     Missing(String),
     #[error("field {0:?} is not a string")]
     NotString(String),
+    #[error("field {0:?} is null")]
+    Null(String),
     #[error("id field {0:?} is not a string or an integer")]
     BadId(String),
     #[error("id field {field:?} is {got} but earlier ids are {want}")]
@@ -375,9 +377,9 @@ fn batch_records(
     (0..batch.num_rows())
         .map(|i| {
             let line = start + i as u64 + 1;
-            let text = string_at(texts, i).ok_or_else(|| (line, Invalid::NotString(text_field.clone())))?;
+            let text = string_at(texts, i).ok_or_else(|| (line, Invalid::Null(text_field.clone())))?;
             let id = match ids {
-                Some(col) => Some(id_at(col, i).ok_or_else(|| (line, Invalid::BadId(id_field.clone())))?),
+                Some(col) => Some(id_at(col, i).ok_or_else(|| (line, Invalid::Null(id_field.clone())))?),
                 None => None,
             };
             Ok(Record { line, text, id })
