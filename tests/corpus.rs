@@ -444,7 +444,7 @@ fn memory_stays_flat_as_the_corpus_grows() {
 }
 
 #[test]
-fn progress_is_a_bar_on_a_terminal_log_lines_otherwise_and_nothing_when_quiet() {
+fn progress_is_a_bar_on_a_terminal_a_summary_otherwise_and_nothing_when_quiet() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("p.txt");
     fs::write(&input, synthetic_lines(3000)).unwrap();
