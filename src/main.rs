@@ -5,6 +5,7 @@ use std::{
 };
 
 use akidb::{
+    corpus::CorpusArgs,
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
     server::{shutdown_signal, Server, ServerArgs},
     settings::{FileSettings, ModelArgs},
@@ -26,8 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Embed texts given as arguments, or one per line on stdin, and print JSON
-    Embed(EmbedArgs),
+    /// Embed texts given as arguments, or one per line on stdin, and print JSON; or a corpus with --input/--output
+    Embed(Box<EmbedArgs>),
     /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
     Serve(Box<ServeArgs>),
 }
@@ -55,6 +56,8 @@ struct EmbedArgs {
     /// Log what was loaded (model, revision, execution provider) to stderr
     #[arg(long, short)]
     verbose: bool,
+    #[command(flatten)]
+    corpus: CorpusArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -66,6 +69,8 @@ enum Format {
 fn main() {
     let cli = Cli::parse();
     let default_level = match &cli.command {
+        // A corpus run reports progress and its summary through the log.
+        Command::Embed(a) if !a.verbose && a.corpus.requested() => "warn,akidb::corpus=info",
         Command::Embed(a) if !a.verbose => "warn",
         _ => "info",
     };
@@ -86,7 +91,7 @@ fn init_logging(default: &str) {
 fn run(cli: Cli) -> Result<()> {
     let file = FileSettings::load(cli.config.as_deref())?;
     match cli.command {
-        Command::Embed(args) => embed(args, &file),
+        Command::Embed(args) => embed(*args, &file),
         Command::Serve(args) => serve(*args, &file),
     }
 }
@@ -119,14 +124,10 @@ fn read_stdin_lines() -> Result<Vec<String>> {
     Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
-fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
-    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
-    if texts.is_empty() {
-        bail!("nothing to embed: pass texts as arguments or one per line on stdin");
-    }
-    let options = args.model.resolve(file);
+fn load_embedder(model: &ModelArgs, verbose: bool, file: &FileSettings) -> Result<Embedder> {
+    let options = model.resolve(file);
     let embedder = Embedder::load(&options).with_context(|| format!("loading model {}", options.model))?;
-    if args.verbose {
+    if verbose {
         let info = embedder.info();
         tracing::info!(
             "model {} @ {} ({}), {} dims, max {} tokens, {} pooling, execution provider {}, ONNX Runtime {}",
@@ -140,6 +141,30 @@ fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
             info.onnx_runtime_version
         );
     }
+    Ok(embedder)
+}
+
+/// `embed --input/--output`: a corpus streamed from a file or stdin into a file.
+fn embed_corpus(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+    if !args.texts.is_empty() {
+        bail!("pass texts as arguments or --input, not both");
+    }
+    // Flag mistakes are reported before the model is loaded.
+    akidb::corpus::plan(&args.corpus)?;
+    let embedder = load_embedder(&args.model, args.verbose, file)?;
+    akidb::corpus::run(&embedder, &args.corpus, !args.no_normalize)?;
+    Ok(())
+}
+
+fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+    if args.corpus.requested() {
+        return embed_corpus(args, file);
+    }
+    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
+    if texts.is_empty() {
+        bail!("nothing to embed: pass texts as arguments or one per line on stdin");
+    }
+    let embedder = load_embedder(&args.model, args.verbose, file)?;
     let started = Instant::now();
     let out = embedder.embed(&texts, !args.no_normalize)?;
     let duration_ms = started.elapsed().as_millis() as u64;

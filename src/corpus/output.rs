@@ -1,0 +1,607 @@
+//! Corpus writers. JSON Lines appends row by row and resumes from its last complete line; Parquet
+//! writes numbered part files (each complete and renamed into place) and merges them into the
+//! final file at the end; `.npy` needs its row count in the header, so it is written under a
+//! temporary name and renamed when complete. A crash never leaves a file that looks finished.
+
+use std::{
+    fs::{self, File, OpenOptions},
+    io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arrow_array::{
+    builder::{Int64Builder, StringBuilder},
+    ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array,
+};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use parquet::{
+    arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
+    basic::Compression,
+    file::properties::WriterProperties,
+};
+use serde::Serialize;
+
+use super::input::{id_kind, Id};
+
+/// How embeddings are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    /// One {"index", "id"?, "embedding"} object per line
+    Jsonl,
+    /// Columns index, id (with --id-field) and embedding (fixed-size list of float32)
+    Parquet,
+    /// NumPy float32 array [N, dim], rows in input order
+    Npy,
+}
+
+impl OutputFormat {
+    /// The format a file name implies; stdout (`-`) is JSON Lines.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        if path == Path::new("-") {
+            return Some(Self::Jsonl);
+        }
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "jsonl" | "ndjson" => Some(Self::Jsonl),
+            "parquet" | "pq" => Some(Self::Parquet),
+            "npy" => Some(Self::Npy),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OutputError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parquet { path: PathBuf, message: String },
+    #[error("{0} already exists; pass --resume to continue it or remove it")]
+    Exists(PathBuf),
+    #[error("{path} cannot be resumed: {why}")]
+    Mismatch { path: PathBuf, why: String },
+    #[error("id {got} does not match the earlier ids, which are {want}")]
+    MixedIds { got: String, want: &'static str },
+}
+
+/// Where and how to write, and what each row carries.
+#[derive(Debug, Clone)]
+pub struct OutputSpec {
+    pub path: PathBuf,
+    pub format: OutputFormat,
+    pub dimension: usize,
+    pub with_ids: bool,
+    pub resume: bool,
+}
+
+impl OutputSpec {
+    pub fn is_stdout(&self) -> bool {
+        self.path == Path::new("-")
+    }
+}
+
+/// A destination for embedded rows, written in input order.
+pub trait Sink {
+    /// Rows already complete in the output (non-zero when resuming).
+    fn done(&self) -> u64;
+    /// Appends rows; what has filled up (a JSON Lines window, a Parquet part) reaches the disk.
+    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError>;
+    /// Makes every row written so far durable and resumable, before stopping on an error.
+    fn checkpoint(&mut self) -> Result<(), OutputError>;
+    /// Completes the output under its final name.
+    fn finish(self: Box<Self>) -> Result<(), OutputError>;
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> OutputError + '_ {
+    move |source| OutputError::Io { path: path.to_path_buf(), source }
+}
+
+/// Opens the output for writing, or for continuing with `--resume`.
+pub fn open(spec: &OutputSpec) -> Result<Box<dyn Sink>, OutputError> {
+    Ok(match spec.format {
+        OutputFormat::Jsonl => Box::new(JsonlSink::open(spec)?),
+        OutputFormat::Parquet => Box::new(ParquetSink::open(spec)?),
+        OutputFormat::Npy => Box::new(NpySink::open(spec)?),
+    })
+}
+
+#[derive(Serialize)]
+struct JsonlRow<'a> {
+    index: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a Id>,
+    embedding: &'a [f32],
+}
+
+struct JsonlSink {
+    out: BufWriter<Box<dyn Write>>,
+    path: PathBuf,
+    done: u64,
+    next: u64,
+}
+
+impl JsonlSink {
+    fn open(spec: &OutputSpec) -> Result<Self, OutputError> {
+        let path = spec.path.clone();
+        if spec.is_stdout() {
+            let out: Box<dyn Write> = Box::new(std::io::stdout());
+            return Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, done: 0, next: 0 });
+        }
+        let err = io_err(&spec.path);
+        let done = if path.exists() {
+            if !spec.resume {
+                return Err(OutputError::Exists(path));
+            }
+            truncate_to_complete_lines(&path, spec)?
+        } else {
+            0
+        };
+        let file = OpenOptions::new().create(true).append(true).open(&path).map_err(&err)?;
+        let out: Box<dyn Write> = Box::new(file);
+        Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, done, next: done })
+    }
+}
+
+/// Keeps the complete rows of an interrupted JSON Lines output: a torn last line (no newline, or
+/// not JSON) is cut off. Returns how many rows remain.
+fn truncate_to_complete_lines(path: &Path, spec: &OutputSpec) -> Result<u64, OutputError> {
+    let err = io_err(path);
+    let mut reader = BufReader::with_capacity(1 << 16, File::open(path).map_err(&err)?);
+    let (mut rows, mut good_end, mut offset) = (0u64, 0u64, 0u64);
+    let (mut line, mut last) = (Vec::new(), Vec::new());
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line).map_err(&err)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        offset += n as u64;
+        std::mem::swap(&mut line, &mut last);
+        rows += 1;
+        good_end = offset;
+    }
+    // Only the last complete line can be torn by a crash; earlier ones were followed by more writes.
+    let last_complete = (rows > 0).then_some(last);
+    if let Some(last) = &last_complete {
+        match serde_json::from_slice::<serde_json::Value>(last) {
+            Ok(v) => {
+                let dim = v["embedding"].as_array().map_or(0, Vec::len);
+                if dim != spec.dimension {
+                    return Err(OutputError::Mismatch {
+                        path: path.to_path_buf(),
+                        why: format!("its rows have {dim} dimensions, the model gives {}", spec.dimension),
+                    });
+                }
+                if v.get("id").is_some() != spec.with_ids {
+                    return Err(OutputError::Mismatch {
+                        path: path.to_path_buf(),
+                        why: "it was started with a different --id-field".into(),
+                    });
+                }
+                if v["index"].as_u64() != Some(rows - 1) {
+                    return Err(OutputError::Mismatch {
+                        path: path.to_path_buf(),
+                        why: format!("its last row has index {}, expected {}", v["index"], rows - 1),
+                    });
+                }
+            }
+            Err(_) => {
+                rows -= 1;
+                good_end -= last.len() as u64;
+            }
+        }
+    }
+    let file = OpenOptions::new().write(true).open(path).map_err(&err)?;
+    file.set_len(good_end).map_err(&err)?;
+    Ok(rows)
+}
+
+impl Sink for JsonlSink {
+    fn done(&self) -> u64 {
+        self.done
+    }
+
+    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
+        let err = io_err(&self.path);
+        for (id, embedding) in ids.iter().zip(vectors) {
+            let row = JsonlRow { index: self.next, id: id.as_ref(), embedding };
+            serde_json::to_writer(&mut self.out, &row).map_err(|e| err(e.into()))?;
+            self.out.write_all(b"\n").map_err(&err)?;
+            self.next += 1;
+        }
+        // Rows reach the file as each window completes, so readers (and --resume) see them.
+        self.out.flush().map_err(&err)
+    }
+
+    fn checkpoint(&mut self) -> Result<(), OutputError> {
+        self.out.flush().map_err(io_err(&self.path))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), OutputError> {
+        self.out.flush().map_err(io_err(&self.path))?;
+        if let Ok(out) = self.out.into_inner() {
+            drop(out);
+        }
+        if !self.path.as_os_str().eq("-") {
+            File::open(&self.path).and_then(|f| f.sync_all()).map_err(io_err(&self.path))?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows per Parquet part file and per row group: a part is the unit of resume, and one row group
+/// of MiniLM vectors is 6 MiB, so memory stays flat.
+pub const PARQUET_ROWS_PER_PART: usize = 4096;
+
+/// The directory of part files next to a Parquet output.
+pub fn parts_dir(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".parts");
+    path.with_file_name(name)
+}
+
+fn part_name(n: usize) -> String {
+    format!("part-{n:06}.parquet")
+}
+
+/// The id column type, fixed by the first id (or by the parts already written).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum IdType {
+    Int,
+    Str,
+}
+
+struct ParquetSink {
+    path: PathBuf,
+    parts: PathBuf,
+    dimension: usize,
+    with_ids: bool,
+    id_type: Option<IdType>,
+    done: u64,
+    next_part: usize,
+    /// Rows waiting for the next part file.
+    ids: Vec<Option<Id>>,
+    vectors: Vec<f32>,
+    rows: usize,
+}
+
+impl ParquetSink {
+    fn open(spec: &OutputSpec) -> Result<Self, OutputError> {
+        let path = spec.path.clone();
+        let parts = parts_dir(&path);
+        let mut sink = Self {
+            path: path.clone(),
+            parts: parts.clone(),
+            dimension: spec.dimension,
+            with_ids: spec.with_ids,
+            id_type: None,
+            done: 0,
+            next_part: 0,
+            ids: Vec::new(),
+            vectors: Vec::new(),
+            rows: 0,
+        };
+        if path.exists() {
+            return Err(if spec.resume {
+                OutputError::Mismatch { path, why: "it is already complete; remove it to embed again".into() }
+            } else {
+                OutputError::Exists(path)
+            });
+        }
+        if parts.exists() {
+            if !spec.resume {
+                return Err(OutputError::Exists(parts));
+            }
+            sink.load_parts()?;
+        } else {
+            fs::create_dir_all(&parts).map_err(io_err(&parts))?;
+        }
+        Ok(sink)
+    }
+
+    /// Counts the rows of the complete parts 0, 1, … and removes anything after the first gap or
+    /// unreadable part (a part is renamed into place only once complete, so this is only debris).
+    fn load_parts(&mut self) -> Result<(), OutputError> {
+        let err = io_err(&self.parts);
+        let mut n = 0;
+        loop {
+            let file = self.parts.join(part_name(n));
+            let Ok(f) = File::open(&file) else { break };
+            let Ok(builder) = ParquetRecordBatchReaderBuilder::try_new(f) else { break };
+            let schema = builder.schema();
+            if schema.fields() != self.schema(self.id_type_of(schema)).fields() {
+                return Err(OutputError::Mismatch {
+                    path: self.path.clone(),
+                    why: format!(
+                        "{} has columns ({}), expected {} dimensions{}",
+                        file.display(),
+                        schema
+                            .fields()
+                            .iter()
+                            .map(|f| format!("{} {}", f.name(), f.data_type()))
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        self.dimension,
+                        if self.with_ids { " and an id column" } else { " and no id column" }
+                    ),
+                });
+            }
+            self.id_type = self.id_type_of(schema);
+            self.done += u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            n += 1;
+        }
+        self.next_part = n;
+        for entry in fs::read_dir(&self.parts).map_err(&err)? {
+            let entry = entry.map_err(&err)?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let keep = name
+                .strip_prefix("part-")
+                .and_then(|s| s.strip_suffix(".parquet"))
+                .and_then(|s| s.parse::<usize>().ok());
+            if !matches!(keep, Some(k) if k < n) {
+                fs::remove_file(entry.path()).map_err(&err)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn id_type_of(&self, schema: &Schema) -> Option<IdType> {
+        match schema.field_with_name("id").map(|f| f.data_type().clone()) {
+            Ok(DataType::Int64) => Some(IdType::Int),
+            Ok(_) => Some(IdType::Str),
+            Err(_) => None,
+        }
+    }
+
+    fn schema(&self, id_type: Option<IdType>) -> SchemaRef {
+        let mut fields = vec![Field::new("index", DataType::UInt64, false)];
+        if self.with_ids {
+            let ty = if id_type == Some(IdType::Int) { DataType::Int64 } else { DataType::Utf8 };
+            fields.push(Field::new("id", ty, false));
+        }
+        fields.push(Field::new("embedding", embedding_type(self.dimension), false));
+        Arc::new(Schema::new(fields))
+    }
+
+    /// Writes the buffered rows as the next part: to a temporary name, synced, then renamed.
+    fn write_part(&mut self) -> Result<(), OutputError> {
+        if self.rows == 0 {
+            return Ok(());
+        }
+        let schema = self.schema(self.id_type);
+        let start = self.done;
+        let index: ArrayRef = Arc::new(UInt64Array::from_iter_values(start..start + self.rows as u64));
+        let mut columns = vec![index];
+        if self.with_ids {
+            columns.push(id_column(&self.ids, self.id_type));
+        }
+        let values = Float32Array::from(std::mem::take(&mut self.vectors));
+        columns.push(Arc::new(embedding_column(values, self.dimension)));
+        let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| self.parquet_err(e.to_string()))?;
+        let name = part_name(self.next_part);
+        let tmp = self.parts.join(format!("{name}.tmp"));
+        let err = io_err(&tmp);
+        let file = File::create(&tmp).map_err(&err)?;
+        let mut writer = ArrowWriter::try_new(file, schema, Some(writer_properties()))
+            .map_err(|e| self.parquet_err(e.to_string()))?;
+        writer.write(&batch).map_err(|e| self.parquet_err(e.to_string()))?;
+        let file = writer.into_inner().map_err(|e| self.parquet_err(e.to_string()))?;
+        file.sync_all().map_err(&err)?;
+        fs::rename(&tmp, self.parts.join(&name)).map_err(&err)?;
+        self.done += self.rows as u64;
+        self.next_part += 1;
+        self.ids.clear();
+        self.rows = 0;
+        Ok(())
+    }
+
+    fn parquet_err(&self, message: String) -> OutputError {
+        OutputError::Parquet { path: self.path.clone(), message }
+    }
+}
+
+fn writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_max_row_group_size(PARQUET_ROWS_PER_PART)
+        .build()
+}
+
+fn embedding_type(dimension: usize) -> DataType {
+    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), dimension as i32)
+}
+
+fn embedding_column(values: Float32Array, dimension: usize) -> FixedSizeListArray {
+    let field = Arc::new(Field::new_list_field(DataType::Float32, false));
+    FixedSizeListArray::new(field, dimension as i32, Arc::new(values), None)
+}
+
+fn id_column(ids: &[Option<Id>], id_type: Option<IdType>) -> ArrayRef {
+    if id_type == Some(IdType::Int) {
+        let mut b = Int64Builder::with_capacity(ids.len());
+        for id in ids {
+            b.append_option(match id {
+                Some(Id::Int(v)) => Some(*v),
+                _ => None,
+            });
+        }
+        Arc::new(b.finish())
+    } else {
+        let mut b = StringBuilder::new();
+        for id in ids {
+            b.append_option(match id {
+                Some(Id::Str(s)) => Some(s.as_str()),
+                _ => None,
+            });
+        }
+        Arc::new(b.finish())
+    }
+}
+
+impl Sink for ParquetSink {
+    fn done(&self) -> u64 {
+        self.done
+    }
+
+    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
+        for (id, vector) in ids.iter().zip(vectors) {
+            if self.with_ids {
+                let ty = match id {
+                    Some(Id::Int(_)) => IdType::Int,
+                    _ => IdType::Str,
+                };
+                match self.id_type {
+                    None => self.id_type = Some(ty),
+                    Some(want) if want != ty => {
+                        let got = id.as_ref().map_or_else(|| "null".to_string(), |i| format!("{i:?}"));
+                        let want = id_kind(&if want == IdType::Int { Id::Int(0) } else { Id::Str(String::new()) });
+                        return Err(OutputError::MixedIds { got, want });
+                    }
+                    Some(_) => {}
+                }
+            }
+            self.ids.push(id.clone());
+            self.vectors.extend_from_slice(vector);
+            self.rows += 1;
+            if self.rows == PARQUET_ROWS_PER_PART {
+                self.write_part()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<(), OutputError> {
+        self.write_part()
+    }
+
+    /// Copies the parts, one row group each, into the final file (temporary name, then renamed)
+    /// and removes them.
+    fn finish(mut self: Box<Self>) -> Result<(), OutputError> {
+        self.write_part()?;
+        let tmp = tmp_path(&self.path);
+        let err = io_err(&tmp);
+        let schema = self.schema(self.id_type);
+        let file = File::create(&tmp).map_err(&err)?;
+        let mut writer = ArrowWriter::try_new(file, schema.clone(), Some(writer_properties()))
+            .map_err(|e| self.parquet_err(e.to_string()))?;
+        for n in 0..self.next_part {
+            let part = self.parts.join(part_name(n));
+            let f = File::open(&part).map_err(io_err(&part))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(f)
+                .and_then(|b| b.with_batch_size(PARQUET_ROWS_PER_PART).build())
+                .map_err(|e| self.parquet_err(format!("{}: {e}", part.display())))?;
+            for batch in reader {
+                let batch = batch.map_err(|e| self.parquet_err(format!("{}: {e}", part.display())))?;
+                // The same columns under the writer's schema (the read-back one carries extra metadata).
+                let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec())
+                    .map_err(|e| self.parquet_err(format!("{}: {e}", part.display())))?;
+                writer.write(&batch).map_err(|e| self.parquet_err(e.to_string()))?;
+            }
+            writer.flush().map_err(|e| self.parquet_err(e.to_string()))?;
+        }
+        let file = writer.into_inner().map_err(|e| self.parquet_err(e.to_string()))?;
+        file.sync_all().map_err(&err)?;
+        fs::rename(&tmp, &self.path).map_err(&err)?;
+        fs::remove_dir_all(&self.parts).map_err(io_err(&self.parts))?;
+        Ok(())
+    }
+}
+
+/// `<name>.tmp` beside `path`: where outputs are built before they are renamed into place.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
+}
+
+/// NumPy `.npy` v1.0: a fixed-size header (rewritten with the row count at the end), then rows.
+const NPY_HEADER_LEN: usize = 128;
+
+struct NpySink {
+    path: PathBuf,
+    tmp: PathBuf,
+    out: BufWriter<File>,
+    dimension: usize,
+    rows: u64,
+}
+
+impl NpySink {
+    fn open(spec: &OutputSpec) -> Result<Self, OutputError> {
+        if spec.path.exists() {
+            return Err(OutputError::Exists(spec.path.clone()));
+        }
+        let tmp = tmp_path(&spec.path);
+        let file = File::create(&tmp).map_err(io_err(&tmp))?;
+        let mut out = BufWriter::with_capacity(1 << 16, file);
+        out.write_all(&npy_header(0, spec.dimension)).map_err(io_err(&tmp))?;
+        Ok(Self { path: spec.path.clone(), tmp, out, dimension: spec.dimension, rows: 0 })
+    }
+}
+
+fn npy_header(rows: u64, dimension: usize) -> Vec<u8> {
+    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dimension}), }}");
+    let mut header = b"\x93NUMPY\x01\x00".to_vec();
+    header.extend_from_slice(&((NPY_HEADER_LEN - 10) as u16).to_le_bytes());
+    header.extend_from_slice(dict.as_bytes());
+    header.resize(NPY_HEADER_LEN - 1, b' ');
+    header.push(b'\n');
+    header
+}
+
+impl Sink for NpySink {
+    fn done(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, _ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
+        for v in vectors {
+            for x in v {
+                self.out.write_all(&x.to_le_bytes()).map_err(io_err(&self.tmp))?;
+            }
+            self.rows += 1;
+        }
+        Ok(())
+    }
+
+    /// An `.npy` cannot be resumed; what was written stays under the temporary name.
+    fn checkpoint(&mut self) -> Result<(), OutputError> {
+        self.out.flush().map_err(io_err(&self.tmp))
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<(), OutputError> {
+        let err = io_err(&self.tmp);
+        self.out.seek(SeekFrom::Start(0)).map_err(&err)?;
+        self.out.write_all(&npy_header(self.rows, self.dimension)).map_err(&err)?;
+        let file = self.out.into_inner().map_err(|e| err(e.into_error()))?;
+        file.sync_all().map_err(&err)?;
+        fs::rename(&self.tmp, &self.path).map_err(&err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn npy_header_is_aligned_and_names_the_shape() {
+        let h = npy_header(1_000_000_000, 4096);
+        assert_eq!(h.len(), NPY_HEADER_LEN);
+        assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, NPY_HEADER_LEN - 10);
+        let text = std::str::from_utf8(&h[10..]).unwrap();
+        assert!(text.contains("'shape': (1000000000, 4096)"), "{text}");
+        assert!(text.ends_with('\n'));
+    }
+
+    #[test]
+    fn formats_follow_extensions() {
+        assert_eq!(OutputFormat::from_path(Path::new("a/b.PARQUET")), Some(OutputFormat::Parquet));
+        assert_eq!(OutputFormat::from_path(Path::new("-")), Some(OutputFormat::Jsonl));
+        assert_eq!(OutputFormat::from_path(Path::new("x.npy")), Some(OutputFormat::Npy));
+        assert_eq!(OutputFormat::from_path(Path::new("x.csv")), None);
+        assert_eq!(parts_dir(Path::new("d/e.parquet")), PathBuf::from("d/e.parquet.parts"));
+    }
+}
