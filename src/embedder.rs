@@ -180,18 +180,6 @@ impl Embedder {
         &self.info
     }
 
-    pub fn provider(&self) -> Provider {
-        self.session.provider()
-    }
-
-    pub fn dimension(&self) -> usize {
-        self.config.dimension
-    }
-
-    pub fn max_seq_length(&self) -> usize {
-        self.config.max_seq_length
-    }
-
     pub fn budget(&self) -> Budget {
         self.budget
     }

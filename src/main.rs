@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON
     Embed(EmbedArgs),
-    /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
+    /// Serve the native API, OpenAI, TEI and Ollama embedding routes over HTTP
     Serve(Box<ServeArgs>),
 }
 
@@ -46,7 +46,7 @@ struct EmbedArgs {
     texts: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
-    /// Output: one JSON document (the seed API's response), or one {"index","embedding"} per line
+    /// Output: one JSON document (the native API's response), or one {"index","embedding"} per line
     #[arg(long, value_enum, default_value_t = Format::Json, env = "AKIDB_FORMAT")]
     format: Format,
     /// Return raw pooled vectors instead of unit-length ones

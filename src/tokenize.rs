@@ -64,10 +64,6 @@ impl Tokenizer {
         Ok(Self { inner, pad_id, max_len: max_seq_length })
     }
 
-    pub fn max_seq_length(&self) -> usize {
-        self.max_len
-    }
-
     /// Tokenizes in parallel (the tokenizers crate's rayon pool) without computing offsets.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, TokenizeError> {
         let inputs: Vec<&str> = texts.iter().map(AsRef::as_ref).collect();

@@ -46,7 +46,7 @@ fn assert_clean_error(out: &Output, needle: &str) -> String {
 }
 
 #[test]
-fn embed_arguments_prints_seed_api_json_matching_reference() {
+fn embed_arguments_prints_native_api_json_matching_reference() {
     let rows = reference(MINILM);
     let picks = [&rows[0], &rows[rows.len() / 2], &rows[rows.len() - 1]];
     let mut cmd = akidb();
