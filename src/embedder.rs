@@ -251,7 +251,7 @@ fn fuse_attention(path: &Path, heads: usize) -> Option<Fused> {
     (path, meta.len(), meta.modified().ok(), heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION)
         .hash(&mut hasher);
     let key = format!("{:016x}", hasher.finish());
-    let dir = crate::settings::cache_dir().map(|d| d.join("graphs"));
+    let dir = crate::cache::graphs_dir();
     if let Some(dir) = &dir {
         let cached = std::fs::read_dir(dir).ok().into_iter().flatten().flatten().find_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();

@@ -5,6 +5,7 @@
 //! [`embedder`] ties them together and [`server`] puts them behind HTTP.
 
 pub mod batching;
+pub mod cache;
 pub mod config;
 pub mod embedder;
 pub mod graph;

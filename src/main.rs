@@ -6,8 +6,8 @@ use std::{
 
 use akidb::{
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
-    server::{shutdown_signal, Server, ServerArgs},
-    settings::{FileSettings, ModelArgs},
+    server::{shutdown_signal, Server},
+    settings::{ConfigFile, ModelArgs, ServerArgs},
     Embedder,
 };
 use anyhow::{bail, Context, Result};
@@ -84,16 +84,16 @@ fn init_logging(default: &str) {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let file = FileSettings::load(cli.config.as_deref())?;
+    let file = ConfigFile::load(cli.config.as_deref())?;
     match cli.command {
         Command::Embed(args) => embed(args, &file),
         Command::Serve(args) => serve(*args, &file),
     }
 }
 
-fn serve(args: ServeArgs, file: &FileSettings) -> Result<()> {
-    let options = args.model.resolve(file);
-    let config = args.server.resolve(&file.server);
+fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
+    let options = args.model.resolve(file)?;
+    let config = args.server.resolve(file)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -119,12 +119,12 @@ fn read_stdin_lines() -> Result<Vec<String>> {
     Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
-fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
     if texts.is_empty() {
         bail!("nothing to embed: pass texts as arguments or one per line on stdin");
     }
-    let options = args.model.resolve(file);
+    let options = args.model.resolve(file)?;
     let embedder = Embedder::load(&options).with_context(|| format!("loading model {}", options.model))?;
     if args.verbose {
         let info = embedder.info();

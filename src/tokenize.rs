@@ -43,7 +43,6 @@ pub struct Batch {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: i64,
-    max_len: usize,
 }
 
 impl Tokenizer {
@@ -61,7 +60,7 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self { inner, pad_id, max_len: max_seq_length })
+        Ok(Self { inner, pad_id })
     }
 
     /// Tokenizes in parallel (the tokenizers crate's rayon pool) without computing offsets.
