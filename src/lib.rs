@@ -8,6 +8,7 @@ pub mod batching;
 pub mod cache;
 pub mod config;
 pub mod embedder;
+pub mod fusion;
 pub mod graph;
 pub mod hub;
 pub mod pooling;
