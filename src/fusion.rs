@@ -59,6 +59,11 @@ impl CacheEntry {
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{:016x}-", h.finish()), key, source })
     }
 
+    /// The original file's content hash, as recorded in the fused graphs made from it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// A verified graph with `fused` blocks; the count is in the name so a cached graph need not
     /// be read to know it.
     pub fn fused_path(&self, fused: usize) -> PathBuf {

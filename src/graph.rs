@@ -114,12 +114,28 @@ impl<'a> Graph<'a> {
         self.consumers.get(output).into_iter().flatten().copied()
     }
 
-    /// Is `bias` a key-padding mask: derived from the graph input `mask_input`, and from nothing
-    /// that compares or ranges over positions (how exporters build causal masks: `Trilu`, or
-    /// `Range` with `Less`/`Greater`/`CumSum`)? A causal part makes the bias [seq, seq], which
-    /// the fused kernel's key-padding mask cannot express.
+    /// Is `name` a constant: a `Constant` node, an initializer, or computed from constants only?
+    fn is_constant(&self, name: &str, depth: usize) -> bool {
+        match self.node(name) {
+            None => self.initializers.contains_key(name),
+            Some(n) if n.op_type == "Constant" => true,
+            Some(n) => {
+                depth < 16
+                    && !n.input.is_empty()
+                    && n.input.iter().filter(|i| !i.is_empty()).all(|i| self.is_constant(i, depth + 1))
+            }
+        }
+    }
+
+    /// Is `bias` a key-padding mask: derived from the graph input `mask_input`, with no causal
+    /// part? A causal mask compares positions with positions (`kv_idx <= q_idx` as a `LessOrEqual`
+    /// of two `Range`-derived tensors) or takes a triangle (`Trilu`, `CumSum`); a padding mask
+    /// only compares with constants (bounds checks). A causal bias is [seq, seq], which the fused
+    /// kernel's key-padding mask cannot express. Shapes are not followed into: they carry no
+    /// values.
     fn is_padding_mask(&self, bias: &str, mask_input: &str) -> bool {
-        const POSITIONAL: [&str; 7] = ["Trilu", "Range", "CumSum", "Less", "LessOrEqual", "Greater", "GreaterOrEqual"];
+        const TRIANGLE: [&str; 2] = ["Trilu", "CumSum"];
+        const COMPARE: [&str; 4] = ["Less", "LessOrEqual", "Greater", "GreaterOrEqual"];
         let mut stack = vec![bias];
         let mut seen = HashSet::new();
         let mut reaches_mask = false;
@@ -131,13 +147,18 @@ impl<'a> Graph<'a> {
             if !seen.insert(name) {
                 continue;
             }
-            if seen.len() > 256 {
+            if seen.len() > 512 {
                 return false; // not a small mask computation
             }
-            if let Some(node) = self.node(name) {
-                if POSITIONAL.contains(&node.op_type.as_str()) {
-                    return false;
-                }
+            let Some(node) = self.node(name) else { continue };
+            let op = node.op_type.as_str();
+            if TRIANGLE.contains(&op) {
+                return false;
+            }
+            if COMPARE.contains(&op) && node.input.iter().all(|i| !self.is_constant(i, 0)) {
+                return false;
+            }
+            if op != "Shape" {
                 stack.extend(node.input.iter().map(String::as_str).filter(|i| !i.is_empty()));
             }
         }
@@ -386,13 +407,25 @@ mod tests {
         node(op, "", output, inputs, &[output], vec![])
     }
 
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mask {
+        /// From `attention_mask` only, with a bounds check against a constant as exports have.
+        Padding,
+        /// Plus a lower triangle (`Trilu`).
+        CausalTriangle,
+        /// Plus `kv_idx <= q_idx` over two position ranges.
+        CausalPositions,
+    }
+
     /// One SDPA-style attention block over input `x` [batch, seq, hidden], its additive bias
-    /// built from `attention_mask`, plus a causal part when `causal`.
-    fn attention_graph(causal: bool) -> ModelProto {
+    /// built from `attention_mask`, plus a causal part when asked.
+    fn attention_graph(mask: Mask) -> ModelProto {
         let mut nodes = vec![
             constant("scale", 0.5),
             constant("one", 1.0),
             constant("big_negative", -10000.0),
+            constant("zero", 0.0),
+            constant("step", 1.0),
             op("Reshape", &["x", "heads_shape"], "q_r"),
             node("Transpose", "", "q_t", &["q_r"], &["q_t"], vec![ints_attr("perm", &[0, 2, 1, 3])]),
             op("Reshape", &["x", "heads_shape"], "k_r"),
@@ -405,21 +438,36 @@ mod tests {
             op("Unsqueeze", &["attention_mask", "axes"], "mask_4d"),
             node("Cast", "", "mask_f", &["mask_4d"], &["mask_f"], vec![int_attr("to", DataType::FLOAT as i64)]),
             op("Sub", &["one", "mask_f"], "inverted"),
-            op("Mul", &["inverted", "big_negative"], "padding"),
+            op("Mul", &["inverted", "big_negative"], "padding_raw"),
+            // A bounds check of positions against a constant, as transformers' mask code has.
+            op("Shape", &["attention_mask"], "mask_shape"),
+            op("Gather", &["mask_shape", "seq_axis"], "seq_len"),
+            op("Range", &["zero", "seq_len", "step"], "kv_idx"),
+            op("GreaterOrEqual", &["kv_idx", "zero"], "in_bounds"),
+            op("Where", &["in_bounds", "padding_raw", "big_negative"], "padding"),
         ];
-        let bias = if causal {
-            nodes.extend([
-                op("Shape", &["x"], "x_shape"),
-                op("Gather", &["x_shape", "seq_axis"], "seq_len"),
+        let causal = match mask {
+            Mask::Padding => None,
+            Mask::CausalTriangle => Some(vec![
                 op("ConstantOfShape", &["square"], "ones_square"),
                 op("Trilu", &["ones_square"], "lower"),
                 op("Sub", &["one", "lower"], "upper"),
                 op("Mul", &["upper", "big_negative"], "causal"),
-                op("Add", &["padding", "causal"], "bias"),
-            ]);
-            "bias"
-        } else {
-            "padding"
+            ]),
+            Mask::CausalPositions => Some(vec![
+                op("Unsqueeze", &["kv_idx", "axes"], "kv_row"),
+                op("Unsqueeze", &["kv_idx", "axes"], "q_col"),
+                op("LessOrEqual", &["kv_row", "q_col"], "visible"),
+                op("Where", &["visible", "one", "big_negative"], "causal"),
+            ]),
+        };
+        let bias = match causal {
+            Some(part) => {
+                nodes.extend(part);
+                nodes.push(op("Add", &["padding", "causal"], "bias"));
+                "bias"
+            }
+            None => "padding",
         };
         nodes.extend([
             op("Add", &["scores", bias], "biased"),
@@ -439,7 +487,8 @@ mod tests {
 
     #[test]
     fn a_padding_mask_block_is_fused_into_one_node() {
-        let r = fuse_attention(attention_graph(false), 2, "attention_mask").unwrap().expect("the block matches");
+        let r =
+            fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask").unwrap().expect("the block matches");
         assert_eq!(r.fused, 1);
         let nodes = &r.model.graph.as_ref().unwrap().node;
         let mha: Vec<&NodeProto> = nodes.iter().filter(|n| n.op_type == "MultiHeadAttention").collect();
@@ -456,13 +505,15 @@ mod tests {
 
     #[test]
     fn a_causal_plus_padding_mask_is_not_fused() {
-        assert!(fuse_attention(attention_graph(true), 2, "attention_mask").unwrap().is_none());
+        for mask in [Mask::CausalTriangle, Mask::CausalPositions] {
+            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask").unwrap().is_none());
+        }
     }
 
     #[test]
     fn a_bias_not_derived_from_the_mask_is_not_fused() {
-        assert!(fuse_attention(attention_graph(false), 2, "x").unwrap().is_none());
-        let mut model = attention_graph(false);
+        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x").unwrap().is_none());
+        let mut model = attention_graph(Mask::Padding);
         model.graph.as_mut().unwrap().input.push(value_info("other_mask"));
         assert!(fuse_attention(model, 2, "other_mask").unwrap().is_none());
     }
