@@ -164,6 +164,7 @@ pub fn load(
             }
         }
     }
+    let started = std::time::Instant::now();
     let model = match graph::read_model(onnx_path).and_then(|m| graph::fuse_attention(m, heads, "attention_mask")) {
         Ok(Some(rewritten)) => rewritten,
         Ok(None) => return original(),
@@ -172,6 +173,7 @@ pub fn load(
             return original();
         }
     };
+    tracing::debug!(elapsed = ?started.elapsed(), "read and rewrote {}", onnx_path.display());
     adopt(onnx_path, model, options, tokenizer, &entry, cache_dir.is_some())
 }
 
@@ -203,18 +205,35 @@ pub fn adopt(
         tracing::debug!("not fusing {}: cannot create {}: {e}", onnx_path.display(), entry.dir.display());
         return Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
     }
+    let started = std::time::Instant::now();
     let tmp = entry.dir.join(format!("{}{}.{}.tmp", entry.prefix, entry.key, std::process::id()));
-    let written = graph::write_model(&rewritten.model, &tmp);
-    drop(rewritten);
-    let candidate = match written {
-        Ok(()) => Session::load(&tmp, None, options).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    // The original session loads on a second thread while the candidate is written and loaded.
+    let (original, candidate) = std::thread::scope(|scope| {
+        let original = scope.spawn(|| Session::load(onnx_path, None, options));
+        let written = graph::write_model(&rewritten.model, &tmp);
+        drop(rewritten);
+        let candidate = match written {
+            Ok(()) => Session::load(&tmp, None, options).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let original = original.join().unwrap_or_else(|_| {
+            Err(RuntimeError::Load { path: onnx_path.display().to_string(), message: "loader thread panicked".into() })
+        });
+        (original, candidate)
+    });
+    let original = match original {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
     };
-    let original = Session::load(onnx_path, None, options)?;
+    tracing::debug!(elapsed = ?started.elapsed(), "wrote the fused graph and loaded both sessions");
     let verdict = candidate.and_then(|session| {
         let probe = probe_batch(tokenizer).map_err(|e| format!("no probe batch: {e}"))?;
         verify(&original, &session, &probe).map(|worst| (session, worst))
     });
+    tracing::debug!(elapsed = ?started.elapsed(), "verified");
     let result = match verdict {
         Ok((session, worst)) => {
             tracing::info!(fused, worst_cosine = worst, "fused attention verified against the exported graph");

@@ -65,7 +65,7 @@ pub fn write_model(model: &ModelProto, path: &Path) -> Result<(), GraphError> {
     let write_err = |message: String| GraphError::Write { path: path.display().to_string(), message };
     let mut writer = BufWriter::new(File::create(path).map_err(|e| write_err(e.to_string()))?);
     model.write_to_writer(&mut writer).map_err(|e| write_err(e.to_string()))?;
-    writer.flush().and_then(|()| writer.get_ref().sync_all()).map_err(|e| write_err(e.to_string()))
+    writer.flush().map_err(|e| write_err(e.to_string()))
 }
 
 // --- reading the graph ----------------------------------------------------------------------
