@@ -283,7 +283,7 @@ pub fn verify(original: &Session, fused: &Session, probe: &Batch) -> Result<f64,
             let norms = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt()
                 * v.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
             let cosine = if norms > 0.0 { dot / norms } else { f64::from(u == v) };
-            if !(cosine >= MIN_COSINE) {
+            if cosine.is_nan() || cosine < MIN_COSINE {
                 return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {MIN_COSINE}"));
             }
             worst = worst.min(cosine);

@@ -225,7 +225,9 @@ fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     let (third, stderr) = run();
     assert!(stderr.contains("did not load"), "a corrupt cache is reported: {stderr}");
     assert_eq!(first["embeddings"], third["embeddings"]);
-    assert!(!files[0].exists(), "the corrupt file is removed");
+    // Made and verified again in its place.
+    assert_eq!(cached(), files, "the corrupt file is replaced, nothing else kept");
+    assert!(std::fs::metadata(&files[0]).unwrap().len() > 1000, "the corrupt file is replaced by a real graph");
 }
 
 #[test]
