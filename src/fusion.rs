@@ -50,13 +50,14 @@ impl CacheEntry {
     /// The entry for `onnx_path` in `dir`, keyed by the file's content, the head count and the
     /// akidb and ONNX Runtime versions.
     pub fn new(dir: &Path, onnx_path: &Path, heads: usize) -> std::io::Result<Self> {
-        let source = source_hash(onnx_path)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        onnx_path.hash(&mut h);
+        let path_key = format!("{:016x}", h.finish());
+        let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION).hash(&mut h);
         let key = format!("{:016x}", h.finish());
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        onnx_path.hash(&mut h);
-        Ok(Self { dir: dir.to_path_buf(), prefix: format!("{:016x}-", h.finish()), key, source })
+        Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
     }
 
     /// The original file's content hash, as recorded in the fused graphs made from it.
@@ -103,14 +104,21 @@ impl CacheEntry {
 
 /// The content hash of the model file: hf-hub keeps files as blobs named by their hash (sha256
 /// for LFS files, the git object id otherwise), so that name is taken as it is; other files are
-/// hashed.
-fn source_hash(path: &Path) -> std::io::Result<String> {
+/// hashed, and the hash is remembered in `memo` beside the file's size and modification time so
+/// that a start with an unchanged file does not read it.
+fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
     let real = std::fs::canonicalize(path)?;
     let in_blobs = real.parent().and_then(Path::file_name).is_some_and(|d| d == "blobs");
     if let Some(name) = real.file_name().and_then(|n| n.to_str()) {
         if in_blobs && matches!(name.len(), 40 | 64) && name.chars().all(|c| c.is_ascii_hexdigit()) {
             return Ok(format!("hub-{name}"));
         }
+    }
+    let meta = std::fs::metadata(&real)?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let stamp = format!("{} {modified} ", meta.len());
+    if let Some(hash) = std::fs::read_to_string(memo).ok().and_then(|m| m.strip_prefix(&stamp).map(str::to_string)) {
+        return Ok(hash);
     }
     let mut file = std::fs::File::open(&real)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -124,7 +132,14 @@ fn source_hash(path: &Path) -> std::io::Result<String> {
         h.write(&buf[..n]);
         len += n as u64;
     }
-    Ok(format!("sip-{:016x}-{len}", h.finish()))
+    let hash = format!("sip-{:016x}-{len}", h.finish());
+    if std::fs::create_dir_all(memo.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| std::fs::write(memo, format!("{stamp}{hash}")))
+        .is_err()
+    {
+        tracing::debug!("could not remember the hash of {} in {}", path.display(), memo.display());
+    }
+    Ok(hash)
 }
 
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or

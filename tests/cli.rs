@@ -212,7 +212,7 @@ fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     };
     let cached = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(cache.path().join("graphs"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect())
             .unwrap_or_default()
     };
     let (first, _) = run();

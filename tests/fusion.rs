@@ -25,7 +25,12 @@ fn tokenizer() -> Tokenizer {
 
 fn names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".source")) // the remembered content hash of a local file
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -93,6 +98,11 @@ fn a_changed_original_is_verified_again_and_its_stale_entry_removed() {
     assert_eq!(fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap().fused, 2);
     let first = names(cache.path());
     assert_eq!(first.len(), 1, "{first:?}");
+    let memo = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "source"));
+    let memo = std::fs::read_to_string(memo.expect("a local file's hash is remembered").path()).unwrap();
     let first_source = CacheEntry::new(cache.path(), &model, HEADS).unwrap().cached().expect("cached").0;
 
     // Same path, different content.
@@ -101,6 +111,7 @@ fn a_changed_original_is_verified_again_and_its_stale_entry_removed() {
     write_model(&changed, &model).unwrap();
     let entry = CacheEntry::new(cache.path(), &model, HEADS).unwrap();
     assert!(entry.cached().is_none(), "the old verdict does not apply to the new content");
+    assert!(!memo.ends_with(entry.source()), "the remembered hash is not reused for new content");
     assert_eq!(fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap().fused, 2);
     let second = names(cache.path());
     assert_eq!(second.len(), 1, "the stale entry is gone: {second:?}");
