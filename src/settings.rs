@@ -503,6 +503,24 @@ mod tests {
     }
 
     #[test]
+    fn every_listed_enum_name_parses() {
+        let command = ModelArgs::augment_args(Command::new("akidb"));
+        let mut parsed = 0;
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "fuse-attention")) {
+            for value in arg.get_possible_values().iter().filter(|_| arg.get_id() != "static_input_shapes") {
+                let flag = format!("--{}", arg.get_long().unwrap_or_default());
+                let name = value.get_name();
+                command
+                    .clone()
+                    .try_get_matches_from(["akidb", flag.as_str(), name])
+                    .unwrap_or_else(|e| panic!("{flag} {name}: {e}"));
+                parsed += 1;
+            }
+        }
+        assert_eq!(parsed, 3 + 4 + 2, "device, compute units and model format names");
+    }
+
+    #[test]
     fn unknown_keys_are_errors_with_a_line_number() {
         for (text, line, needle) in [
             ("model = \"a/b\"\nmodle = \"x\"\n", 2, "modle"),
