@@ -360,24 +360,40 @@ mod tests {
     fn example_config_parses_to_the_defaults() {
         let file = ConfigFile::parse(EXAMPLE).expect("config.example.toml parses");
         let options = ModelArgs::default().resolve(&file).unwrap();
-        let defaults = ModelArgs::default().options();
-        assert_eq!(options.model, defaults.model);
-        assert_eq!(options.max_batch_tokens, defaults.max_batch_tokens);
-        assert_eq!(options.max_batch_size, defaults.max_batch_size);
-        assert_eq!(options.session.device, Device::Auto);
-        assert_eq!(options.session.fuse_attention, defaults.session.fuse_attention);
-        assert_eq!(options.session.coreml.model_format, CoreMlFormat::MlProgram);
-        assert_eq!(options.session.coreml.compute_units, ComputeUnits::All);
+        assert_eq!(format!("{options:?}"), format!("{:?}", ModelArgs::default().options()));
         let server = ServerArgs::default().resolve(&file).unwrap();
-        let d = ServerConfig::default();
-        assert_eq!(
-            (server.host, server.port, server.payload_limit, server.max_queued_tokens, server.request_timeout),
-            (d.host, d.port, d.payload_limit, d.max_queued_tokens, d.request_timeout)
-        );
-        assert_eq!(
-            (server.header_read_timeout, server.keep_alive_timeout, server.body_read_timeout, server.shutdown_timeout),
-            (d.header_read_timeout, d.keep_alive_timeout, d.body_read_timeout, d.shutdown_timeout)
-        );
+        assert_eq!(format!("{server:?}"), format!("{:?}", ServerConfig::default()));
+    }
+
+    /// Each value the example sets (they are the defaults, see above) is the `[default: …]` its
+    /// option's help shows.
+    #[test]
+    fn help_shows_the_defaults_the_example_sets() {
+        let commands = [
+            ("", ModelArgs::augment_args(Command::new("model"))),
+            ("coreml", CoreMlArgs::augment_args(Command::new("coreml"))),
+            ("server", ServerArgs::augment_args(Command::new("server"))),
+        ];
+        let mut table = "";
+        let mut checked = 0;
+        for line in EXAMPLE.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name;
+                continue;
+            }
+            let Some((key, value)) = line.split_once(" = ").filter(|_| is_assignment(line)) else { continue };
+            let command = &commands.iter().find(|(t, _)| *t == table).expect("a known table").1;
+            let arg = command.get_arguments().find(|a| a.get_id() == key).expect("an option");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let shown = format!("[default: {}]", value.trim_matches('"'));
+            assert!(
+                help.contains(&shown),
+                "[{table}] {key} = {value}, but --{} says: {help}",
+                arg.get_long().unwrap_or("?")
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} values checked");
     }
 
     /// The example with every commented-out `# key = value` line switched on.
