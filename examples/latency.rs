@@ -5,10 +5,7 @@
 
 use std::time::Instant;
 
-use akidb::{
-    settings::{FileSettings, ModelArgs},
-    Embedder,
-};
+use akidb::{settings::ModelArgs, Embedder};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -31,7 +28,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let embedder = Embedder::load(&args.model.resolve(&FileSettings::default()))?;
+    let embedder = Embedder::load(&args.model.options())?;
     let texts = [args.text.as_str()];
     for _ in 0..args.warmup {
         embedder.embed(&texts, true)?;

@@ -5,10 +5,7 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use akidb::{
-    settings::{FileSettings, ModelArgs},
-    Embedder,
-};
+use akidb::{settings::ModelArgs, Embedder};
 use clap::Parser;
 
 #[derive(Parser)]
@@ -33,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.corpus)?;
     let texts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     anyhow::ensure!(!texts.is_empty(), "{} has no texts", args.corpus.display());
-    let mut options = args.model.resolve(&FileSettings::default());
+    let mut options = args.model.options();
     if let Some(batch) = args.batch {
         options.max_batch_size = batch;
     }

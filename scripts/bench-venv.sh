@@ -8,23 +8,14 @@
 #
 # PYTHON picks the interpreter that creates the venv (default python3); BENCH_VENV its directory.
 
-# bench_ort_version ROOT: prints the pinned ONNX Runtime version from ROOT/Cargo.toml.
-bench_ort_version() {
-  local root=$1 version
-  version=$(sed -n '/^\[package\.metadata\.onnxruntime\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$root/Cargo.toml")
-  if [ -z "$version" ]; then
-    echo "bench-venv: error: no [package.metadata.onnxruntime] version in $root/Cargo.toml" >&2
-    return 1
-  fi
-  printf '%s\n' "$version"
-}
-
 # bench_venv_ensure ROOT [DRY_RUN]: makes sure the venv exists with the right packages.
 bench_venv_ensure() {
   local root=$1 dry_run=${2:-0}
   local venv=${BENCH_VENV:-$root/target/bench-venv}
   local base_python=${PYTHON:-python3}
-  ORT_VERSION=$(bench_ort_version "$root") || return 1
+  # shellcheck source=/dev/null # lib/ort-version.sh is shellchecked on its own
+  source "$root/scripts/lib/ort-version.sh"
+  ORT_VERSION=$(akidb_ort_version "$root") || return 1
   BENCH_PYTHON=$venv/bin/python
 
   # onnxruntime's version when numpy, tokenizers and onnxruntime all import; else empty.

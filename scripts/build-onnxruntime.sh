@@ -61,8 +61,9 @@ while [ $# -gt 0 ]; do
   shift
 done
 
-VERSION=$(sed -n '/^\[package\.metadata\.onnxruntime\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml")
-[ -n "$VERSION" ] || die "no [package.metadata.onnxruntime] version in $ROOT/Cargo.toml"
+# shellcheck source=/dev/null # lib/ort-version.sh is shellchecked on its own
+source "$ROOT/scripts/lib/ort-version.sh"
+VERSION=$(akidb_ort_version "$ROOT") || exit 1
 
 host_triple() {
   if command -v rustc >/dev/null 2>&1; then

@@ -27,5 +27,11 @@ fi
 export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
 export PATH="$PWD/$venv/bin:$PATH"
 
+# Formatting and lints first: a dirty tree fails before the (long) tests run.
+echo "test.sh: cargo fmt --check" >&2
+cargo fmt --check
+echo "test.sh: cargo clippy --all-targets --locked -- -D warnings" >&2
+cargo clippy --all-targets --locked -- -D warnings
+
 # The tests read ../shared/hf through hf-hub, offline, unless HF_HOME says otherwise.
 exec cargo test --locked "$@"

@@ -58,8 +58,6 @@ pub struct ModelConfig {
     pub max_seq_length: usize,
     pub pooling: Pooling,
     pub dimension: usize,
-    /// The model's pipeline ends in a Normalize module (informational: `normalize` decides).
-    pub normalize_module: bool,
     /// From config.json; needed to fuse attention blocks (see `graph`).
     pub num_attention_heads: Option<usize>,
 }
@@ -134,7 +132,6 @@ impl ModelConfig {
             .find(|m| m.kind.ends_with(".Pooling"))
             .map(|m| m.path.trim_end_matches('/').to_string())
             .unwrap_or_else(|| "1_Pooling".to_string());
-        let normalize_module = modules.iter().any(|m| m.kind.ends_with(".Normalize"));
 
         let pooling_file = format!("{pooling_dir}/config.json");
         let (pooling, pooled_dim) = match optional_json::<PoolingConfig>(repo, &pooling_file)? {
@@ -163,7 +160,7 @@ impl ModelConfig {
 
         let num_attention_heads = transformer.as_ref().and_then(|c| c.num_attention_heads);
         let dimension = transformer.and_then(|c| c.hidden_size).or(pooled_dim).ok_or(ConfigError::UnknownDimension)?;
-        Ok(Self { max_seq_length, pooling, dimension, normalize_module, num_attention_heads })
+        Ok(Self { max_seq_length, pooling, dimension, num_attention_heads })
     }
 }
 

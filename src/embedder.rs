@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::{
     batching::{plan_batches, Budget},
     config::{ConfigError, ModelConfig},
+    fusion::{self, Loaded},
     hub::{HubError, ModelRepo},
     pooling,
     runtime::{choose_provider, coreml_available, Provider, RuntimeError, Session, SessionOptions},
@@ -109,32 +110,17 @@ impl Embedder {
             session_options.coreml.cache_dir = Some(coreml_cache_dir(dir, &repo, &onnx_file, &onnx_path));
         }
         // External weights are found relative to the file, so such models are loaded as they are;
-        // CoreML has no kernel for the fused op, so its graph stays whole there too.
+        // CoreML has no kernel for the fused op, so its graph stays whole there too. A fused graph
+        // is used only once it gave the same hidden states as the exported one (see `fusion`).
         let on_cpu = choose_provider(options.session.device, coreml_available())? == Provider::Cpu;
-        let rewritten = match (options.session.fuse_attention && on_cpu && !external_data, config.num_attention_heads) {
-            (true, Some(heads)) => fuse_attention(&onnx_path, heads),
-            _ => None,
-        };
-        let (session, fused_attention) = match rewritten {
-            Some(fused) => {
-                let (result, n) = match &fused {
-                    Fused::Memory(bytes, n) => (Session::load(&onnx_path, Some(bytes), &session_options), *n),
-                    Fused::File(file, n) => (Session::load(file, None, &session_options), *n),
-                };
-                match result {
-                    Ok(session) => (session, n),
-                    Err(e @ RuntimeError::Load { .. }) => {
-                        tracing::warn!("the rewritten graph did not load ({e}); using the model as exported");
-                        if let Fused::File(file, _) = &fused {
-                            let _ = std::fs::remove_file(file);
-                        }
-                        (Session::load(&onnx_path, None, &session_options)?, 0)
-                    }
-                    Err(e) => return Err(e.into()),
+        let Loaded { session, fused: fused_attention } =
+            match (options.session.fuse_attention && on_cpu && !external_data, config.num_attention_heads) {
+                (true, Some(heads)) => {
+                    let cache = crate::cache::graphs_dir();
+                    fusion::load(&onnx_path, heads, &session_options, &tokenizer, cache.as_deref())?
                 }
-            }
-            None => (Session::load(&onnx_path, None, &session_options)?, 0),
-        };
+                _ => Loaded { session: Session::load(&onnx_path, None, &session_options)?, fused: 0 },
+            };
         let info = ModelInfo {
             id: repo.id().to_string(),
             revision: repo.revision().map(str::to_string),
@@ -178,18 +164,6 @@ impl Embedder {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
-    }
-
-    pub fn provider(&self) -> Provider {
-        self.session.provider()
-    }
-
-    pub fn dimension(&self) -> usize {
-        self.config.dimension
-    }
-
-    pub fn max_seq_length(&self) -> usize {
-        self.config.max_seq_length
     }
 
     pub fn budget(&self) -> Budget {
@@ -245,59 +219,6 @@ impl Embedder {
             None => Ok(()),
         }
     }
-}
-
-/// The attention-fused graph (see `graph`), as a file to load or bytes to load from memory.
-enum Fused {
-    File(PathBuf, usize),
-    Memory(Vec<u8>, usize),
-}
-
-/// Rewrites the ONNX file once and keeps the result in akidb's cache, so later starts read one
-/// file as ONNX Runtime would anyway instead of reading, rewriting and copying 90 MB. Any problem
-/// means "use the model as it is".
-fn fuse_attention(path: &Path, heads: usize) -> Option<Fused> {
-    use std::hash::{Hash, Hasher};
-    let meta = std::fs::metadata(path).ok()?;
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (path, meta.len(), meta.modified().ok(), heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION)
-        .hash(&mut hasher);
-    let key = format!("{:016x}", hasher.finish());
-    let dir = crate::settings::cache_dir().map(|d| d.join("graphs"));
-    if let Some(dir) = &dir {
-        let cached = std::fs::read_dir(dir).ok().into_iter().flatten().flatten().find_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let fused = name.strip_prefix(&format!("{key}-"))?.strip_suffix(".onnx")?.parse().ok()?;
-            Some(Fused::File(e.path(), fused))
-        });
-        if cached.is_some() {
-            return cached;
-        }
-    }
-    let bytes = std::fs::read(path).ok()?;
-    let rewritten = match crate::graph::fuse_attention(&bytes, heads, "attention_mask") {
-        Ok(r) => r?,
-        Err(e) => {
-            tracing::debug!("not rewriting {}: {e}", path.display());
-            return None;
-        }
-    };
-    drop(bytes);
-    if let Some(dir) = dir {
-        let file = dir.join(format!("{key}-{}.onnx", rewritten.fused));
-        let tmp = dir.join(format!("{key}.{}.tmp", std::process::id()));
-        let saved = std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(&tmp, &rewritten.model))
-            .and_then(|()| std::fs::rename(&tmp, &file));
-        match saved {
-            Ok(()) => tracing::debug!("cached the fused graph at {}", file.display()),
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                tracing::debug!("could not cache the fused graph in {}: {e}", dir.display());
-            }
-        }
-    }
-    Some(Fused::Memory(rewritten.model, rewritten.fused))
 }
 
 /// Compiled CoreML models are only valid for one model file and one ONNX Runtime version

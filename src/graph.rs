@@ -9,210 +9,92 @@
 //! computes the same thing in one kernel. The NaN guard only matters for rows whose keys are all
 //! masked, which cannot happen here: `[CLS]` is always a real token.
 //!
-//! The rewrite edits the protobuf at the wire level: fields it does not touch (weights included)
-//! are copied byte for byte. When a block does not match the pattern exactly it is left alone.
+//! The model is read into the ONNX types generated from `onnx.proto` (the `onnx-protobuf`
+//! crate); only the node list is edited, so weights are moved, never copied, and every field the
+//! rewrite does not know survives the round trip. When a block does not match the pattern exactly
+//! it is left alone. `fusion` checks the result numerically before anything uses it.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io::{BufReader, BufWriter, Write},
+    path::Path,
+};
+
+pub use onnx_protobuf::ModelProto;
+use onnx_protobuf::{
+    attribute_proto::AttributeType, tensor_proto::DataType, AttributeProto, Message, NodeProto, OperatorSetIdProto,
+    TensorProto,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GraphError {
-    #[error("the ONNX file is not a valid protobuf ({0})")]
-    Malformed(&'static str),
+    #[error("could not read ONNX model {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the ONNX model is not a valid protobuf ({0})")]
+    Malformed(String),
+    #[error("could not write ONNX model {path}: {message}")]
+    Write { path: String, message: String },
 }
 
 /// The rewritten model, and how many attention blocks were fused.
 pub struct Rewritten {
-    pub model: Vec<u8>,
+    pub model: ModelProto,
     pub fused: usize,
 }
 
-// --- protobuf wire format -------------------------------------------------------------------
-
-#[derive(Clone, Copy)]
-enum Value<'a> {
-    Varint(u64),
-    Fixed64,
-    Bytes(&'a [u8]),
-    Fixed32(u32),
+/// Reads an ONNX file straight from disk into the generated types: the weights land in their
+/// final buffers without an intermediate copy of the file.
+pub fn read_model(path: &Path) -> Result<ModelProto, GraphError> {
+    let read_err = |source| GraphError::Read { path: path.display().to_string(), source };
+    let mut reader = BufReader::new(File::open(path).map_err(read_err)?);
+    ModelProto::parse_from_reader(&mut reader).map_err(|e| GraphError::Malformed(e.to_string()))
 }
 
-struct Field<'a> {
-    number: u64,
-    value: Value<'a>,
-    /// The whole field, tag included, for verbatim copies.
-    raw: &'a [u8],
+/// Decodes an ONNX model held in memory.
+pub fn decode_model(bytes: &[u8]) -> Result<ModelProto, GraphError> {
+    ModelProto::parse_from_bytes(bytes).map_err(|e| GraphError::Malformed(e.to_string()))
 }
 
-fn varint(buf: &[u8], pos: &mut usize) -> Result<u64, GraphError> {
-    let mut out = 0u64;
-    for shift in (0..64).step_by(7) {
-        let b = *buf.get(*pos).ok_or(GraphError::Malformed("truncated varint"))?;
-        *pos += 1;
-        out |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(out);
-        }
-    }
-    Err(GraphError::Malformed("varint too long"))
+/// Streams a model to `path` (large fields are written through, not buffered).
+pub fn write_model(model: &ModelProto, path: &Path) -> Result<(), GraphError> {
+    let write_err = |message: String| GraphError::Write { path: path.display().to_string(), message };
+    let mut writer = BufWriter::new(File::create(path).map_err(|e| write_err(e.to_string()))?);
+    model.write_to_writer(&mut writer).map_err(|e| write_err(e.to_string()))?;
+    writer.flush().map_err(|e| write_err(e.to_string()))
 }
 
-fn fields(buf: &[u8]) -> Result<Vec<Field<'_>>, GraphError> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < buf.len() {
-        let start = pos;
-        let tag = varint(buf, &mut pos)?;
-        let value = match tag & 7 {
-            0 => Value::Varint(varint(buf, &mut pos)?),
-            1 => {
-                pos += 8;
-                Value::Fixed64
-            }
-            2 => {
-                let len = usize::try_from(varint(buf, &mut pos)?).map_err(|_| GraphError::Malformed("length"))?;
-                let end = pos
-                    .checked_add(len)
-                    .filter(|&e| e <= buf.len())
-                    .ok_or(GraphError::Malformed("length past the end"))?;
-                let bytes = &buf[pos..end];
-                pos = end;
-                Value::Bytes(bytes)
-            }
-            5 => {
-                let b = buf.get(pos..pos + 4).ok_or(GraphError::Malformed("truncated fixed32"))?;
-                pos += 4;
-                Value::Fixed32(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            _ => return Err(GraphError::Malformed("unsupported wire type")),
-        };
-        if pos > buf.len() {
-            return Err(GraphError::Malformed("field past the end"));
-        }
-        out.push(Field { number: tag >> 3, value, raw: &buf[start..pos] });
-    }
-    Ok(out)
+// --- reading the graph ----------------------------------------------------------------------
+
+fn attr<'a>(node: &'a NodeProto, name: &str) -> Option<&'a AttributeProto> {
+    node.attribute.iter().find(|a| a.name == name)
 }
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
-}
-
-fn put_bytes(out: &mut Vec<u8>, number: u64, bytes: &[u8]) {
-    put_varint(out, number << 3 | 2);
-    put_varint(out, bytes.len() as u64);
-    out.extend_from_slice(bytes);
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-// --- the parts of ONNX the rewrite reads ----------------------------------------------------
-
-struct Node<'a> {
-    /// The NodeProto's bytes, copied verbatim when the node is kept.
-    raw: &'a [u8],
-    op: String,
-    domain: String,
-    inputs: Vec<String>,
-    outputs: Vec<String>,
-    attributes: Vec<&'a [u8]>,
-}
-
-fn parse_node(body: &[u8]) -> Result<Node<'_>, GraphError> {
-    let mut node = Node {
-        raw: body,
-        op: String::new(),
-        domain: String::new(),
-        inputs: vec![],
-        outputs: vec![],
-        attributes: vec![],
-    };
-    for f in fields(body)? {
-        if let Value::Bytes(b) = f.value {
-            match f.number {
-                1 => node.inputs.push(text(b)),
-                2 => node.outputs.push(text(b)),
-                4 => node.op = text(b),
-                5 => node.attributes.push(b),
-                7 => node.domain = text(b),
-                _ => {}
-            }
-        }
-    }
-    Ok(node)
-}
-
-/// An attribute's integer list (`ints`, packed or not).
-fn attr_ints(node: &Node<'_>, name: &str) -> Option<Vec<i64>> {
-    for a in &node.attributes {
-        let fs = fields(a).ok()?;
-        if !fs.iter().any(|f| f.number == 1 && matches!(f.value, Value::Bytes(b) if b == name.as_bytes())) {
-            continue;
-        }
-        let mut out = Vec::new();
-        for f in &fs {
-            match (f.number, f.value) {
-                (8, Value::Varint(v)) => out.push(v as i64),
-                (8, Value::Bytes(packed)) => {
-                    let mut pos = 0;
-                    while pos < packed.len() {
-                        out.push(varint(packed, &mut pos).ok()? as i64);
-                    }
-                }
-                _ => {}
-            }
-        }
-        return Some(out);
-    }
-    None
-}
-
-/// A float scalar tensor (TensorProto): `float_data` or 4 bytes of `raw_data`.
-fn tensor_scalar(tensor: &[u8]) -> Option<f32> {
-    let fs = fields(tensor).ok()?;
-    let is_float = fs.iter().any(|f| f.number == 2 && matches!(f.value, Value::Varint(1)));
-    if !is_float {
+/// A float scalar tensor: `float_data` or 4 bytes of `raw_data`.
+fn tensor_scalar(tensor: &TensorProto) -> Option<f32> {
+    if tensor.data_type != DataType::FLOAT as i32 {
         return None;
     }
-    for f in &fs {
-        match (f.number, f.value) {
-            (4, Value::Fixed32(bits)) => return Some(f32::from_bits(bits)),
-            (4, Value::Bytes(b)) | (9, Value::Bytes(b)) if b.len() == 4 => {
-                return Some(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            }
-            _ => {}
-        }
+    match (tensor.float_data.as_slice(), tensor.raw_data.as_slice()) {
+        ([v], _) => Some(*v),
+        ([], &[a, b, c, d]) => Some(f32::from_le_bytes([a, b, c, d])),
+        _ => None,
     }
-    None
-}
-
-fn constant_value(node: &Node<'_>) -> Option<f32> {
-    if node.op != "Constant" {
-        return None;
-    }
-    node.attributes.iter().find_map(|a| {
-        let fs = fields(a).ok()?;
-        fs.iter().find_map(|f| match (f.number, f.value) {
-            (5, Value::Bytes(t)) => tensor_scalar(t),
-            _ => None,
-        })
-    })
 }
 
 struct Graph<'a> {
-    nodes: Vec<Node<'a>>,
-    producer: HashMap<String, usize>,
-    consumers: HashMap<String, Vec<usize>>,
-    initializers: HashMap<String, &'a [u8]>,
+    nodes: &'a [NodeProto],
+    producer: HashMap<&'a str, usize>,
+    consumers: HashMap<&'a str, Vec<usize>>,
+    initializers: HashMap<&'a str, &'a TensorProto>,
 }
 
 impl<'a> Graph<'a> {
-    fn node(&self, output: &str) -> Option<&Node<'a>> {
+    fn node(&self, output: &str) -> Option<&'a NodeProto> {
         self.producer.get(output).map(|&i| &self.nodes[i])
     }
 
@@ -222,7 +104,8 @@ impl<'a> Graph<'a> {
 
     fn scalar(&self, name: &str) -> Option<f32> {
         match self.node(name) {
-            Some(n) => constant_value(n),
+            Some(n) if n.op_type == "Constant" => attr(n, "value").and_then(|a| a.t.as_ref()).and_then(tensor_scalar),
+            Some(_) => None,
             None => self.initializers.get(name).and_then(|t| tensor_scalar(t)),
         }
     }
@@ -231,22 +114,55 @@ impl<'a> Graph<'a> {
         self.consumers.get(output).into_iter().flatten().copied()
     }
 
-    /// Does `name` depend on the graph input `input` within a few steps?
-    fn reaches(&self, name: &str, input: &str) -> bool {
-        let mut stack = vec![name.to_string()];
-        let mut seen = HashSet::new();
-        while let Some(n) = stack.pop() {
-            if n == input {
-                return true;
-            }
-            if seen.len() > 64 || !seen.insert(n.clone()) {
-                continue;
-            }
-            if let Some(node) = self.node(&n) {
-                stack.extend(node.inputs.iter().cloned());
+    /// Is `name` a constant: a `Constant` node, an initializer, or computed from constants only?
+    fn is_constant(&self, name: &str, depth: usize) -> bool {
+        match self.node(name) {
+            None => self.initializers.contains_key(name),
+            Some(n) if n.op_type == "Constant" => true,
+            Some(n) => {
+                depth < 16
+                    && !n.input.is_empty()
+                    && n.input.iter().filter(|i| !i.is_empty()).all(|i| self.is_constant(i, depth + 1))
             }
         }
-        false
+    }
+
+    /// Is `bias` a key-padding mask: derived from the graph input `mask_input`, with no causal
+    /// part? A causal mask compares positions with positions (`kv_idx <= q_idx` as a `LessOrEqual`
+    /// of two `Range`-derived tensors) or takes a triangle (`Trilu`, `CumSum`); a padding mask
+    /// only compares with constants (bounds checks). A causal bias is [seq, seq], which the fused
+    /// kernel's key-padding mask cannot express. Shapes are not followed into: they carry no
+    /// values.
+    fn is_padding_mask(&self, bias: &str, mask_input: &str) -> bool {
+        const TRIANGLE: [&str; 2] = ["Trilu", "CumSum"];
+        const COMPARE: [&str; 4] = ["Less", "LessOrEqual", "Greater", "GreaterOrEqual"];
+        let mut stack = vec![bias];
+        let mut seen = HashSet::new();
+        let mut reaches_mask = false;
+        while let Some(name) = stack.pop() {
+            if name == mask_input {
+                reaches_mask = true;
+                continue;
+            }
+            if !seen.insert(name) {
+                continue;
+            }
+            if seen.len() > 512 {
+                return false; // not a small mask computation
+            }
+            let Some(node) = self.node(name) else { continue };
+            let op = node.op_type.as_str();
+            if TRIANGLE.contains(&op) {
+                return false;
+            }
+            if COMPARE.contains(&op) && node.input.iter().all(|i| !self.is_constant(i, 0)) {
+                return false;
+            }
+            if op != "Shape" {
+                stack.extend(node.input.iter().map(String::as_str).filter(|i| !i.is_empty()));
+            }
+        }
+        reaches_mask
     }
 }
 
@@ -263,63 +179,65 @@ struct Block {
 
 /// `input → Reshape → Transpose(perm)`: returns the Reshape's input.
 fn unshape(g: &Graph<'_>, transposed: &str, perm: &[i64]) -> Option<String> {
-    let t = g.node(transposed).filter(|n| n.op == "Transpose")?;
-    if attr_ints(t, "perm")? != perm {
+    let t = g.node(transposed).filter(|n| n.op_type == "Transpose")?;
+    if attr(t, "perm")?.ints != perm {
         return None;
     }
-    let r = g.node(t.inputs.first()?).filter(|n| n.op == "Reshape")?;
-    r.inputs.first().cloned()
+    let r = g.node(t.input.first()?).filter(|n| n.op_type == "Reshape")?;
+    r.input.first().cloned()
 }
 
 fn match_block(g: &Graph<'_>, softmax: usize, mask_input: &str) -> Option<Block> {
     let sm = &g.nodes[softmax];
-    let add = g.node(sm.inputs.first()?).filter(|n| n.op == "Add" && n.inputs.len() == 2)?;
-    let (qk_name, bias) = match g.node(&add.inputs[0]) {
-        Some(n) if n.op == "MatMul" => (&add.inputs[0], &add.inputs[1]),
-        _ => (&add.inputs[1], &add.inputs[0]),
+    let add = g.node(sm.input.first()?).filter(|n| n.op_type == "Add" && n.input.len() == 2)?;
+    let (qk_name, bias) = match g.node(&add.input[0]) {
+        Some(n) if n.op_type == "MatMul" => (&add.input[0], &add.input[1]),
+        _ => (&add.input[1], &add.input[0]),
     };
-    // The additive bias must be the padding mask, nothing else (no causal part).
-    if !g.reaches(bias, mask_input) {
+    if !g.is_padding_mask(bias, mask_input) {
         return None;
     }
-    let qk = g.node(qk_name).filter(|n| n.op == "MatMul")?;
+    let qk = g.node(qk_name).filter(|n| n.op_type == "MatMul")?;
     let mut scale = 1.0f32;
     let mut side = |name: &str| -> Option<String> {
         match g.node(name) {
-            Some(n) if n.op == "Mul" => {
-                scale *= g.scalar(n.inputs.get(1)?)?;
-                n.inputs.first().cloned()
+            Some(n) if n.op_type == "Mul" => {
+                scale *= g.scalar(n.input.get(1)?)?;
+                n.input.first().cloned()
             }
             _ => Some(name.to_string()),
         }
     };
-    let qt = side(qk.inputs.first()?)?;
-    let kt = side(qk.inputs.get(1)?)?;
+    let qt = side(qk.input.first()?)?;
+    let kt = side(qk.input.get(1)?)?;
     let q = unshape(g, &qt, &[0, 2, 1, 3])?;
     let k = unshape(g, &kt, &[0, 2, 3, 1])?;
 
     // Softmax, then optionally the NaN guard Where(IsNaN(p), 0, p).
-    let mut probs = sm.outputs.first()?.clone();
+    let mut probs = sm.output.first()?.clone();
     if let Some(w) =
-        g.consumers_of(&probs).find(|&i| g.nodes[i].op == "Where" && g.nodes[i].inputs.get(2) == Some(&probs))
+        g.consumers_of(&probs).find(|&i| g.nodes[i].op_type == "Where" && g.nodes[i].input.get(2) == Some(&probs))
     {
         let guard = &g.nodes[w];
-        let cond = g.node(guard.inputs.first()?)?;
-        if cond.op != "IsNaN" {
+        if g.node(guard.input.first()?)?.op_type != "IsNaN" {
             return None;
         }
-        probs = guard.outputs.first()?.clone();
+        probs = guard.output.first()?.clone();
     }
-    let pv =
-        g.consumers_of(&probs).map(|i| &g.nodes[i]).find(|n| n.op == "MatMul" && n.inputs.first() == Some(&probs))?;
-    let v = unshape(g, pv.inputs.get(1)?, &[0, 2, 1, 3])?;
+    let pv = g
+        .consumers_of(&probs)
+        .map(|i| &g.nodes[i])
+        .find(|n| n.op_type == "MatMul" && n.input.first() == Some(&probs))?;
+    let v = unshape(g, pv.input.get(1)?, &[0, 2, 1, 3])?;
 
     // [batch, heads, seq, head_dim] back to [batch, seq, hidden] through Reshape/Transpose only.
-    let mut output = pv.outputs.first()?.clone();
+    let mut output = pv.output.first()?.clone();
     let mut at = g.index(&output)?;
     let mut steps = 0;
-    while let Some(i) = g.consumers_of(&output).find(|&i| matches!(g.nodes[i].op.as_str(), "Reshape" | "Transpose")) {
-        output = g.nodes[i].outputs.first()?.clone();
+    while let Some(i) =
+        g.consumers_of(&output).find(|&i| matches!(g.nodes[i].op_type.as_str(), "Reshape" | "Transpose"))
+    {
+        output = g.nodes[i].output.first()?.clone();
         at = i;
         steps += 1;
         if steps > 3 {
@@ -332,176 +250,271 @@ fn match_block(g: &Graph<'_>, softmax: usize, mask_input: &str) -> Option<Block>
     Some(Block { q, k, v, scale, output, at })
 }
 
-fn encode_node(op: &str, domain: &str, name: &str, inputs: &[&str], outputs: &[&str], attrs: &[Vec<u8>]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for i in inputs {
-        put_bytes(&mut body, 1, i.as_bytes());
-    }
-    for o in outputs {
-        put_bytes(&mut body, 2, o.as_bytes());
-    }
-    put_bytes(&mut body, 3, name.as_bytes());
-    put_bytes(&mut body, 4, op.as_bytes());
-    for a in attrs {
-        put_bytes(&mut body, 5, a);
-    }
-    if !domain.is_empty() {
-        put_bytes(&mut body, 7, domain.as_bytes());
-    }
-    body
+// --- writing the graph ----------------------------------------------------------------------
+
+fn node(
+    op: &str,
+    domain: &str,
+    name: &str,
+    inputs: &[&str],
+    outputs: &[&str],
+    attrs: Vec<AttributeProto>,
+) -> NodeProto {
+    let mut n = NodeProto::new();
+    n.op_type = op.to_string();
+    n.domain = domain.to_string();
+    n.name = name.to_string();
+    n.input = inputs.iter().map(|s| s.to_string()).collect();
+    n.output = outputs.iter().map(|s| s.to_string()).collect();
+    n.attribute = attrs;
+    n
 }
 
-fn int_attr(name: &str, value: i64) -> Vec<u8> {
-    let mut a = Vec::new();
-    put_bytes(&mut a, 1, name.as_bytes());
-    put_varint(&mut a, 3 << 3);
-    put_varint(&mut a, value as u64);
-    put_varint(&mut a, 20 << 3);
-    put_varint(&mut a, 2); // AttributeProto.INT
+fn int_attr(name: &str, value: i64) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.to_string();
+    a.type_ = AttributeType::INT.into();
+    a.i = value;
     a
 }
 
-fn float_attr(name: &str, value: f32) -> Vec<u8> {
-    let mut a = Vec::new();
-    put_bytes(&mut a, 1, name.as_bytes());
-    put_varint(&mut a, 2 << 3 | 5);
-    a.extend_from_slice(&value.to_le_bytes());
-    put_varint(&mut a, 20 << 3);
-    put_varint(&mut a, 1); // AttributeProto.FLOAT
+fn float_attr(name: &str, value: f32) -> AttributeProto {
+    let mut a = AttributeProto::new();
+    a.name = name.to_string();
+    a.type_ = AttributeType::FLOAT.into();
+    a.f = value;
     a
 }
 
 const MASK: &str = "akidb/key_padding_mask";
 
 /// Fuses every attention block it recognises; `None` when there is none (the model is then used
-/// as it is). `mask_input` names the graph's attention-mask input.
-pub fn fuse_attention(model: &[u8], num_heads: usize, mask_input: &str) -> Result<Option<Rewritten>, GraphError> {
-    let model_fields = fields(model)?;
-    let Some(graph_field) = model_fields.iter().find(|f| f.number == 7) else { return Ok(None) };
-    let Value::Bytes(graph_bytes) = graph_field.value else { return Err(GraphError::Malformed("graph")) };
-    let graph_fields = fields(graph_bytes)?;
-
-    let mut nodes = Vec::new();
-    let mut initializers = HashMap::new();
-    let mut graph_outputs = Vec::new();
-    let mut graph_inputs = Vec::new();
-    for f in &graph_fields {
-        let Value::Bytes(b) = f.value else { continue };
-        match f.number {
-            1 => nodes.push(parse_node(b)?),
-            5 => {
-                let name = fields(b)?.iter().find_map(|t| match (t.number, t.value) {
-                    (8, Value::Bytes(n)) => Some(text(n)),
-                    _ => None,
-                });
-                if let Some(name) = name {
-                    initializers.insert(name, b);
-                }
+/// as it is). `mask_input` names the graph's attention-mask input. Takes the model by value:
+/// its weights move into the result.
+pub fn fuse_attention(
+    mut model: ModelProto,
+    num_heads: usize,
+    mask_input: &str,
+) -> Result<Option<Rewritten>, GraphError> {
+    let Some(graph) = model.graph.as_mut() else { return Ok(None) };
+    if !graph.input.iter().any(|i| i.name == mask_input) || num_heads == 0 {
+        return Ok(None);
+    }
+    let nodes = std::mem::take(&mut graph.node);
+    let (blocks, live) = {
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for o in &n.output {
+                producer.insert(o.as_str(), i);
             }
-            11 | 12 => {
-                let name = fields(b)?.iter().find_map(|t| match (t.number, t.value) {
-                    (1, Value::Bytes(n)) => Some(text(n)),
-                    _ => None,
-                });
-                if let Some(name) = name {
-                    if f.number == 11 {
-                        graph_inputs.push(name)
-                    } else {
-                        graph_outputs.push(name)
+            for input in &n.input {
+                consumers.entry(input.as_str()).or_default().push(i);
+            }
+        }
+        let initializers = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        let g = Graph { nodes: &nodes, producer, consumers, initializers };
+        let blocks: HashMap<usize, Block> = (0..nodes.len())
+            .filter(|&i| nodes[i].op_type == "Softmax" && nodes[i].domain.is_empty())
+            .filter_map(|i| match_block(&g, i, mask_input))
+            .map(|b| (b.at, b))
+            .collect();
+
+        // Dead-node elimination: keep what the graph outputs still need.
+        let mut live = vec![false; nodes.len()];
+        let mut stack: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+        while let Some(name) = stack.pop() {
+            if let Some(i) = g.index(name) {
+                if !live[i] {
+                    live[i] = true;
+                    match blocks.get(&i) {
+                        Some(b) => stack.extend([b.q.as_str(), b.k.as_str(), b.v.as_str()]),
+                        None => stack.extend(nodes[i].input.iter().map(String::as_str)),
                     }
                 }
             }
-            _ => {}
         }
-    }
-    if !graph_inputs.iter().any(|i| i == mask_input) || num_heads == 0 {
-        return Ok(None);
-    }
-    let mut producer = HashMap::new();
-    let mut consumers: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, n) in nodes.iter().enumerate() {
-        for o in &n.outputs {
-            producer.insert(o.clone(), i);
-        }
-        for input in &n.inputs {
-            consumers.entry(input.clone()).or_default().push(i);
-        }
-    }
-    let g = Graph { nodes, producer, consumers, initializers };
-
-    let blocks: Vec<Block> = (0..g.nodes.len())
-        .filter(|&i| g.nodes[i].op == "Softmax" && g.nodes[i].domain.is_empty())
-        .filter_map(|i| match_block(&g, i, mask_input))
-        .collect();
-    if blocks.is_empty() {
-        return Ok(None);
-    }
-
-    // New node list: the original order, each block's fused node in place of its last node.
-    let cast = encode_node("Cast", "", "akidb/mask_cast", &[mask_input], &[MASK], &[int_attr("to", 6)]);
-    // Node index → (fused node, its block).
-    let mut replaced: HashMap<usize, (Vec<u8>, &Block)> = HashMap::new();
-    for (n, b) in blocks.iter().enumerate() {
-        let attrs = [int_attr("num_heads", num_heads as i64), float_attr("scale", b.scale)];
-        let name = format!("akidb/attention_{n}");
-        let node = encode_node(
-            "MultiHeadAttention",
-            "com.microsoft",
-            &name,
-            &[&b.q, &b.k, &b.v, "", MASK],
-            &[&b.output],
-            &attrs,
-        );
-        replaced.insert(b.at, (node, b));
-    }
-    // Dead-node elimination: keep what the graph outputs still need.
-    let inputs_of = |i: usize| -> Vec<String> {
-        match replaced.get(&i) {
-            Some((_, b)) => vec![b.q.clone(), b.k.clone(), b.v.clone()],
-            None => g.nodes[i].inputs.clone(),
-        }
+        (blocks, live)
     };
-    let mut live = vec![false; g.nodes.len()];
-    let mut stack: Vec<String> = graph_outputs.clone();
-    while let Some(name) = stack.pop() {
-        if let Some(i) = g.index(&name) {
-            if !live[i] {
-                live[i] = true;
-                stack.extend(inputs_of(i));
+    if blocks.is_empty() {
+        graph.node = nodes;
+        return Ok(None);
+    }
+
+    // The original order, each block's fused node in place of its last node.
+    let mut out = Vec::with_capacity(nodes.len());
+    out.push(node("Cast", "", "akidb/mask_cast", &[mask_input], &[MASK], vec![int_attr("to", DataType::INT32 as i64)]));
+    let mut order: Vec<usize> = blocks.keys().copied().collect();
+    order.sort_unstable();
+    for (i, n) in nodes.into_iter().enumerate().filter(|(i, _)| live[*i]) {
+        match blocks.get(&i) {
+            Some(b) => {
+                let number = order.binary_search(&i).unwrap_or_default();
+                out.push(node(
+                    "MultiHeadAttention",
+                    "com.microsoft",
+                    &format!("akidb/attention_{number}"),
+                    &[&b.q, &b.k, &b.v, "", MASK],
+                    &[&b.output],
+                    vec![int_attr("num_heads", num_heads as i64), float_attr("scale", b.scale)],
+                ))
             }
+            None => out.push(n),
+        }
+    }
+    graph.node = out;
+    if !model.opset_import.iter().any(|o| o.domain == "com.microsoft") {
+        let mut opset = OperatorSetIdProto::new();
+        opset.domain = "com.microsoft".to_string();
+        opset.version = 1;
+        model.opset_import.push(opset);
+    }
+    Ok(Some(Rewritten { model, fused: blocks.len() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use onnx_protobuf::{GraphProto, ValueInfoProto};
+
+    use super::*;
+
+    fn value_info(name: &str) -> ValueInfoProto {
+        let mut v = ValueInfoProto::new();
+        v.name = name.to_string();
+        v
+    }
+
+    fn ints_attr(name: &str, values: &[i64]) -> AttributeProto {
+        let mut a = AttributeProto::new();
+        a.name = name.to_string();
+        a.type_ = AttributeType::INTS.into();
+        a.ints = values.to_vec();
+        a
+    }
+
+    fn constant(output: &str, value: f32) -> NodeProto {
+        let mut t = TensorProto::new();
+        t.data_type = DataType::FLOAT as i32;
+        t.float_data = vec![value];
+        let mut a = AttributeProto::new();
+        a.name = "value".into();
+        a.type_ = AttributeType::TENSOR.into();
+        a.t = Some(t).into();
+        node("Constant", "", output, &[], &[output], vec![a])
+    }
+
+    fn op(op: &str, inputs: &[&str], output: &str) -> NodeProto {
+        node(op, "", output, inputs, &[output], vec![])
+    }
+
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mask {
+        /// From `attention_mask` only, with a bounds check against a constant as exports have.
+        Padding,
+        /// Plus a lower triangle (`Trilu`).
+        CausalTriangle,
+        /// Plus `kv_idx <= q_idx` over two position ranges.
+        CausalPositions,
+    }
+
+    /// One SDPA-style attention block over input `x` [batch, seq, hidden], its additive bias
+    /// built from `attention_mask`, plus a causal part when asked.
+    fn attention_graph(mask: Mask) -> ModelProto {
+        let mut nodes = vec![
+            constant("scale", 0.5),
+            constant("one", 1.0),
+            constant("big_negative", -10000.0),
+            constant("zero", 0.0),
+            constant("step", 1.0),
+            op("Reshape", &["x", "heads_shape"], "q_r"),
+            node("Transpose", "", "q_t", &["q_r"], &["q_t"], vec![ints_attr("perm", &[0, 2, 1, 3])]),
+            op("Reshape", &["x", "heads_shape"], "k_r"),
+            node("Transpose", "", "k_t", &["k_r"], &["k_t"], vec![ints_attr("perm", &[0, 2, 3, 1])]),
+            op("Reshape", &["x", "heads_shape"], "v_r"),
+            node("Transpose", "", "v_t", &["v_r"], &["v_t"], vec![ints_attr("perm", &[0, 2, 1, 3])]),
+            op("Mul", &["q_t", "scale"], "q_s"),
+            op("Mul", &["k_t", "scale"], "k_s"),
+            op("MatMul", &["q_s", "k_s"], "scores"),
+            op("Unsqueeze", &["attention_mask", "axes"], "mask_4d"),
+            node("Cast", "", "mask_f", &["mask_4d"], &["mask_f"], vec![int_attr("to", DataType::FLOAT as i64)]),
+            op("Sub", &["one", "mask_f"], "inverted"),
+            op("Mul", &["inverted", "big_negative"], "padding_raw"),
+            // A bounds check of positions against a constant, as transformers' mask code has.
+            op("Shape", &["attention_mask"], "mask_shape"),
+            op("Gather", &["mask_shape", "seq_axis"], "seq_len"),
+            op("Range", &["zero", "seq_len", "step"], "kv_idx"),
+            op("GreaterOrEqual", &["kv_idx", "zero"], "in_bounds"),
+            op("Where", &["in_bounds", "padding_raw", "big_negative"], "padding"),
+        ];
+        let causal = match mask {
+            Mask::Padding => None,
+            Mask::CausalTriangle => Some(vec![
+                op("ConstantOfShape", &["square"], "ones_square"),
+                op("Trilu", &["ones_square"], "lower"),
+                op("Sub", &["one", "lower"], "upper"),
+                op("Mul", &["upper", "big_negative"], "causal"),
+            ]),
+            Mask::CausalPositions => Some(vec![
+                op("Unsqueeze", &["kv_idx", "axes"], "kv_row"),
+                op("Unsqueeze", &["kv_idx", "axes"], "q_col"),
+                op("LessOrEqual", &["kv_row", "q_col"], "visible"),
+                op("Where", &["visible", "one", "big_negative"], "causal"),
+            ]),
+        };
+        let bias = match causal {
+            Some(part) => {
+                nodes.extend(part);
+                nodes.push(op("Add", &["padding", "causal"], "bias"));
+                "bias"
+            }
+            None => "padding",
+        };
+        nodes.extend([
+            op("Add", &["scores", bias], "biased"),
+            op("Softmax", &["biased"], "probs"),
+            op("MatMul", &["probs", "v_t"], "context"),
+            node("Transpose", "", "context_t", &["context"], &["context_t"], vec![ints_attr("perm", &[0, 2, 1, 3])]),
+            op("Reshape", &["context_t", "hidden_shape"], "y"),
+        ]);
+        let mut graph = GraphProto::new();
+        graph.node = nodes;
+        graph.input = vec![value_info("x"), value_info("attention_mask")];
+        graph.output = vec![value_info("y")];
+        let mut model = ModelProto::new();
+        model.graph = Some(graph).into();
+        model
+    }
+
+    #[test]
+    fn a_padding_mask_block_is_fused_into_one_node() {
+        let r =
+            fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask").unwrap().expect("the block matches");
+        assert_eq!(r.fused, 1);
+        let nodes = &r.model.graph.as_ref().unwrap().node;
+        let mha: Vec<&NodeProto> = nodes.iter().filter(|n| n.op_type == "MultiHeadAttention").collect();
+        assert_eq!(mha.len(), 1);
+        assert_eq!(mha[0].input, ["x", "x", "x", "", MASK]);
+        assert_eq!(mha[0].output, ["y"]);
+        assert_eq!(attr(mha[0], "scale").map(|a| a.f), Some(0.25), "both sides' Mul scales multiply");
+        assert!(!nodes.iter().any(|n| n.op_type == "Softmax"), "the unfused block is gone");
+        assert!(r.model.opset_import.iter().any(|o| o.domain == "com.microsoft"));
+        // It survives a round trip through the wire format.
+        let again = decode_model(&r.model.write_to_bytes().unwrap()).unwrap();
+        assert_eq!(again.graph.node.len(), nodes.len());
+    }
+
+    #[test]
+    fn a_causal_plus_padding_mask_is_not_fused() {
+        for mask in [Mask::CausalTriangle, Mask::CausalPositions] {
+            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask").unwrap().is_none());
         }
     }
 
-    let mut new_graph = Vec::with_capacity(graph_bytes.len() + 1024);
-    put_bytes(&mut new_graph, 1, &cast);
-    for (i, node) in g.nodes.iter().enumerate().filter(|(i, _)| live[*i]) {
-        match replaced.get(&i) {
-            Some((fused, _)) => put_bytes(&mut new_graph, 1, fused),
-            None => put_bytes(&mut new_graph, 1, node.raw),
-        }
+    #[test]
+    fn a_bias_not_derived_from_the_mask_is_not_fused() {
+        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x").unwrap().is_none());
+        let mut model = attention_graph(Mask::Padding);
+        model.graph.as_mut().unwrap().input.push(value_info("other_mask"));
+        assert!(fuse_attention(model, 2, "other_mask").unwrap().is_none());
     }
-    for f in graph_fields.iter().filter(|f| f.number != 1) {
-        new_graph.extend_from_slice(f.raw);
-    }
-
-    let has_ms_opset = model_fields.iter().any(|f| {
-        f.number == 8
-            && matches!(f.value, Value::Bytes(b) if fields(b).map(|fs| fs.iter().any(|x| x.number == 1 && matches!(x.value, Value::Bytes(d) if d == b"com.microsoft"))).unwrap_or(false))
-    });
-    let mut out = Vec::with_capacity(model.len() + 2048);
-    for f in &model_fields {
-        if f.number == 7 {
-            put_bytes(&mut out, 7, &new_graph);
-        } else {
-            out.extend_from_slice(f.raw);
-        }
-    }
-    if !has_ms_opset {
-        let mut opset = Vec::new();
-        put_bytes(&mut opset, 1, b"com.microsoft");
-        put_varint(&mut opset, 2 << 3);
-        put_varint(&mut opset, 1);
-        put_bytes(&mut out, 8, &opset);
-    }
-    Ok(Some(Rewritten { model: out, fused: blocks.len() }))
 }

@@ -7,8 +7,8 @@ use std::{
 use akidb::{
     corpus::CorpusArgs,
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
-    server::{shutdown_signal, Server, ServerArgs},
-    settings::{FileSettings, ModelArgs},
+    server::{shutdown_signal, Server},
+    settings::{ConfigFile, ModelArgs, ServerArgs},
     Embedder,
 };
 use anyhow::{bail, Context, Result};
@@ -29,7 +29,7 @@ struct Cli {
 enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON; or a corpus with --input/--output
     Embed(Box<EmbedArgs>),
-    /// Serve the seed API, OpenAI, TEI and Ollama embedding routes over HTTP
+    /// Serve the native API, OpenAI, TEI and Ollama embedding routes over HTTP
     Serve(Box<ServeArgs>),
 }
 
@@ -47,7 +47,7 @@ struct EmbedArgs {
     texts: Vec<String>,
     #[command(flatten)]
     model: ModelArgs,
-    /// Output: one JSON document (the seed API's response), or one {"index","embedding"} per line
+    /// Output: one JSON document (the native API's response), or one {"index","embedding"} per line
     #[arg(long, value_enum, default_value_t = Format::Json, env = "AKIDB_FORMAT")]
     format: Format,
     /// Return raw pooled vectors instead of unit-length ones
@@ -89,16 +89,16 @@ fn init_logging(default: &str) {
 }
 
 fn run(cli: Cli) -> Result<()> {
-    let file = FileSettings::load(cli.config.as_deref())?;
+    let file = ConfigFile::load(cli.config.as_deref())?;
     match cli.command {
         Command::Embed(args) => embed(*args, &file),
         Command::Serve(args) => serve(*args, &file),
     }
 }
 
-fn serve(args: ServeArgs, file: &FileSettings) -> Result<()> {
-    let options = args.model.resolve(file);
-    let config = args.server.resolve(&file.server);
+fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
+    let options = args.model.resolve(file)?;
+    let config = args.server.resolve(file)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -124,8 +124,8 @@ fn read_stdin_lines() -> Result<Vec<String>> {
     Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
-fn load_embedder(model: &ModelArgs, verbose: bool, file: &FileSettings) -> Result<Embedder> {
-    let options = model.resolve(file);
+fn load_embedder(model: &ModelArgs, verbose: bool, file: &ConfigFile) -> Result<Embedder> {
+    let options = model.resolve(file)?;
     let embedder = Embedder::load(&options).with_context(|| format!("loading model {}", options.model))?;
     if verbose {
         let info = embedder.info();
@@ -145,7 +145,7 @@ fn load_embedder(model: &ModelArgs, verbose: bool, file: &FileSettings) -> Resul
 }
 
 /// `embed --input/--output`: a corpus streamed from a file or stdin into a file.
-fn embed_corpus(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     if !args.texts.is_empty() {
         bail!("pass texts as arguments or --input, not both");
     }
@@ -156,7 +156,7 @@ fn embed_corpus(args: EmbedArgs, file: &FileSettings) -> Result<()> {
     Ok(())
 }
 
-fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
+fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     if args.corpus.requested() {
         return embed_corpus(args, file);
     }

@@ -1,13 +1,6 @@
-//! The seed API's wire format, shared by `akidb embed` and `POST /api/v1/embed`.
+//! The native API's wire format, shared by `akidb embed` and `POST /api/v1/embed`.
 
 use serde::{Deserialize, Serialize};
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct EmbedRequest {
-    pub model: Option<String>,
-    pub inputs: Vec<String>,
-    pub normalize: Option<bool>,
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EmbedResponse {

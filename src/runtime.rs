@@ -78,13 +78,12 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
 }
 
 /// Where inference runs. `Auto` takes CoreML when the linked library has it, else the CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
     #[default]
     Auto,
     Cpu,
-    #[value(name = "coreml")]
     #[serde(rename = "coreml")]
     CoreMl,
 }
@@ -116,7 +115,7 @@ pub fn choose_provider(device: Device, coreml_available: bool) -> Result<Provide
     }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ComputeUnits {
     #[default]
@@ -126,7 +125,7 @@ pub enum ComputeUnits {
     CpuOnly,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum CoreMlFormat {
     #[default]

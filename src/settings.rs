@@ -1,13 +1,28 @@
 //! Configuration: flags > `AKIDB_*` environment variables > `--config` TOML file > defaults.
-//! clap resolves flags and environment; the file and the defaults fill what is still unset.
+//!
+//! Each option is declared once, as a field of a section struct that is both the clap arguments
+//! (flag, environment variable, help) and the serde shape of the file (its key), so the two cannot
+//! drift apart. clap fills flags and environment; [`layered`] puts them over the file, whatever
+//! the struct; `options()` / `config()` turn the result into runtime options, where the defaults
+//! live ([`EmbedderOptions::default`], [`ServerConfig::default`]).
 
-use std::path::{Path, PathBuf};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use serde::Deserialize;
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use serde::{
+    de::{self, DeserializeOwned, DeserializeSeed, IntoDeserializer, MapAccess, Visitor},
+    Deserialize, Deserializer, Serialize,
+};
 
 use crate::{
-    embedder::{EmbedderOptions, DEFAULT_MODEL},
+    cache::default_coreml_cache_dir,
+    embedder::EmbedderOptions,
     runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
+    server::ServerConfig,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -20,10 +35,13 @@ pub enum SettingsError {
     },
     #[error("config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
+    #[error("could not combine flags with the config file: {0}")]
+    Layer(String),
 }
 
-/// Model and inference options, shared by `embed` and `serve`.
-#[derive(Debug, Clone, Default, clap::Args)]
+/// Model and inference options, shared by `embed` and `serve`; top-level keys of the file.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct ModelArgs {
     /// Hugging Face repo id (owner/name) or a local model directory [default: sentence-transformers/all-MiniLM-L6-v2]
     #[arg(long, env = "AKIDB_EMBEDDING_MODEL")]
@@ -35,9 +53,9 @@ pub struct ModelArgs {
     #[arg(long, env = "AKIDB_ONNX_FILE")]
     pub onnx_file: Option<String>,
     /// Execution provider: auto (CoreML where the linked ONNX Runtime has it, else CPU), cpu, coreml [default: auto]
-    #[arg(long, env = "AKIDB_DEVICE", value_enum)]
+    #[arg(long, env = "AKIDB_DEVICE", value_parser = choice::<Device>(&["auto", "cpu", "coreml"]))]
     pub device: Option<Device>,
-    /// Replace exported attention blocks with ONNX Runtime's fused MultiHeadAttention kernel [default: true]
+    /// Replace exported attention blocks with ONNX Runtime's fused MultiHeadAttention kernel, kept only when it gives the same vectors [default: true]
     #[arg(long, env = "AKIDB_FUSE_ATTENTION", num_args = 0..=1, default_missing_value = "true")]
     pub fuse_attention: Option<bool>,
     /// Inference threads [default: one per physical core]
@@ -49,173 +67,491 @@ pub struct ModelArgs {
     /// Texts per inference call [default: 128]
     #[arg(long, env = "AKIDB_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
+    #[command(flatten)]
+    pub coreml: CoreMlArgs,
+}
+
+/// CoreML options: flags `--coreml-*`, the file's `[coreml]` table.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CoreMlArgs {
     /// CoreML compute units [default: all]
-    #[arg(long, env = "AKIDB_COREML_COMPUTE_UNITS", value_enum)]
-    pub coreml_compute_units: Option<ComputeUnits>,
-    /// CoreML model format [default: ml-program]
-    #[arg(long, env = "AKIDB_COREML_MODEL_FORMAT", value_enum)]
-    pub coreml_model_format: Option<CoreMlFormat>,
-    /// Ask CoreML for static input shapes [default: false]
-    #[arg(long, env = "AKIDB_COREML_STATIC_SHAPES", num_args = 0..=1, default_missing_value = "true")]
-    pub coreml_static_shapes: Option<bool>,
-    /// Where compiled CoreML models are cached [default: <user cache dir>/akidb/coreml]
-    #[arg(long, env = "AKIDB_COREML_CACHE_DIR")]
-    pub coreml_cache_dir: Option<PathBuf>,
-}
-
-/// The `--config` file. Unknown keys are errors, so a typo does not silently fall back.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSettings {
-    pub model: Option<String>,
-    pub revision: Option<String>,
-    pub onnx_file: Option<String>,
-    pub device: Option<Device>,
-    pub fuse_attention: Option<bool>,
-    pub threads: Option<usize>,
-    pub max_batch_tokens: Option<usize>,
-    pub max_batch_size: Option<usize>,
-    #[serde(default)]
-    pub coreml: CoreMlFile,
-    #[serde(default)]
-    pub server: ServerFile,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CoreMlFile {
+    #[arg(
+        long = "coreml-compute-units",
+        env = "AKIDB_COREML_COMPUTE_UNITS",
+        value_parser = choice::<ComputeUnits>(&["all", "cpu-and-gpu", "cpu-and-neural-engine", "cpu-only"])
+    )]
     pub compute_units: Option<ComputeUnits>,
+    /// CoreML model format [default: ml-program]
+    #[arg(
+        long = "coreml-model-format",
+        env = "AKIDB_COREML_MODEL_FORMAT",
+        value_parser = choice::<CoreMlFormat>(&["ml-program", "neural-network"])
+    )]
     pub model_format: Option<CoreMlFormat>,
+    /// Ask CoreML for static input shapes [default: false]
+    #[arg(
+        long = "coreml-static-shapes",
+        env = "AKIDB_COREML_STATIC_SHAPES",
+        num_args = 0..=1,
+        default_missing_value = "true"
+    )]
     pub static_input_shapes: Option<bool>,
+    /// Where compiled CoreML models are cached [default: <user cache dir>/akidb/coreml]
+    #[arg(long = "coreml-cache-dir", env = "AKIDB_COREML_CACHE_DIR")]
     pub cache_dir: Option<PathBuf>,
 }
 
-/// `[server]` keys; the server module applies them under its flags.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerFile {
+/// Server options: flags of `serve`, the file's `[server]` table.
+#[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerArgs {
+    /// Address to bind [default: 127.0.0.1]
+    #[arg(long, env = "AKIDB_HOST")]
     pub host: Option<String>,
+    /// Port to bind; 0 picks a free one [default: 8080]
+    #[arg(long, env = "AKIDB_PORT")]
     pub port: Option<u16>,
+    /// Extra name accepted in requests' `model` field and returned in responses
+    #[arg(long, env = "AKIDB_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
+    /// Require `Authorization: Bearer <key>` on every route but /health
+    #[arg(long, env = "AKIDB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Largest request body in bytes; larger gets 413 [default: 2000000]
+    #[arg(long, env = "AKIDB_PAYLOAD_LIMIT")]
     pub payload_limit: Option<usize>,
+    /// Most texts in one request; more gets 413 [default: 512]
+    #[arg(long, env = "AKIDB_MAX_INPUTS")]
     pub max_inputs: Option<usize>,
+    /// Requests in flight or queued at once; more gets 429 with Retry-After [default: 512]
+    #[arg(long, env = "AKIDB_MAX_CONCURRENT_REQUESTS")]
     pub max_concurrent_requests: Option<usize>,
+    /// Requests merged into one batching round [default: 64]
+    #[arg(long, env = "AKIDB_MAX_BATCH_REQUESTS")]
     pub max_batch_requests: Option<usize>,
+    /// Tokens queued across all requests; beyond it new requests get 429 with Retry-After [default: 262144]
+    #[arg(long, env = "AKIDB_MAX_QUEUED_TOKENS")]
     pub max_queued_tokens: Option<usize>,
+    /// Seconds a request may take before it is answered 503 and its remaining texts dropped; 0 = no limit [default: 60]
+    #[arg(long, env = "AKIDB_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
+    /// Seconds SIGTERM waits for in-flight requests before exiting anyway [default: 30]
+    #[arg(long, env = "AKIDB_SHUTDOWN_TIMEOUT")]
     pub shutdown_timeout: Option<u64>,
+    /// Open connections at most; more wait in the listen backlog until one closes [default: 2048]
+    #[arg(long, env = "AKIDB_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+    /// Seconds to receive a request's headers, from accept or its first byte [default: 10]
+    #[arg(long, env = "AKIDB_HEADER_READ_TIMEOUT")]
     pub header_read_timeout: Option<u64>,
+    /// Seconds a kept-alive connection may sit idle between requests [default: 30]
+    #[arg(long, env = "AKIDB_KEEP_ALIVE_TIMEOUT")]
     pub keep_alive_timeout: Option<u64>,
+    /// Seconds to receive a request's body once its headers are in; slower gets 408 [default: 30]
+    #[arg(long, env = "AKIDB_BODY_READ_TIMEOUT")]
     pub body_read_timeout: Option<u64>,
 }
 
-impl FileSettings {
+/// A clap parser for a runtime enum from its names, through the enum's serde names, so the
+/// runtime layer needs no clap.
+fn choice<T>(names: &'static [&'static str]) -> impl TypedValueParser<Value = T>
+where
+    T: DeserializeOwned + Clone + Send + Sync + 'static,
+{
+    PossibleValuesParser::new(names).try_map(|name: String| parse_name::<T>(&name))
+}
+
+fn parse_name<T: DeserializeOwned>(name: &str) -> Result<T, de::value::Error> {
+    T::deserialize(name.into_deserializer())
+}
+
+/// `over` with its unset (`None`) options taken from `under`, for any section struct: both are
+/// seen as JSON objects and merged key by key, tables recursively.
+pub fn layered<T: Serialize + DeserializeOwned>(over: &T, under: &T) -> Result<T, SettingsError> {
+    fn merge(under: &mut serde_json::Value, over: serde_json::Value) {
+        match (under, over) {
+            (serde_json::Value::Object(u), serde_json::Value::Object(o)) => {
+                for (key, value) in o {
+                    merge(u.entry(key).or_insert(serde_json::Value::Null), value);
+                }
+            }
+            (_, serde_json::Value::Null) => {}
+            (u, o) => *u = o,
+        }
+    }
+    let err = |e: serde_json::Error| SettingsError::Layer(e.to_string());
+    let mut value = serde_json::to_value(under).map_err(err)?;
+    merge(&mut value, serde_json::to_value(over).map_err(err)?);
+    serde_json::from_value(value).map_err(err)
+}
+
+/// The `--config` file: [`ModelArgs`] keys at the top, `[coreml]`, and `[server]`. Unknown keys
+/// are errors, so a typo does not silently fall back to a default.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigFile {
+    pub model: ModelArgs,
+    pub server: ServerArgs,
+}
+
+impl ConfigFile {
     pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
         let Some(path) = path else { return Ok(Self::default()) };
         let text =
             std::fs::read_to_string(path).map_err(|source| SettingsError::Read { path: path.to_path_buf(), source })?;
-        toml::from_str(&text).map_err(|e| {
+        Self::parse(&text).map_err(|message| SettingsError::Parse { path: path.to_path_buf(), message })
+    }
+
+    /// Parses the file's text; the error names the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let message = match line {
+            match line {
                 Some(line) => format!("line {line}: {}", e.message()),
                 None => e.message().to_string(),
-            };
-            SettingsError::Parse { path: path.to_path_buf(), message }
+            }
         })
     }
 }
 
-/// akidb's own cache: `$AKIDB_CACHE_DIR`, else `~/Library/Caches/akidb` on macOS and
-/// `$XDG_CACHE_HOME/akidb` (or `~/.cache/akidb`) elsewhere.
-pub fn cache_dir() -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("AKIDB_CACHE_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir));
+/// The top-level keys are [`ModelArgs`]' own, deserialized straight from the file's map (so the
+/// parser still reports the line of a bad key), with the `server` key split off on the way.
+impl<'de> Deserialize<'de> for ConfigFile {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct FileVisitor;
+        impl<'de> Visitor<'de> for FileVisitor {
+            type Value = ConfigFile;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of akidb settings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ConfigFile, A::Error> {
+                let mut server = None;
+                let model = ModelArgs::deserialize(de::value::MapAccessDeserializer::new(SplitServer {
+                    map,
+                    server: &mut server,
+                }))?;
+                Ok(ConfigFile { model, server: server.unwrap_or_default() })
+            }
+        }
+        deserializer.deserialize_map(FileVisitor)
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let base = if cfg!(target_os = "macos") {
-        home.map(|h| h.join("Library").join("Caches"))
-    } else {
-        std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).or_else(|| home.map(|h| h.join(".cache")))
-    };
-    base.map(|b| b.join("akidb"))
 }
 
-/// Compiled CoreML models: `<cache_dir>/coreml`.
-pub fn default_coreml_cache_dir() -> Option<PathBuf> {
-    cache_dir().map(|d| d.join("coreml"))
+/// A map that hides its `server` entry from the reader, parsing it into `server` instead.
+struct SplitServer<'a, A> {
+    map: A,
+    server: &'a mut Option<ServerArgs>,
+}
+
+/// A key seed that gives the inner seed back (`Err`) when the key is `server`.
+struct KeyOrServer<K>(K);
+
+impl<'de, K: DeserializeSeed<'de>> DeserializeSeed<'de> for KeyOrServer<K> {
+    type Value = Result<K::Value, K>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        let key = String::deserialize(deserializer)?;
+        if key == "server" {
+            return Ok(Err(self.0));
+        }
+        self.0.deserialize(IntoDeserializer::<D::Error>::into_deserializer(key)).map(Ok)
+    }
+}
+
+impl<'de, A: MapAccess<'de>> MapAccess<'de> for SplitServer<'_, A> {
+    type Error = A::Error;
+
+    fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>, A::Error> {
+        let mut seed = seed;
+        loop {
+            match self.map.next_key_seed(KeyOrServer(seed))? {
+                None => return Ok(None),
+                Some(Ok(key)) => return Ok(Some(key)),
+                Some(Err(returned)) => {
+                    if self.server.is_some() {
+                        return Err(de::Error::duplicate_field("server"));
+                    }
+                    *self.server = Some(self.map.next_value()?);
+                    seed = returned;
+                }
+            }
+        }
+    }
+
+    fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, A::Error> {
+        self.map.next_value_seed(seed)
+    }
 }
 
 impl ModelArgs {
-    /// Flags and environment (already in `self`) over the file over the defaults.
-    pub fn resolve(&self, file: &FileSettings) -> EmbedderOptions {
-        let defaults = EmbedderOptions::default();
+    /// These options (flags and environment) over the file's.
+    pub fn resolve(&self, file: &ConfigFile) -> Result<EmbedderOptions, SettingsError> {
+        Ok(layered(self, &file.model)?.options())
+    }
+
+    /// Runtime options, with the defaults for what is unset.
+    pub fn options(&self) -> EmbedderOptions {
+        let d = EmbedderOptions::default();
+        let c = &self.coreml;
         EmbedderOptions {
-            model: self.model.clone().or_else(|| file.model.clone()).unwrap_or_else(|| DEFAULT_MODEL.to_string()),
-            revision: self.revision.clone().or_else(|| file.revision.clone()),
-            onnx_file: self.onnx_file.clone().or_else(|| file.onnx_file.clone()),
+            model: self.model.clone().unwrap_or(d.model),
+            revision: self.revision.clone().or(d.revision),
+            onnx_file: self.onnx_file.clone().or(d.onnx_file),
             session: SessionOptions {
-                device: self.device.or(file.device).unwrap_or_default(),
-                fuse_attention: self.fuse_attention.or(file.fuse_attention).unwrap_or(true),
-                threads: self.threads.or(file.threads).filter(|&n| n > 0),
+                device: self.device.unwrap_or(d.session.device),
+                fuse_attention: self.fuse_attention.unwrap_or(d.session.fuse_attention),
+                threads: self.threads.filter(|&n| n > 0).or(d.session.threads),
                 coreml: CoreMlOptions {
-                    compute_units: self.coreml_compute_units.or(file.coreml.compute_units).unwrap_or_default(),
-                    model_format: self.coreml_model_format.or(file.coreml.model_format).unwrap_or_default(),
-                    static_input_shapes: self.coreml_static_shapes.or(file.coreml.static_input_shapes).unwrap_or(false),
-                    cache_dir: self
-                        .coreml_cache_dir
-                        .clone()
-                        .or_else(|| file.coreml.cache_dir.clone())
-                        .or_else(default_coreml_cache_dir),
+                    compute_units: c.compute_units.unwrap_or(d.session.coreml.compute_units),
+                    model_format: c.model_format.unwrap_or(d.session.coreml.model_format),
+                    static_input_shapes: c.static_input_shapes.unwrap_or(d.session.coreml.static_input_shapes),
+                    cache_dir: c.cache_dir.clone().or_else(default_coreml_cache_dir),
                 },
             },
-            max_batch_tokens: self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(defaults.max_batch_tokens),
-            max_batch_size: self.max_batch_size.or(file.max_batch_size).unwrap_or(defaults.max_batch_size),
+            max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+            max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
+        }
+    }
+}
+
+impl ServerArgs {
+    /// These options (flags and environment) over the file's `[server]` table.
+    pub fn resolve(&self, file: &ConfigFile) -> Result<ServerConfig, SettingsError> {
+        Ok(layered(self, &file.server)?.config())
+    }
+
+    /// The server's configuration, with the defaults for what is unset. Limits are at least one;
+    /// only the request timeout can be switched off (0).
+    pub fn config(&self) -> ServerConfig {
+        let d = ServerConfig::default();
+        let secs = |value: Option<u64>, default: Duration| value.map_or(default, |s| Duration::from_secs(s.max(1)));
+        ServerConfig {
+            host: self.host.clone().unwrap_or(d.host),
+            port: self.port.unwrap_or(d.port),
+            served_model_name: self.served_model_name.clone().or(d.served_model_name),
+            api_key: self.api_key.clone().filter(|k| !k.is_empty()).or(d.api_key),
+            payload_limit: self.payload_limit.unwrap_or(d.payload_limit).max(1),
+            max_inputs: self.max_inputs.unwrap_or(d.max_inputs).max(1),
+            max_concurrent_requests: self.max_concurrent_requests.unwrap_or(d.max_concurrent_requests).max(1),
+            max_batch_requests: self.max_batch_requests.unwrap_or(d.max_batch_requests).max(1),
+            max_queued_tokens: self.max_queued_tokens.unwrap_or(d.max_queued_tokens).max(1),
+            request_timeout: match self.request_timeout {
+                Some(0) => None,
+                Some(s) => Some(Duration::from_secs(s)),
+                None => d.request_timeout,
+            },
+            shutdown_timeout: self.shutdown_timeout.map_or(d.shutdown_timeout, Duration::from_secs),
+            max_connections: self.max_connections.unwrap_or(d.max_connections).max(1),
+            header_read_timeout: secs(self.header_read_timeout, d.header_read_timeout),
+            keep_alive_timeout: secs(self.keep_alive_timeout, d.keep_alive_timeout),
+            body_read_timeout: secs(self.body_read_timeout, d.body_read_timeout),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use clap::{Args, Command};
+
     use super::*;
 
-    fn example() -> FileSettings {
-        toml::from_str(include_str!("../config.example.toml")).expect("config.example.toml parses")
-    }
+    const EXAMPLE: &str = include_str!("../config.example.toml");
 
     #[test]
     fn example_config_parses_to_the_defaults() {
-        let file = example();
-        let options = ModelArgs::default().resolve(&file);
-        let defaults = EmbedderOptions::default();
-        assert_eq!(options.model, defaults.model);
-        assert_eq!(options.max_batch_tokens, defaults.max_batch_tokens);
-        assert_eq!(options.session.device, Device::Auto);
-        assert_eq!(options.session.coreml.model_format, CoreMlFormat::MlProgram);
-        assert_eq!(file.server.port, Some(8080));
+        let file = ConfigFile::parse(EXAMPLE).expect("config.example.toml parses");
+        let options = ModelArgs::default().resolve(&file).unwrap();
+        assert_eq!(format!("{options:?}"), format!("{:?}", ModelArgs::default().options()));
+        let server = ServerArgs::default().resolve(&file).unwrap();
+        assert_eq!(format!("{server:?}"), format!("{:?}", ServerConfig::default()));
+    }
+
+    /// Each value the example sets (they are the defaults, see above) is the `[default: …]` its
+    /// option's help shows.
+    #[test]
+    fn help_shows_the_defaults_the_example_sets() {
+        let commands = [
+            ("", ModelArgs::augment_args(Command::new("model"))),
+            ("coreml", CoreMlArgs::augment_args(Command::new("coreml"))),
+            ("server", ServerArgs::augment_args(Command::new("server"))),
+        ];
+        let mut table = "";
+        let mut checked = 0;
+        for line in EXAMPLE.lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name;
+                continue;
+            }
+            let Some((key, value)) = line.split_once(" = ").filter(|_| is_assignment(line)) else { continue };
+            let command = &commands.iter().find(|(t, _)| *t == table).expect("a known table").1;
+            let arg = command.get_arguments().find(|a| a.get_id() == key).expect("an option");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            let shown = format!("[default: {}]", value.trim_matches('"'));
+            assert!(
+                help.contains(&shown),
+                "[{table}] {key} = {value}, but --{} says: {help}",
+                arg.get_long().unwrap_or("?")
+            );
+            checked += 1;
+        }
+        assert!(checked >= 20, "only {checked} values checked");
+    }
+
+    /// The example with every commented-out `# key = value` line switched on.
+    fn example_uncommented() -> String {
+        EXAMPLE
+            .lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if is_assignment(rest) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    fn is_assignment(line: &str) -> bool {
+        line.split_once(" = ")
+            .is_some_and(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+    }
+
+    /// `(table, key)` of every assignment in the example, commented out or not.
+    fn documented_keys() -> Vec<(String, String)> {
+        let mut table = String::new();
+        let mut keys = Vec::new();
+        for line in example_uncommented().lines() {
+            if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = name.to_string();
+            } else if is_assignment(line) {
+                keys.push((table.clone(), line.split_once(" = ").map(|(k, _)| k.to_string()).unwrap_or_default()));
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn every_documented_key_parses() {
+        let text = example_uncommented();
+        let file = ConfigFile::parse(&text).unwrap_or_else(|e| panic!("uncommented example: {e}\n{text}"));
+        // The commented-out examples really reached the structs.
+        assert_eq!(file.model.threads, Some(2));
+        assert_eq!(file.model.coreml.cache_dir.as_deref(), Some(Path::new("/var/cache/akidb/coreml")));
+        assert_eq!(file.server.api_key.as_deref(), Some("change-me"));
+    }
+
+    #[test]
+    fn every_option_has_help_and_a_documented_key() {
+        let documented = documented_keys();
+        let sections: [(&str, Command); 3] = [
+            ("", ModelArgs::augment_args(Command::new("model"))),
+            ("coreml", CoreMlArgs::augment_args(Command::new("coreml"))),
+            ("server", ServerArgs::augment_args(Command::new("server"))),
+        ];
+        let coreml_ids: Vec<String> = sections[1].1.get_arguments().map(|a| a.get_id().to_string()).collect();
+        let mut checked = 0;
+        for (table, command) in &sections {
+            for arg in command.get_arguments() {
+                let key = arg.get_id().to_string();
+                if table.is_empty() && coreml_ids.contains(&key) {
+                    continue; // flattened into ModelArgs; checked under [coreml]
+                }
+                let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+                assert!(!help.trim().is_empty(), "--{} has no help text", arg.get_long().unwrap_or("?"));
+                assert!(arg.get_env().is_some(), "--{} has no AKIDB_* variable", arg.get_long().unwrap_or("?"));
+                assert!(
+                    documented.iter().any(|(t, k)| t == table && *k == key),
+                    "option {key} has no key in config.example.toml [{table}]"
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 25, "only {checked} options found");
+        assert_eq!(checked, documented.len(), "config.example.toml documents keys that are no options: {documented:?}");
     }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {
-        let file: FileSettings =
-            toml::from_str("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"").unwrap();
-        let from_file = ModelArgs::default().resolve(&file);
+        let file =
+            ConfigFile::parse("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"\n[server]\nport = 9\nrequest_timeout = 0")
+                .unwrap();
+        let from_file = ModelArgs::default().resolve(&file).unwrap();
         assert_eq!((from_file.model.as_str(), from_file.session.threads), ("from/file", Some(3)));
         assert_eq!(from_file.session.coreml.compute_units, ComputeUnits::CpuOnly);
-        let flags = ModelArgs { model: Some("from/flag".into()), threads: Some(1), ..Default::default() };
-        let resolved = flags.resolve(&file);
+        let flags = ModelArgs {
+            model: Some("from/flag".into()),
+            threads: Some(1),
+            coreml: CoreMlArgs { model_format: Some(CoreMlFormat::NeuralNetwork), ..Default::default() },
+            ..Default::default()
+        };
+        let resolved = flags.resolve(&file).unwrap();
         assert_eq!((resolved.model.as_str(), resolved.session.threads), ("from/flag", Some(1)));
+        // A flag in a table leaves the table's other keys from the file.
+        assert_eq!(resolved.session.coreml.compute_units, ComputeUnits::CpuOnly);
+        assert_eq!(resolved.session.coreml.model_format, CoreMlFormat::NeuralNetwork);
+
+        let server = ServerArgs::default().resolve(&file).unwrap();
+        assert_eq!((server.port, server.request_timeout), (9, None));
+        let server = ServerArgs { port: Some(10), ..Default::default() }.resolve(&file).unwrap();
+        assert_eq!(server.port, 10);
+    }
+
+    #[test]
+    fn flags_and_environment_parse_enum_names() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            model: ModelArgs,
+        }
+        let cli = <Cli as clap::Parser>::try_parse_from([
+            "akidb",
+            "--device",
+            "coreml",
+            "--coreml-compute-units",
+            "cpu-and-neural-engine",
+            "--coreml-static-shapes",
+            "--fuse-attention",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(cli.model.device, Some(Device::CoreMl));
+        assert_eq!(cli.model.coreml.compute_units, Some(ComputeUnits::CpuAndNeuralEngine));
+        assert_eq!((cli.model.coreml.static_input_shapes, cli.model.fuse_attention), (Some(true), Some(false)));
+        let err = <Cli as clap::Parser>::try_parse_from(["akidb", "--device", "gpu"]).err().expect("gpu is refused");
+        assert!(err.to_string().contains("possible values: auto, cpu, coreml"), "{err}");
+    }
+
+    #[test]
+    fn every_listed_enum_name_parses() {
+        let command = ModelArgs::augment_args(Command::new("akidb"));
+        let mut parsed = 0;
+        for arg in command.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "fuse-attention")) {
+            for value in arg.get_possible_values().iter().filter(|_| arg.get_id() != "static_input_shapes") {
+                let flag = format!("--{}", arg.get_long().unwrap_or_default());
+                let name = value.get_name();
+                command
+                    .clone()
+                    .try_get_matches_from(["akidb", flag.as_str(), name])
+                    .unwrap_or_else(|e| panic!("{flag} {name}: {e}"));
+                parsed += 1;
+            }
+        }
+        assert_eq!(parsed, 3 + 4 + 2, "device, compute units and model format names");
     }
 
     #[test]
     fn unknown_keys_are_errors_with_a_line_number() {
-        let dir = std::env::temp_dir().join(format!("akidb-settings-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("bad.toml");
-        std::fs::write(&path, "model = \"a/b\"\nmodle = \"x\"\n").unwrap();
-        let err = FileSettings::load(Some(&path)).unwrap_err().to_string();
-        assert!(err.contains("line 2") && err.contains("modle"), "{err}");
-        assert!(!err.contains('\n'), "one line: {err}");
+        for (text, line, needle) in [
+            ("model = \"a/b\"\nmodle = \"x\"\n", 2, "modle"),
+            ("model = \"a/b\"\n[server]\nport = 1\nprot = 2\n", 4, "prot"),
+            ("[coreml]\ncompute_units = \"all\"\nfoo = 1\n", 3, "foo"),
+            ("threads = \"many\"\n", 1, "usize"),
+        ] {
+            let err = ConfigFile::parse(text).unwrap_err();
+            assert!(err.contains(&format!("line {line}")) && err.contains(needle), "{text:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "server = 3\n").unwrap();
+        let err = ConfigFile::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("bad.toml") && err.contains("line 1"), "{err}");
     }
 }

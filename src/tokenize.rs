@@ -46,7 +46,6 @@ pub struct Batch {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: i64,
-    max_len: usize,
 }
 
 impl Tokenizer {
@@ -64,11 +63,7 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self { inner, pad_id, max_len: max_seq_length })
-    }
-
-    pub fn max_seq_length(&self) -> usize {
-        self.max_len
+        Ok(Self { inner, pad_id })
     }
 
     /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the

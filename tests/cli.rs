@@ -46,7 +46,7 @@ fn assert_clean_error(out: &Output, needle: &str) -> String {
 }
 
 #[test]
-fn embed_arguments_prints_seed_api_json_matching_reference() {
+fn embed_arguments_prints_native_api_json_matching_reference() {
     let rows = reference(MINILM);
     let picks = [&rows[0], &rows[rows.len() / 2], &rows[rows.len() - 1]];
     let mut cmd = akidb();
@@ -212,7 +212,7 @@ fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     };
     let cached = || -> Vec<std::path::PathBuf> {
         std::fs::read_dir(cache.path().join("graphs"))
-            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .map(|d| d.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "onnx")).collect())
             .unwrap_or_default()
     };
     let (first, _) = run();
@@ -225,7 +225,9 @@ fn fused_graph_is_cached_reused_and_replaced_when_corrupt() {
     let (third, stderr) = run();
     assert!(stderr.contains("did not load"), "a corrupt cache is reported: {stderr}");
     assert_eq!(first["embeddings"], third["embeddings"]);
-    assert!(!files[0].exists(), "the corrupt file is removed");
+    // Made and verified again in its place.
+    assert_eq!(cached(), files, "the corrupt file is replaced, nothing else kept");
+    assert!(std::fs::metadata(&files[0]).unwrap().len() > 1000, "the corrupt file is replaced by a real graph");
 }
 
 #[test]

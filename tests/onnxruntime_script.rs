@@ -4,6 +4,8 @@
 //! Nothing here depends on which tools are installed (in a dry run the scripts only note a missing
 //! git, cmake or libtool), and nothing is written outside fresh temporary directories.
 
+mod common;
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -19,20 +21,9 @@ fn root() -> PathBuf {
     fs::canonicalize(env!("CARGO_MANIFEST_DIR")).expect("CARGO_MANIFEST_DIR exists")
 }
 
-/// `[package.metadata.onnxruntime] version` from Cargo.toml, the one place it is pinned.
+/// The ONNX Runtime version pinned in Cargo.toml, as build.rs read it.
 fn pinned_version() -> String {
-    let text = fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
-    let mut in_section = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_section = line == "[package.metadata.onnxruntime]";
-        } else if in_section {
-            if let Some(value) = line.strip_prefix("version").map(str::trim).and_then(|l| l.strip_prefix('=')) {
-                return value.trim().trim_matches('"').to_string();
-            }
-        }
-    }
-    panic!("Cargo.toml has no [package.metadata.onnxruntime] version");
+    env!("AKIDB_ORT_VERSION").to_string()
 }
 
 /// A new, empty directory under the system temporary directory, removed on drop.
@@ -330,9 +321,9 @@ fn dry_run_creates_no_files() {
 
 /// The scripts in scripts/: files with a shell shebang.
 fn shell_scripts() -> Vec<PathBuf> {
-    let mut scripts: Vec<PathBuf> = fs::read_dir(root().join("scripts"))
-        .expect("read scripts/")
-        .flatten()
+    let mut scripts: Vec<PathBuf> = ["scripts", "scripts/lib"]
+        .iter()
+        .flat_map(|dir| fs::read_dir(root().join(dir)).expect("read scripts/").flatten())
         .map(|e| e.path())
         .filter(|p| p.is_file())
         .filter(|p| {
@@ -363,7 +354,9 @@ fn scripts_parse_with_bash_n() {
 #[test]
 fn scripts_are_shellcheck_clean() {
     if Command::new("shellcheck").arg("--version").output().is_err() {
-        println!("shellcheck is not installed: skipped the shellcheck test (.ci/run installs it)");
+        // scripts/test.sh installs it; under CI a missing tool must not pass as a clean result.
+        assert!(!common::under_ci(), "shellcheck is not installed (CI=true): run the tests through scripts/test.sh");
+        println!("shellcheck is not installed: skipped the shellcheck test (scripts/test.sh installs it)");
         return;
     }
     for script in shell_scripts() {
@@ -376,22 +369,6 @@ fn scripts_are_shellcheck_clean() {
             String::from_utf8_lossy(&output.stderr)
         );
     }
-}
-
-/// `[package] version` from Cargo.toml.
-fn package_version() -> String {
-    let text = fs::read_to_string(root().join("Cargo.toml")).expect("read Cargo.toml");
-    let mut in_section = false;
-    for line in text.lines().map(str::trim) {
-        if line.starts_with('[') {
-            in_section = line == "[package]";
-        } else if in_section {
-            if let Some(value) = line.strip_prefix("version").map(str::trim).and_then(|l| l.strip_prefix('=')) {
-                return value.trim().trim_matches('"').to_string();
-            }
-        }
-    }
-    panic!("Cargo.toml has no [package] version");
 }
 
 /// Runs scripts/package-release.sh --dry-run and returns its `+ ` command lines.
@@ -419,7 +396,7 @@ fn package_dry_run(args: &[&str]) -> Vec<String> {
 
 #[test]
 fn package_release_dry_run_names_the_archive_and_writes_nothing() {
-    let v = package_version();
+    let v = env!("CARGO_PKG_VERSION");
     let root = root();
     let root = root.to_str().expect("UTF-8 path");
     for target in ["x86_64-unknown-linux-gnu", "aarch64-apple-darwin"] {

@@ -124,7 +124,7 @@ pub fn run(embedder: &Embedder, args: &CorpusArgs, normalize: bool) -> Result<Su
     let output = OutputSpec {
         path: args.output.clone().unwrap_or_else(|| PathBuf::from("-")),
         format: output_format,
-        dimension: embedder.dimension(),
+        dimension: embedder.info().dimension,
         with_ids: args.id_field.is_some(),
         resume: args.resume,
     };

@@ -3,6 +3,7 @@
 //! `/health` can say 503 until the warm-up run is done.
 
 pub mod backend;
+mod config;
 mod conn;
 mod error;
 pub mod metrics;
@@ -27,156 +28,13 @@ use serde_json::json;
 use tokio::{net::TcpListener, sync::Semaphore};
 
 pub use self::backend::{Backend, BackendError};
+pub use self::config::ServerConfig;
 pub use self::error::{ApiError, Flavor};
 use self::{
     metrics::Metrics,
     scheduler::{Scheduler, SchedulerConfig, SchedulerError},
 };
-use crate::{settings::ServerFile, Embeddings};
-
-/// Server limits and identity. Defaults are what a single-machine deployment wants.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub host: String,
-    pub port: u16,
-    /// Another name clients may send as `model` (besides the repo id and its short name).
-    pub served_model_name: Option<String>,
-    pub api_key: Option<String>,
-    pub payload_limit: usize,
-    pub max_inputs: usize,
-    pub max_concurrent_requests: usize,
-    pub max_batch_requests: usize,
-    /// Tokens admitted but not yet embedded, across all requests; beyond it new requests get 429.
-    pub max_queued_tokens: usize,
-    /// Past this a request is answered with an error and its remaining texts are dropped.
-    pub request_timeout: Option<std::time::Duration>,
-    /// After SIGTERM, in-flight requests get this long before the process exits anyway.
-    pub shutdown_timeout: std::time::Duration,
-    /// Open connections at most; more wait in the listen backlog until one closes.
-    pub max_connections: usize,
-    /// From accept (or the next request's first byte) to its complete headers.
-    pub header_read_timeout: std::time::Duration,
-    /// Idle time allowed between requests on a kept-alive connection.
-    pub keep_alive_timeout: std::time::Duration,
-    /// Time allowed to receive a request's body once its headers are in.
-    pub body_read_timeout: std::time::Duration,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            host: "127.0.0.1".into(),
-            port: 8080,
-            served_model_name: None,
-            api_key: None,
-            payload_limit: 2_000_000,
-            max_inputs: 512,
-            max_concurrent_requests: 512,
-            max_batch_requests: 64,
-            // ~20 s of work for MiniLM on two cores (~11k tokens/s): bounded, yet room for bulk jobs.
-            max_queued_tokens: 262_144,
-            request_timeout: Some(std::time::Duration::from_secs(60)),
-            shutdown_timeout: std::time::Duration::from_secs(30),
-            max_connections: 2048,
-            header_read_timeout: std::time::Duration::from_secs(10),
-            keep_alive_timeout: std::time::Duration::from_secs(30),
-            body_read_timeout: std::time::Duration::from_secs(30),
-        }
-    }
-}
-
-/// Server flags; each falls back to `AKIDB_*`, then the `[server]` table of the config file.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct ServerArgs {
-    /// Address to bind [default: 127.0.0.1]
-    #[arg(long, env = "AKIDB_HOST")]
-    pub host: Option<String>,
-    /// Port to bind; 0 picks a free one [default: 8080]
-    #[arg(long, env = "AKIDB_PORT")]
-    pub port: Option<u16>,
-    /// Extra name accepted in requests' `model` field and returned in responses
-    #[arg(long, env = "AKIDB_SERVED_MODEL_NAME")]
-    pub served_model_name: Option<String>,
-    /// Require `Authorization: Bearer <key>` on every route but /health
-    #[arg(long, env = "AKIDB_API_KEY", hide_env_values = true)]
-    pub api_key: Option<String>,
-    /// Largest request body in bytes; larger gets 413 [default: 2000000]
-    #[arg(long, env = "AKIDB_PAYLOAD_LIMIT")]
-    pub payload_limit: Option<usize>,
-    /// Most texts in one request; more gets 413 [default: 512]
-    #[arg(long, env = "AKIDB_MAX_INPUTS")]
-    pub max_inputs: Option<usize>,
-    /// Requests in flight or queued at once; more gets 429 with Retry-After [default: 512]
-    #[arg(long, env = "AKIDB_MAX_CONCURRENT_REQUESTS")]
-    pub max_concurrent_requests: Option<usize>,
-    /// Requests merged into one batching round [default: 64]
-    #[arg(long, env = "AKIDB_MAX_BATCH_REQUESTS")]
-    pub max_batch_requests: Option<usize>,
-    /// Tokens queued across all requests; beyond it new requests get 429 with Retry-After [default: 262144]
-    #[arg(long, env = "AKIDB_MAX_QUEUED_TOKENS")]
-    pub max_queued_tokens: Option<usize>,
-    /// Seconds a request may take before it is answered 503 and its remaining texts dropped; 0 = no limit [default: 60]
-    #[arg(long, env = "AKIDB_REQUEST_TIMEOUT")]
-    pub request_timeout: Option<u64>,
-    /// Seconds SIGTERM waits for in-flight requests before exiting anyway [default: 30]
-    #[arg(long, env = "AKIDB_SHUTDOWN_TIMEOUT")]
-    pub shutdown_timeout: Option<u64>,
-    /// Open connections at most; more wait in the listen backlog until one closes [default: 2048]
-    #[arg(long, env = "AKIDB_MAX_CONNECTIONS")]
-    pub max_connections: Option<usize>,
-    /// Seconds to receive a request's headers, from accept or its first byte [default: 10]
-    #[arg(long, env = "AKIDB_HEADER_READ_TIMEOUT")]
-    pub header_read_timeout: Option<u64>,
-    /// Seconds a kept-alive connection may sit idle between requests [default: 30]
-    #[arg(long, env = "AKIDB_KEEP_ALIVE_TIMEOUT")]
-    pub keep_alive_timeout: Option<u64>,
-    /// Seconds to receive a request's body once its headers are in; slower gets 408 [default: 30]
-    #[arg(long, env = "AKIDB_BODY_READ_TIMEOUT")]
-    pub body_read_timeout: Option<u64>,
-}
-
-impl ServerArgs {
-    pub fn resolve(&self, file: &ServerFile) -> ServerConfig {
-        let d = ServerConfig::default();
-        ServerConfig {
-            host: self.host.clone().or_else(|| file.host.clone()).unwrap_or(d.host),
-            port: self.port.or(file.port).unwrap_or(d.port),
-            served_model_name: self.served_model_name.clone().or_else(|| file.served_model_name.clone()),
-            api_key: self.api_key.clone().or_else(|| file.api_key.clone()).filter(|k| !k.is_empty()),
-            payload_limit: self.payload_limit.or(file.payload_limit).unwrap_or(d.payload_limit).max(1),
-            max_inputs: self.max_inputs.or(file.max_inputs).unwrap_or(d.max_inputs).max(1),
-            max_concurrent_requests: self
-                .max_concurrent_requests
-                .or(file.max_concurrent_requests)
-                .unwrap_or(d.max_concurrent_requests)
-                .max(1),
-            max_batch_requests: self
-                .max_batch_requests
-                .or(file.max_batch_requests)
-                .unwrap_or(d.max_batch_requests)
-                .max(1),
-            max_queued_tokens: self.max_queued_tokens.or(file.max_queued_tokens).unwrap_or(d.max_queued_tokens).max(1),
-            request_timeout: match self.request_timeout.or(file.request_timeout) {
-                Some(0) => None,
-                Some(secs) => Some(std::time::Duration::from_secs(secs)),
-                None => d.request_timeout,
-            },
-            shutdown_timeout: self
-                .shutdown_timeout
-                .or(file.shutdown_timeout)
-                .map_or(d.shutdown_timeout, std::time::Duration::from_secs),
-            max_connections: self.max_connections.or(file.max_connections).unwrap_or(d.max_connections).max(1),
-            header_read_timeout: secs(self.header_read_timeout.or(file.header_read_timeout), d.header_read_timeout),
-            keep_alive_timeout: secs(self.keep_alive_timeout.or(file.keep_alive_timeout), d.keep_alive_timeout),
-            body_read_timeout: secs(self.body_read_timeout.or(file.body_read_timeout), d.body_read_timeout),
-        }
-    }
-}
-
-/// Seconds from a flag or the file; at least one, so no timeout can be switched off by accident.
-fn secs(value: Option<u64>, default: Duration) -> Duration {
-    value.map_or(default, |s| Duration::from_secs(s.max(1)))
-}
+use crate::Embeddings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

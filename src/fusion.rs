@@ -1,0 +1,308 @@
+//! Decides whether the attention-fused graph (`graph`) is used: a fused graph is only trusted
+//! after it gave the same hidden states as the exported one on a probe batch (mixed lengths, so
+//! padding is exercised). The verdict is cached in akidb's cache, keyed by the original file's
+//! content hash: a fused graph is kept as `<path>-<key>-<blocks>.onnx` (its metadata records the
+//! source hash), a refusal as `<path>-<key>.rejected`; when the original changes, its key changes, the
+//! new graph is verified again and the stale entries of that file are removed.
+
+use std::{
+    hash::{Hash, Hasher},
+    io::Read,
+    path::{Path, PathBuf},
+};
+
+use ndarray::{Array3, Axis};
+use onnx_protobuf::StringStringEntryProto;
+
+use crate::{
+    graph::{self, Rewritten},
+    runtime::{RuntimeError, Session, SessionOptions},
+    tokenize::{Batch, Tokenizer},
+};
+
+/// Fused and original hidden states must agree at least this well, token by token.
+pub const MIN_COSINE: f64 = 0.99999;
+
+/// Texts of very different lengths: the batch pads the short ones, so masking is exercised.
+const PROBE: [&str; 4] = [
+    "a",
+    "The quick brown fox jumps over the lazy dog.",
+    "Attention masks matter: padded positions must not change what the real tokens see, however long the longest text in the batch happens to be.",
+    "vector search, 42 embeddings; ÜNICODE ok?",
+];
+
+/// A loaded session and the number of attention blocks fused in it (0: the graph as exported).
+pub struct Loaded {
+    pub session: Session,
+    pub fused: usize,
+}
+
+/// Where the verdict on one original file is kept.
+pub struct CacheEntry {
+    dir: PathBuf,
+    /// `<hash of the file's path>-`: every entry ever made for that file starts with it.
+    prefix: String,
+    key: String,
+    source: String,
+}
+
+impl CacheEntry {
+    /// The entry for `onnx_path` in `dir`, keyed by the file's content, the head count and the
+    /// akidb and ONNX Runtime versions.
+    pub fn new(dir: &Path, onnx_path: &Path, heads: usize) -> std::io::Result<Self> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        onnx_path.hash(&mut h);
+        let path_key = format!("{:016x}", h.finish());
+        let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION).hash(&mut h);
+        let key = format!("{:016x}", h.finish());
+        Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
+    }
+
+    /// The original file's content hash, as recorded in the fused graphs made from it.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// A verified graph with `fused` blocks; the count is in the name so a cached graph need not
+    /// be read to know it.
+    pub fn fused_path(&self, fused: usize) -> PathBuf {
+        self.dir.join(format!("{}{}-{fused}.onnx", self.prefix, self.key))
+    }
+
+    /// The verified graph kept for this content, and its fused-block count.
+    pub fn cached(&self) -> Option<(PathBuf, usize)> {
+        let stem = format!("{}{}-", self.prefix, self.key);
+        std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name();
+            let fused = name.to_str()?.strip_prefix(&stem)?.strip_suffix(".onnx")?.parse().ok()?;
+            Some((e.path(), fused))
+        })
+    }
+
+    pub fn rejected_path(&self) -> PathBuf {
+        self.dir.join(format!("{}{}.rejected", self.prefix, self.key))
+    }
+
+    /// Removes this file's entries made from other contents or versions.
+    fn prune_stale(&self) {
+        let current = format!("{}{}", self.prefix, self.key);
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let stale = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| n.starts_with(&self.prefix) && !n.starts_with(&current) && !n.ends_with(".tmp"));
+            if stale {
+                tracing::debug!("removing the stale fused graph entry {}", path.display());
+                let _ = std::fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+/// The content hash of the model file: hf-hub keeps files as blobs named by their hash (sha256
+/// for LFS files, the git object id otherwise), so that name is taken as it is; other files are
+/// hashed, and the hash is remembered in `memo` beside the file's size and modification time so
+/// that a start with an unchanged file does not read it.
+fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
+    let real = std::fs::canonicalize(path)?;
+    let in_blobs = real.parent().and_then(Path::file_name).is_some_and(|d| d == "blobs");
+    if let Some(name) = real.file_name().and_then(|n| n.to_str()) {
+        if in_blobs && matches!(name.len(), 40 | 64) && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(format!("hub-{name}"));
+        }
+    }
+    let meta = std::fs::metadata(&real)?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let stamp = format!("{} {modified} ", meta.len());
+    if let Some(hash) = std::fs::read_to_string(memo).ok().and_then(|m| m.strip_prefix(&stamp).map(str::to_string)) {
+        return Ok(hash);
+    }
+    let mut file = std::fs::File::open(&real)?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.write(&buf[..n]);
+        len += n as u64;
+    }
+    let hash = format!("sip-{:016x}-{len}", h.finish());
+    if std::fs::create_dir_all(memo.parent().unwrap_or(Path::new(".")))
+        .and_then(|()| std::fs::write(memo, format!("{stamp}{hash}")))
+        .is_err()
+    {
+        tracing::debug!("could not remember the hash of {} in {}", path.display(), memo.display());
+    }
+    Ok(hash)
+}
+
+/// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
+/// can be made and verified now; otherwise (no match, a failed check, any problem making it) the
+/// graph as exported. `cache_dir` `None` verifies every time and keeps nothing.
+pub fn load(
+    onnx_path: &Path,
+    heads: usize,
+    options: &SessionOptions,
+    tokenizer: &Tokenizer,
+    cache_dir: Option<&Path>,
+) -> Result<Loaded, RuntimeError> {
+    let original = || Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
+    let scratch = std::env::temp_dir();
+    let entry = match CacheEntry::new(cache_dir.unwrap_or(&scratch), onnx_path, heads) {
+        Ok(entry) => entry,
+        Err(e) => {
+            tracing::debug!("not fusing {}: {e}", onnx_path.display());
+            return original();
+        }
+    };
+    if cache_dir.is_some() {
+        if entry.rejected_path().exists() {
+            tracing::debug!(
+                "the fused graph of {} failed verification before; using it as exported",
+                onnx_path.display()
+            );
+            return original();
+        }
+        if let Some((cached, fused)) = entry.cached() {
+            match Session::load(&cached, None, options) {
+                Ok(session) => return Ok(Loaded { session, fused }),
+                Err(e) => {
+                    tracing::warn!("the cached fused graph {} did not load ({e}); making it again", cached.display());
+                    let _ = std::fs::remove_file(&cached);
+                }
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let model = match graph::read_model(onnx_path).and_then(|m| graph::fuse_attention(m, heads, "attention_mask")) {
+        Ok(Some(rewritten)) => rewritten,
+        Ok(None) => return original(),
+        Err(e) => {
+            tracing::debug!("not fusing {}: {e}", onnx_path.display());
+            return original();
+        }
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), "read and rewrote {}", onnx_path.display());
+    adopt(onnx_path, model, options, tokenizer, &entry, cache_dir.is_some())
+}
+
+/// Verifies `rewritten` against the original on the probe batch and keeps whichever is right:
+/// the fused session when every token matches, else the original. With `keep`, the verdict is
+/// written to `entry` (the fused graph itself, or a `.rejected` note saying why).
+pub fn adopt(
+    onnx_path: &Path,
+    mut rewritten: Rewritten,
+    options: &SessionOptions,
+    tokenizer: &Tokenizer,
+    entry: &CacheEntry,
+    keep: bool,
+) -> Result<Loaded, RuntimeError> {
+    let stamp = |key: &str, value: String| {
+        let mut e = StringStringEntryProto::new();
+        e.key = key.to_string();
+        e.value = value;
+        e
+    };
+    rewritten.model.metadata_props.retain(|p| !p.key.starts_with("akidb."));
+    rewritten.model.metadata_props.push(stamp("akidb.source_hash", entry.source.clone()));
+    rewritten.model.metadata_props.push(stamp("akidb.fused_attention", rewritten.fused.to_string()));
+    let fused = rewritten.fused;
+
+    // The candidate goes to a file next to its final place: ONNX Runtime reads it from there and
+    // a kept one is renamed into place, so the weights are never copied in memory again.
+    if let Err(e) = std::fs::create_dir_all(&entry.dir) {
+        tracing::debug!("not fusing {}: cannot create {}: {e}", onnx_path.display(), entry.dir.display());
+        return Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
+    }
+    let started = std::time::Instant::now();
+    let tmp = entry.dir.join(format!("{}{}.{}.tmp", entry.prefix, entry.key, std::process::id()));
+    // The original session loads on a second thread while the candidate is written and loaded.
+    let (original, candidate) = std::thread::scope(|scope| {
+        let original = scope.spawn(|| Session::load(onnx_path, None, options));
+        let written = graph::write_model(&rewritten.model, &tmp);
+        drop(rewritten);
+        let candidate = match written {
+            Ok(()) => Session::load(&tmp, None, options).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let original = original.join().unwrap_or_else(|_| {
+            Err(RuntimeError::Load { path: onnx_path.display().to_string(), message: "loader thread panicked".into() })
+        });
+        (original, candidate)
+    });
+    let original = match original {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    tracing::debug!(elapsed = ?started.elapsed(), "wrote the fused graph and loaded both sessions");
+    let verdict = candidate.and_then(|session| {
+        let probe = probe_batch(tokenizer).map_err(|e| format!("no probe batch: {e}"))?;
+        verify(&original, &session, &probe).map(|worst| (session, worst))
+    });
+    tracing::debug!(elapsed = ?started.elapsed(), "verified");
+    let result = match verdict {
+        Ok((session, worst)) => {
+            tracing::info!(fused, worst_cosine = worst, "fused attention verified against the exported graph");
+            if keep {
+                match std::fs::rename(&tmp, entry.fused_path(fused)) {
+                    Ok(()) => entry.prune_stale(),
+                    Err(e) => tracing::debug!("could not cache the fused graph in {}: {e}", entry.dir.display()),
+                }
+            }
+            Loaded { session, fused }
+        }
+        Err(why) => {
+            tracing::warn!("not using the fused attention graph of {}: {why}", onnx_path.display());
+            if keep {
+                let note = format!("{why}\n");
+                if std::fs::write(entry.rejected_path(), note).is_ok() {
+                    entry.prune_stale();
+                }
+            }
+            Loaded { session: original, fused: 0 }
+        }
+    };
+    let _ = std::fs::remove_file(&tmp);
+    Ok(result)
+}
+
+fn probe_batch(tokenizer: &Tokenizer) -> Result<Batch, crate::tokenize::TokenizeError> {
+    let tokens = tokenizer.encode(&PROBE)?;
+    Ok(tokenizer.batch(&tokens.iter().collect::<Vec<_>>()))
+}
+
+/// Runs both sessions on `probe`; `Ok(worst cosine)` when every real (unpadded) token's hidden
+/// state agrees to [`MIN_COSINE`], else why not.
+pub fn verify(original: &Session, fused: &Session, probe: &Batch) -> Result<f64, String> {
+    let run = |s: &Session| s.run(probe, |h| h.to_owned()).map_err(|e| format!("the probe run failed: {e}"));
+    let (a, b): (Array3<f32>, Array3<f32>) = (run(original)?, run(fused)?);
+    if a.shape() != b.shape() {
+        return Err(format!("hidden states of shape {:?} instead of {:?}", b.shape(), a.shape()));
+    }
+    let mut worst = 1.0f64;
+    for (row, (x, y)) in a.axis_iter(Axis(0)).zip(b.axis_iter(Axis(0))).enumerate() {
+        for (t, (u, v)) in x.axis_iter(Axis(0)).zip(y.axis_iter(Axis(0))).enumerate() {
+            if probe.attention_mask[[row, t]] == 0 {
+                continue;
+            }
+            let dot: f64 = u.iter().zip(v.iter()).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
+            let norms = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt()
+                * v.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
+            let cosine = if norms > 0.0 { dot / norms } else { f64::from(u == v) };
+            if cosine.is_nan() || cosine < MIN_COSINE {
+                return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {MIN_COSINE}"));
+            }
+            worst = worst.min(cosine);
+        }
+    }
+    Ok(worst)
+}

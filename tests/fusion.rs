@@ -1,0 +1,120 @@
+//! The fused-attention verdict with a real ONNX Runtime session on the tiny test model: a correct
+//! fused graph is verified and cached, a broken one is refused (and the refusal remembered), and
+//! a changed original file is verified afresh with its stale entries removed.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use akidb::{
+    fusion::{self, CacheEntry},
+    graph::{fuse_attention, read_model, write_model},
+    runtime::SessionOptions,
+    tokenize::Tokenizer,
+};
+
+const HEADS: usize = 2;
+
+fn snapshot() -> PathBuf {
+    common::hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4")
+}
+
+fn tokenizer() -> Tokenizer {
+    Tokenizer::from_file(&snapshot().join("tokenizer.json"), 64).expect("tokenizer loads")
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.ends_with(".source")) // the remembered content hash of a local file
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_verified_fused_graph_is_cached_and_reused() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = snapshot().join("onnx/model.onnx");
+    let options = SessionOptions::default();
+    let loaded = fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap();
+    assert_eq!(loaded.fused, 2);
+    let entries = names(cache.path());
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    assert!(entries[0].ends_with("-2.onnx"), "{entries:?}");
+    // The kept graph records the original it was made from.
+    let kept = read_model(&cache.path().join(&entries[0])).unwrap();
+    let source = kept.metadata_props.iter().find(|p| p.key == "akidb.source_hash").expect("source hash recorded");
+    assert_eq!(source.value, CacheEntry::new(cache.path(), &model, HEADS).unwrap().source());
+
+    let modified = std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap();
+    let again = fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap();
+    assert_eq!(again.fused, 2);
+    assert_eq!(names(cache.path()), entries, "the cached graph is reused, nothing new written");
+    assert_eq!(std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap(), modified);
+}
+
+#[test]
+fn a_broken_fused_graph_is_rejected_and_the_verdict_remembered() {
+    let cache = tempfile::tempdir().unwrap();
+    let model = snapshot().join("onnx/model.onnx");
+    let options = SessionOptions::default();
+    let mut rewritten = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask").unwrap().expect("fuses");
+    // The key-padding mask dropped: a graph that loads and runs, but lets real tokens attend to
+    // padding, which only the padded texts of a mixed-length batch show.
+    for node in rewritten.model.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "MultiHeadAttention") {
+        node.input[4] = String::new();
+    }
+    let entry = CacheEntry::new(cache.path(), &model, HEADS).unwrap();
+    let loaded = fusion::adopt(&model, rewritten, &options, &tokenizer(), &entry, true).unwrap();
+    assert_eq!(loaded.fused, 0, "the original graph is used");
+    let note = std::fs::read_to_string(entry.rejected_path()).expect("the refusal is cached");
+    assert!(note.contains("cosine"), "{note}");
+    assert_eq!(names(cache.path()).len(), 1, "no fused graph kept, no temporary left: {:?}", names(cache.path()));
+
+    // The next load believes the cached verdict.
+    let next = fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap();
+    assert_eq!(next.fused, 0);
+
+    // The same check accepts the correct graph.
+    let good = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask").unwrap().expect("fuses");
+    let other = tempfile::tempdir().unwrap();
+    let entry = CacheEntry::new(other.path(), &model, HEADS).unwrap();
+    assert_eq!(fusion::adopt(&model, good, &options, &tokenizer(), &entry, true).unwrap().fused, 2);
+    assert!(entry.cached().is_some() && !entry.rejected_path().exists());
+}
+
+#[test]
+fn a_changed_original_is_verified_again_and_its_stale_entry_removed() {
+    let cache = tempfile::tempdir().unwrap();
+    let local = tempfile::tempdir().unwrap();
+    let model = local.path().join("model.onnx");
+    std::fs::copy(snapshot().join("onnx/model.onnx"), &model).unwrap();
+    let options = SessionOptions::default();
+    assert_eq!(fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap().fused, 2);
+    let first = names(cache.path());
+    assert_eq!(first.len(), 1, "{first:?}");
+    let memo = std::fs::read_dir(cache.path())
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().extension().is_some_and(|x| x == "source"));
+    let memo = std::fs::read_to_string(memo.expect("a local file's hash is remembered").path()).unwrap();
+    let first_source = CacheEntry::new(cache.path(), &model, HEADS).unwrap().cached().expect("cached").0;
+
+    // Same path, different content.
+    let mut changed = read_model(&model).unwrap();
+    changed.doc_string = "a re-export".into();
+    write_model(&changed, &model).unwrap();
+    let entry = CacheEntry::new(cache.path(), &model, HEADS).unwrap();
+    assert!(entry.cached().is_none(), "the old verdict does not apply to the new content");
+    assert!(!memo.ends_with(entry.source()), "the remembered hash is not reused for new content");
+    assert_eq!(fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap().fused, 2);
+    let second = names(cache.path());
+    assert_eq!(second.len(), 1, "the stale entry is gone: {second:?}");
+    assert_ne!(second, first);
+    assert!(!first_source.exists());
+}
