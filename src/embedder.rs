@@ -6,11 +6,12 @@ use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
-    config::{ConfigError, ModelConfig},
+    config::{ConfigError, ModelConfig, Pooling},
+    device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
     hub::{HubError, ModelRepo},
     pooling,
-    runtime::{choose_provider, coreml_available, Provider, RuntimeError, Session, SessionOptions},
-    tokenize::{TokenizeError, Tokenizer, Tokens},
+    runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
+    tokenize::{Batch, TokenizeError, Tokenizer, Tokens},
 };
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -83,7 +84,8 @@ pub struct Embedder {
     info: ModelInfo,
     config: ModelConfig,
     tokenizer: Tokenizer,
-    session: Session,
+    session: DeviceSession<Session>,
+    decision: Decision,
     budget: Budget,
 }
 
@@ -105,35 +107,48 @@ impl Embedder {
         let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
             | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
         let mut session_options = options.session.clone();
+        let content = device::content_key(&onnx_path).ok();
         if let Some(dir) = &session_options.coreml.cache_dir {
-            session_options.coreml.cache_dir = Some(coreml_cache_dir(dir, &repo, &onnx_file, &onnx_path));
+            session_options.coreml.cache_dir =
+                Some(coreml_cache_dir(dir, &repo, &onnx_file, content.as_deref().unwrap_or("unreadable")));
         }
+        let coreml = coreml_available();
+        choose_provider(options.session.device, coreml)?; // --device coreml without CoreML: a clear error
         // External weights are found relative to the file, so such models are loaded as they are;
-        // CoreML has no kernel for the fused op, so its graph stays whole there too.
-        let on_cpu = choose_provider(options.session.device, coreml_available())? == Provider::Cpu;
-        let rewritten = match (options.session.fuse_attention && on_cpu && !external_data, config.num_attention_heads) {
-            (true, Some(heads)) => fuse_attention(&onnx_path, heads),
-            _ => None,
+        // CoreML has no kernel for the fused op, so its graph stays whole.
+        let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
+        let cpu = CpuLoader {
+            path: onnx_path.clone(),
+            heads,
+            options: SessionOptions { device: Device::Cpu, ..session_options.clone() },
         };
-        let (session, fused_attention) = match rewritten {
-            Some(fused) => {
-                let (result, n) = match &fused {
-                    Fused::Memory(bytes, n) => (Session::load(&onnx_path, Some(bytes), &session_options), *n),
-                    Fused::File(file, n) => (Session::load(file, None, &session_options), *n),
-                };
-                match result {
-                    Ok(session) => (session, n),
-                    Err(e @ RuntimeError::Load { .. }) => {
-                        tracing::warn!("the rewritten graph did not load ({e}); using the model as exported");
-                        if let Fused::File(file, _) = &fused {
-                            let _ = std::fs::remove_file(file);
-                        }
-                        (Session::load(&onnx_path, None, &session_options)?, 0)
-                    }
-                    Err(e) => return Err(e.into()),
-                }
+        let coreml_options = SessionOptions { device: Device::CoreMl, ..session_options };
+        let budget = Budget::new(options.max_batch_tokens, options.max_batch_size);
+        let (session, fused_attention, decision) = match (options.session.device, coreml) {
+            (Device::Cpu, _) => {
+                let (session, n) = cpu.load()?;
+                (DeviceSession::new(session, None), n, Decision::fixed(Provider::Cpu, "--device cpu"))
             }
-            None => (Session::load(&onnx_path, None, &session_options)?, 0),
+            (Device::Auto, false) => {
+                let (session, n) = cpu.load()?;
+                let decision = Decision::fixed(Provider::Cpu, device::NO_COREML);
+                (DeviceSession::new(session, None), n, decision)
+            }
+            (Device::CoreMl, _) => {
+                let session = Session::load(&onnx_path, None, &coreml_options)?;
+                (DeviceSession::new(session, None), 0, Decision::fixed(Provider::CoreMl, "--device coreml"))
+            }
+            (Device::Auto, true) => {
+                let measure = Measure { tokenizer: &tokenizer, pooling: config.pooling, max_seq_length: config.max_seq_length, budget };
+                let parts = [
+                    content.as_deref().unwrap_or("unreadable"),
+                    &format!("{}@{}:{onnx_file}", repo.id(), repo.revision().unwrap_or("local")),
+                    &format!("{:?} fuse={:?} threads={:?}", coreml_options.coreml, heads, options.session.threads),
+                    &format!("{budget:?} max_seq_length={}", config.max_seq_length),
+                ];
+                let cache = crate::settings::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
+                choose_by_measurement(cpu, &onnx_path, &coreml_options, &measure, cache.as_ref())?
+            }
         };
         let info = ModelInfo {
             id: repo.id().to_string(),
@@ -146,13 +161,7 @@ impl Embedder {
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
         };
-        let embedder = Self {
-            info,
-            config,
-            tokenizer,
-            session,
-            budget: Budget::new(options.max_batch_tokens, options.max_batch_size),
-        };
+        let embedder = Self { info, config, tokenizer, session, decision, budget };
         let warm = embedder.embed(&["warm-up"], true)?;
         let got = warm.vectors.first().map_or(0, Vec::len);
         if got != embedder.config.dimension {
@@ -171,6 +180,7 @@ impl Embedder {
             pooling = embedder.info.pooling,
             provider = embedder.info.provider,
             fused_attention = embedder.info.fused_attention,
+            device = %embedder.device(),
             "model loaded"
         );
         Ok(embedder)
@@ -182,6 +192,15 @@ impl Embedder {
 
     pub fn provider(&self) -> Provider {
         self.session.provider()
+    }
+
+    /// The provider serving now, the decision that picked it (with its timings) and any fallback.
+    pub fn device(&self) -> DeviceReport {
+        DeviceReport {
+            provider: self.session.provider(),
+            decision: self.decision.clone(),
+            fell_back: self.session.fell_back(),
+        }
     }
 
     pub fn dimension(&self) -> usize {
@@ -207,9 +226,7 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        let pooling = self.config.pooling;
-        let mask = batch.attention_mask.view();
-        Ok(self.session.run(&batch, |hidden| pooling::pool(hidden, mask, pooling))?)
+        Ok(self.session.run(|session| pooled(session, &batch, self.config.pooling))?)
     }
 
     /// Embeds tokenized texts in length-sorted batches (little padding), keeping input order.
@@ -245,6 +262,126 @@ impl Embedder {
             None => Ok(()),
         }
     }
+}
+
+/// Runs one batch and pools it: unnormalized vectors in the batch's order.
+fn pooled(session: &Session, batch: &Batch, pooling: Pooling) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let mask = batch.attention_mask.view();
+    session.run(batch, |hidden| pooling::pool(hidden, mask, pooling))
+}
+
+/// Loads the CPU session, with the attention-fused graph when it can; kept whole so `auto` can
+/// rebuild the CPU session after a CoreML failure.
+struct CpuLoader {
+    path: PathBuf,
+    /// Attention heads, when the graph is to be fused.
+    heads: Option<usize>,
+    options: SessionOptions,
+}
+
+impl CpuLoader {
+    /// The session and how many attention blocks were fused.
+    fn load(&self) -> Result<(Session, usize), RuntimeError> {
+        let Some(fused) = self.heads.and_then(|heads| fuse_attention(&self.path, heads)) else {
+            return Ok((Session::load(&self.path, None, &self.options)?, 0));
+        };
+        let (result, n) = match &fused {
+            Fused::Memory(bytes, n) => (Session::load(&self.path, Some(bytes), &self.options), *n),
+            Fused::File(file, n) => (Session::load(file, None, &self.options), *n),
+        };
+        match result {
+            Ok(session) => Ok((session, n)),
+            Err(e @ RuntimeError::Load { .. }) => {
+                tracing::warn!("the rewritten graph did not load ({e}); using the model as exported");
+                if let Fused::File(file, _) = &fused {
+                    let _ = std::fs::remove_file(file);
+                }
+                Ok((Session::load(&self.path, None, &self.options)?, 0))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// What the `auto` warm-up runs: the shapes the server will see, through the real pipeline.
+struct Measure<'a> {
+    tokenizer: &'a Tokenizer,
+    pooling: Pooling,
+    max_seq_length: usize,
+    budget: Budget,
+}
+
+impl Measure<'_> {
+    fn batches(&self) -> Result<Vec<Batch>, EmbedError> {
+        device::warmup_shapes(self.max_seq_length, self.budget.max_tokens, self.budget.max_rows)
+            .into_iter()
+            .map(|shape| {
+                let tokens = self.tokenizer.encode(&device::warmup_texts(shape))?;
+                let refs: Vec<&Tokens> = tokens.iter().collect();
+                Ok(self.tokenizer.batch(&refs))
+            })
+            .collect()
+    }
+
+    fn run(&self, session: &Session, batches: &[Batch]) -> Outcome {
+        device::measure(batches, device::REPEATS, |batch| pooled(session, batch, self.pooling))
+    }
+}
+
+/// `auto` where CoreML is available: the cached decision, or both sessions timed over the warm-up
+/// and compared ([`device::decide`]). CoreML keeps a way back to the CPU for run-time failures.
+fn choose_by_measurement(
+    cpu: CpuLoader,
+    onnx_path: &Path,
+    coreml_options: &SessionOptions,
+    measure: &Measure<'_>,
+    cache: Option<&DecisionCache>,
+) -> Result<(DeviceSession<Session>, usize, Decision), EmbedError> {
+    let cached = cache.filter(|_| !cpu.options.remeasure_device).and_then(DecisionCache::load);
+    let (decision, mut cpu_session, mut coreml_session) = match cached {
+        Some(decision) => (decision, None, None),
+        None => {
+            let batches = measure.batches()?;
+            let (cpu_session, fused) = cpu.load()?;
+            let cpu_outcome = measure.run(&cpu_session, &batches);
+            if let Outcome::Failed(e) = &cpu_outcome {
+                return Err(RuntimeError::Ort(format!("the CPU session failed its warm-up: {e}")).into());
+            }
+            let (coreml_outcome, coreml_session) = match Session::load(onnx_path, None, coreml_options) {
+                Ok(session) => (measure.run(&session, &batches), Some(session)),
+                Err(e) => (Outcome::Failed(e.to_string()), None),
+            };
+            let decision = device::decide(&cpu_outcome, Some(&coreml_outcome));
+            tracing::info!(
+                provider = decision.provider.as_str(),
+                cpu_ms = decision.cpu_ms,
+                coreml_ms = decision.coreml_ms,
+                min_cosine = decision.min_cosine,
+                shapes = batches.len(),
+                "device decision: {}",
+                decision.reason
+            );
+            if let Some(cache) = cache {
+                cache.store(&decision);
+            }
+            (decision, Some((cpu_session, fused)), coreml_session)
+        }
+    };
+    if decision.provider == Provider::CoreMl {
+        let session = match coreml_session.take() {
+            Some(session) => session,
+            None => Session::load(onnx_path, None, coreml_options)?,
+        };
+        drop(cpu_session.take());
+        let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
+        return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
+    }
+    drop(coreml_session);
+    let (session, fused) = match cpu_session {
+        Some(loaded) => loaded,
+        None => cpu.load()?,
+    };
+    Ok((DeviceSession::new(session, None), fused, decision))
 }
 
 /// The attention-fused graph (see `graph`), as a file to load or bytes to load from memory.
@@ -300,13 +437,14 @@ fn fuse_attention(path: &Path, heads: usize) -> Option<Fused> {
     Some(Fused::Memory(rewritten.model, rewritten.fused))
 }
 
-/// Compiled CoreML models are only valid for one model file and one ONNX Runtime version
-/// (cached models have broken across versions), so the cache directory is keyed by both.
-fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, onnx_path: &Path) -> PathBuf {
-    let size = std::fs::metadata(onnx_path).map_or(0, |m| m.len());
+/// Compiled CoreML models are only valid for one model's content and one ONNX Runtime version
+/// (cached models have broken across versions; ONNX Runtime recompiles only when metadata or graph
+/// structure change, not weights), so the directory is keyed by both: `content` is
+/// [`device::content_key`], which changes when a model is re-exported to the same path and size.
+fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, content: &str) -> PathBuf {
     let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
     base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
-        "{}-{}-{size}",
+        "{}-{}-{content}",
         repo.revision().unwrap_or("local"),
         clean(onnx_file)
     ))

@@ -6,6 +6,7 @@
 
 pub mod batching;
 pub mod config;
+pub mod device;
 pub mod embedder;
 pub mod graph;
 pub mod hub;

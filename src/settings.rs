@@ -34,7 +34,7 @@ pub struct ModelArgs {
     /// ONNX file inside the model, e.g. onnx/model_quint8_avx2.onnx [default: onnx/model.onnx, then model.onnx]
     #[arg(long, env = "AKIDB_ONNX_FILE")]
     pub onnx_file: Option<String>,
-    /// Execution provider: auto (CoreML where the linked ONNX Runtime has it, else CPU), cpu, coreml [default: auto]
+    /// Execution provider: auto (CoreML where the linked ONNX Runtime has it and it measures correct and faster, else CPU), cpu, coreml [default: auto]
     #[arg(long, env = "AKIDB_DEVICE", value_enum)]
     pub device: Option<Device>,
     /// Replace exported attention blocks with ONNX Runtime's fused MultiHeadAttention kernel [default: true]
@@ -61,6 +61,9 @@ pub struct ModelArgs {
     /// Where compiled CoreML models are cached [default: <user cache dir>/akidb/coreml]
     #[arg(long, env = "AKIDB_COREML_CACHE_DIR")]
     pub coreml_cache_dir: Option<PathBuf>,
+    /// With --device auto, measure CoreML against the CPU again instead of using the cached decision [default: false]
+    #[arg(long, env = "AKIDB_REMEASURE_DEVICE", num_args = 0..=1, default_missing_value = "true")]
+    pub remeasure_device: Option<bool>,
 }
 
 /// The `--config` file. Unknown keys are errors, so a typo does not silently fall back.
@@ -75,6 +78,7 @@ pub struct FileSettings {
     pub threads: Option<usize>,
     pub max_batch_tokens: Option<usize>,
     pub max_batch_size: Option<usize>,
+    pub remeasure_device: Option<bool>,
     #[serde(default)]
     pub coreml: CoreMlFile,
     #[serde(default)]
@@ -169,6 +173,7 @@ impl ModelArgs {
                         .or_else(|| file.coreml.cache_dir.clone())
                         .or_else(default_coreml_cache_dir),
                 },
+                remeasure_device: self.remeasure_device.or(file.remeasure_device).unwrap_or(false),
             },
             max_batch_tokens: self.max_batch_tokens.or(file.max_batch_tokens).unwrap_or(defaults.max_batch_tokens),
             max_batch_size: self.max_batch_size.or(file.max_batch_size).unwrap_or(defaults.max_batch_size),
