@@ -153,7 +153,12 @@ pub fn decide(cpu: &Outcome, coreml: Option<&Outcome>) -> Decision {
             format!("CoreML returned {} vectors where the CPU returned {}", coreml_vectors.len(), cpu_vectors.len());
         return decision;
     }
-    let min_cosine = cpu_vectors.iter().zip(coreml_vectors).map(|(a, b)| cosine(a, b)).fold(f32::INFINITY, f32::min);
+    // (f32::min would skip a NaN: a NaN vector must count as a mismatch.)
+    let min_cosine = cpu_vectors
+        .iter()
+        .zip(coreml_vectors)
+        .map(|(a, b)| cosine(a, b))
+        .fold(f32::INFINITY, |low, c| if low.is_nan() || c.is_nan() { f32::NAN } else { low.min(c) });
     decision.min_cosine = Some(min_cosine);
     if min_cosine.is_nan() || min_cosine < MIN_COSINE {
         decision.reason = format!("CoreML's vectors differ from the CPU's (lowest cosine {min_cosine:.6} < {MIN_COSINE})");

@@ -139,6 +139,7 @@ fn embed(args: EmbedArgs, file: &FileSettings) -> Result<()> {
             info.provider,
             info.onnx_runtime_version
         );
+        tracing::info!("device: {}", embedder.device());
     }
     let started = Instant::now();
     let out = embedder.embed(&texts, !args.no_normalize)?;
