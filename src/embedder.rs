@@ -147,7 +147,8 @@ impl Embedder {
                     &format!("{budget:?} max_seq_length={}", config.max_seq_length),
                 ];
                 let cache = crate::settings::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
-                choose_by_measurement(cpu, &onnx_path, &coreml_options, &measure, cache.as_ref())?
+                let load_coreml = || Session::load(&onnx_path, None, &coreml_options);
+                choose_by_measurement(cpu, &load_coreml, &measure, cache.as_ref())?
             }
         };
         let info = ModelInfo {
@@ -332,8 +333,7 @@ impl Measure<'_> {
 /// and compared ([`device::decide`]). CoreML keeps a way back to the CPU for run-time failures.
 fn choose_by_measurement(
     cpu: CpuLoader,
-    onnx_path: &Path,
-    coreml_options: &SessionOptions,
+    load_coreml: &dyn Fn() -> Result<Session, RuntimeError>,
     measure: &Measure<'_>,
     cache: Option<&DecisionCache>,
 ) -> Result<(DeviceSession<Session>, usize, Decision), EmbedError> {
@@ -347,7 +347,7 @@ fn choose_by_measurement(
             if let Outcome::Failed(e) = &cpu_outcome {
                 return Err(RuntimeError::Ort(format!("the CPU session failed its warm-up: {e}")).into());
             }
-            let (coreml_outcome, coreml_session) = match Session::load(onnx_path, None, coreml_options) {
+            let (coreml_outcome, coreml_session) = match load_coreml() {
                 Ok(session) => (measure.run(&session, &batches), Some(session)),
                 Err(e) => (Outcome::Failed(e.to_string()), None),
             };
@@ -370,7 +370,7 @@ fn choose_by_measurement(
     if decision.provider == Provider::CoreMl {
         let session = match coreml_session.take() {
             Some(session) => session,
-            None => Session::load(onnx_path, None, coreml_options)?,
+            None => load_coreml()?,
         };
         drop(cpu_session.take());
         let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
@@ -448,4 +448,71 @@ fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, content: &st
         repo.revision().unwrap_or("local"),
         clean(onnx_file)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The `auto` measurement with real ONNX Runtime sessions on the tiny test model. No CoreML
+    /// here, so the unfused graph on the CPU stands in for it: the real warm-up, timing, vector
+    /// comparison, decision cache and session hand-over run; only the provider differs on a Mac.
+    #[test]
+    fn auto_measures_real_sessions_caches_the_decision_and_remeasures_on_request() {
+        if std::env::var_os("HF_HOME").is_none() {
+            std::env::set_var("HF_HOME", Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hf"));
+        }
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let repo = ModelRepo::open("akidb-test/tiny-bert-cls", None).expect("tiny model in the HF cache");
+        let config = ModelConfig::load(&repo).unwrap();
+        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), config.max_seq_length).unwrap();
+        let path = repo.first_file(&["onnx/model.onnx", "model.onnx"]).unwrap();
+        let cpu_options = SessionOptions { device: Device::Cpu, threads: Some(1), ..Default::default() };
+        let loader = |remeasure: bool| CpuLoader {
+            path: path.clone(),
+            heads: config.num_attention_heads,
+            options: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
+        };
+        let measure = Measure {
+            tokenizer: &tokenizer,
+            pooling: config.pooling,
+            max_seq_length: config.max_seq_length,
+            budget: Budget::new(256, 16),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let cache = DecisionCache::new(dir.path(), &[&device::content_key(&path).unwrap(), "tiny"]);
+        let loads = AtomicUsize::new(0);
+        let stand_in = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Session::load(&path, None, &cpu_options)
+        };
+
+        let (session, _, decision) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(!decision.cached);
+        assert!(decision.cpu_ms.unwrap() > 0.0 && decision.coreml_ms.unwrap() > 0.0, "{decision:?}");
+        assert!(decision.min_cosine.unwrap() >= device::MIN_COSINE, "same model, same vectors: {decision:?}");
+        assert!(decision.reason.contains("faster"), "{decision:?}");
+        let batch = measure.batches().unwrap().remove(0);
+        let vectors = session.run(|s| pooled(s, &batch, config.pooling)).unwrap();
+        assert_eq!(vectors[0].len(), config.dimension);
+
+        // A second start reads the decision: nothing measured, the stand-in only loaded if chosen.
+        let (_, _, again) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
+        assert!(again.cached && again.provider == decision.provider && again.cpu_ms == decision.cpu_ms, "{again:?}");
+        let expected = if decision.provider == Provider::CoreMl { 2 } else { 1 };
+        assert_eq!(loads.load(Ordering::SeqCst), expected);
+
+        // --remeasure-device measures again.
+        let (_, _, fresh) = choose_by_measurement(loader(true), &stand_in, &measure, Some(&cache)).unwrap();
+        assert!(!fresh.cached && loads.load(Ordering::SeqCst) == expected + 1, "{fresh:?}");
+
+        // A candidate that cannot even load leaves the CPU serving.
+        let broken = || -> Result<Session, RuntimeError> { Err(RuntimeError::CoreMlUnavailable) };
+        let (session, _, d) = choose_by_measurement(loader(true), &broken, &measure, None).unwrap();
+        assert!(d.provider == Provider::Cpu && d.reason.contains("failed during the warm-up"), "{d:?}");
+        assert_eq!(session.provider(), Provider::Cpu);
+    }
 }
