@@ -59,7 +59,10 @@ pub fn warmup_texts(shape: Shape) -> Vec<String> {
     const WORDS: [&str; 8] = ["the", "cat", "sat", "on", "a", "warm", "red", "mat"];
     (0..shape.batch)
         .map(|row| {
-            (0..shape.tokens.saturating_sub(2).max(1)).map(|i| WORDS[(row + i) % WORDS.len()]).collect::<Vec<_>>().join(" ")
+            (0..shape.tokens.saturating_sub(2).max(1))
+                .map(|i| WORDS[(row + i) % WORDS.len()])
+                .collect::<Vec<_>>()
+                .join(" ")
         })
         .collect()
 }
@@ -154,14 +157,17 @@ pub fn decide(cpu: &Outcome, coreml: Option<&Outcome>) -> Decision {
         return decision;
     }
     // (f32::min would skip a NaN: a NaN vector must count as a mismatch.)
-    let min_cosine = cpu_vectors
-        .iter()
-        .zip(coreml_vectors)
-        .map(|(a, b)| cosine(a, b))
-        .fold(f32::INFINITY, |low, c| if low.is_nan() || c.is_nan() { f32::NAN } else { low.min(c) });
+    let min_cosine = cpu_vectors.iter().zip(coreml_vectors).map(|(a, b)| cosine(a, b)).fold(f32::INFINITY, |low, c| {
+        if low.is_nan() || c.is_nan() {
+            f32::NAN
+        } else {
+            low.min(c)
+        }
+    });
     decision.min_cosine = Some(min_cosine);
     if min_cosine.is_nan() || min_cosine < MIN_COSINE {
-        decision.reason = format!("CoreML's vectors differ from the CPU's (lowest cosine {min_cosine:.6} < {MIN_COSINE})");
+        decision.reason =
+            format!("CoreML's vectors differ from the CPU's (lowest cosine {min_cosine:.6} < {MIN_COSINE})");
     } else if coreml_ms > cpu_ms * FASTER_RATIO {
         decision.reason = format!("CoreML is correct but not faster ({coreml_ms:.1} ms vs {cpu_ms:.1} ms on the CPU)");
     } else {

@@ -114,8 +114,8 @@ impl Embedder {
         }
         let coreml = coreml_available();
         choose_provider(options.session.device, coreml)?; // --device coreml without CoreML: a clear error
-        // External weights are found relative to the file, so such models are loaded as they are;
-        // CoreML has no kernel for the fused op, so its graph stays whole.
+                                                          // External weights are found relative to the file, so such models are loaded as they are;
+                                                          // CoreML has no kernel for the fused op, so its graph stays whole.
         let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
         let cpu = CpuLoader {
             path: onnx_path.clone(),
@@ -139,7 +139,12 @@ impl Embedder {
                 (DeviceSession::new(session, None), 0, Decision::fixed(Provider::CoreMl, "--device coreml"))
             }
             (Device::Auto, true) => {
-                let measure = Measure { tokenizer: &tokenizer, pooling: config.pooling, max_seq_length: config.max_seq_length, budget };
+                let measure = Measure {
+                    tokenizer: &tokenizer,
+                    pooling: config.pooling,
+                    max_seq_length: config.max_seq_length,
+                    budget,
+                };
                 let parts = [
                     content.as_deref().unwrap_or("unreadable"),
                     &format!("{}@{}:{onnx_file}", repo.id(), repo.revision().unwrap_or("local")),

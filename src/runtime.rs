@@ -34,7 +34,9 @@ pub enum RuntimeError {
     UnsupportedInputs { path: String, inputs: String },
     #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden]")]
     UnexpectedOutput(Vec<usize>),
-    #[error("CoreML failed at run time ({0}); with --device coreml there is no CPU fallback (use --device auto or cpu)")]
+    #[error(
+        "CoreML failed at run time ({0}); with --device coreml there is no CPU fallback (use --device auto or cpu)"
+    )]
     CoreMlFailed(String),
 }
 

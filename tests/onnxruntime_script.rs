@@ -362,7 +362,10 @@ fn scripts_parse_with_bash_n() {
 fn scripts_are_shellcheck_clean() {
     if Command::new("shellcheck").arg("--version").output().is_err() {
         // scripts/test.sh installs it; in CI a missing checker must not pass silently.
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "shellcheck is not installed (CI=true): run scripts/test.sh");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "shellcheck is not installed (CI=true): run scripts/test.sh"
+        );
         println!("shellcheck is not installed: skipped the shellcheck test (scripts/test.sh installs it)");
         return;
     }
@@ -662,7 +665,10 @@ fn merge_from_refuses_a_tree_without_a_required_archive_or_a_link_line() {
     let output = merge_from(&built, &out);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.contains("no CMakeFiles/onnxruntime.dir/link.txt") && stderr.contains("--build_shared_lib"), "{stderr}");
+    assert!(
+        stderr.contains("no CMakeFiles/onnxruntime.dir/link.txt") && stderr.contains("--build_shared_lib"),
+        "{stderr}"
+    );
 
     let output = merge_from(&tmp.path().join("nope"), &out);
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such directory"));

@@ -69,7 +69,10 @@ fn check_jsonschema() -> Option<std::path::PathBuf> {
         Command::new("check-jsonschema").arg("--version").output().ok().map(|_| "check-jsonschema".into())
     };
     if found.is_none() {
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "check-jsonschema is missing (CI=true): run scripts/test.sh");
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "check-jsonschema is missing (CI=true): run scripts/test.sh"
+        );
         println!("check-jsonschema is not installed: skipped (scripts/test.sh installs it)");
     }
     found
