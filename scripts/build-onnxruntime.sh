@@ -152,6 +152,8 @@ fi
 START=$(date +%s)
 say "providing ONNX Runtime $VERSION for $TARGET ($MODE) in $OUT"
 [ "$DRY_RUN" -eq 0 ] || say "dry run: printing the commands, running none of them"
+# A stamp from an earlier run must not vouch for a library this run fails to finish.
+run rm -f "$STAMP"
 
 EPS=""
 TELEMETRY=""
