@@ -372,14 +372,24 @@ fn choose_by_measurement(
             (decision, Some((cpu_session, fused)), coreml_session)
         }
     };
+    let mut decision = decision;
     if decision.provider == Provider::CoreMl {
         let session = match coreml_session.take() {
-            Some(session) => session,
-            None => load_coreml()?,
+            Some(session) => Ok(session),
+            None => load_coreml(), // a cached decision
         };
-        drop(cpu_session.take());
-        let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
-        return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
+        match session {
+            Ok(session) => {
+                drop(cpu_session.take());
+                let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
+                return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
+            }
+            Err(e) => {
+                tracing::warn!("the cached decision was CoreML, but its session did not load ({e}); using the CPU");
+                decision =
+                    Decision { provider: Provider::Cpu, reason: format!("CoreML did not load: {e}"), ..decision };
+            }
+        }
     }
     drop(coreml_session);
     let (session, fused) = match cpu_session {
@@ -519,5 +529,12 @@ mod tests {
         let (session, _, d) = choose_by_measurement(loader(true), &broken, &measure, None).unwrap();
         assert!(d.provider == Provider::Cpu && d.reason.contains("failed during the warm-up"), "{d:?}");
         assert_eq!(session.provider(), Provider::Cpu);
+
+        // A cached CoreML decision whose session no longer loads: the CPU serves, start-up goes on.
+        let stale = DecisionCache::new(dir.path(), &["stale"]);
+        stale.store(&Decision::fixed(Provider::CoreMl, "measured faster earlier"));
+        let (session, _, d) = choose_by_measurement(loader(false), &broken, &measure, Some(&stale)).unwrap();
+        assert!(d.provider == Provider::Cpu && d.reason.contains("CoreML did not load"), "{d:?}");
+        assert!(session.run(|s| pooled(s, &batch, config.pooling)).is_ok());
     }
 }
