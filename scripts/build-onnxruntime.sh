@@ -6,6 +6,8 @@
 #                   CoreML-enabled libonnxruntime.dylib on macOS arm64): fast, dynamic.
 #   --from-source   clone microsoft/onnxruntime at the pinned tag and build Release static libraries,
 #                   merged into one libonnxruntime.a (CoreML EP on macOS): slow, one static binary.
+#   --merge-from D  only the last steps of --from-source on an existing build tree D: collect the
+#                   archives ONNX Runtime's own shared library links, merge, link-check.
 #
 # Default: --prebuilt on Linux, --from-source on macOS; AKIDB_ORT_SOURCE=prebuilt|from-source
 # overrides. A second run with the same version and mode does nothing (--force redoes it).
@@ -20,6 +22,8 @@ usage: scripts/build-onnxruntime.sh [--prebuilt | --from-source] [options]
 
   --prebuilt            unpack the official onnxruntime wheel from PyPI (default on Linux)
   --from-source         build static libraries from source (default on macOS; CoreML EP there)
+  --merge-from DIR      collect, check, merge and link-check the archives of an existing ONNX
+                        Runtime build tree (DIR is <build_dir>/Release); builds nothing
   --target TRIPLE       Rust target triple to provide for (default: the host's)
   --jobs N              parallel build jobs for --from-source (default: all cores)
   --source-cache DIR    where the onnxruntime checkout lives and is reused
@@ -44,11 +48,13 @@ SOURCE_CACHE=${AKIDB_ORT_SOURCE_CACHE:-$ROOT/third_party/src}
 OUT=""
 FORCE=0
 DRY_RUN=0
+MERGE_FROM=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --prebuilt) MODE=prebuilt ;;
     --from-source) MODE=from-source ;;
+    --merge-from) [ $# -ge 2 ] || die "--merge-from needs a value"; MODE=merge; MERGE_FROM=$2; shift ;;
     --target) [ $# -ge 2 ] || die "--target needs a value"; TARGET=$2; shift ;;
     --jobs) [ $# -ge 2 ] || die "--jobs needs a value"; JOBS=$2; shift ;;
     --source-cache) [ $# -ge 2 ] || die "--source-cache needs a value"; SOURCE_CACHE=$2; shift ;;
@@ -92,6 +98,7 @@ if [ -z "$MODE" ]; then
 fi
 case "$MODE" in
   prebuilt | from-source) ;;
+  merge) [ -d "$MERGE_FROM" ] || die "--merge-from $MERGE_FROM: no such directory" ;;
   *) die "AKIDB_ORT_SOURCE must be 'prebuilt' or 'from-source', not '$MODE'" ;;
 esac
 
@@ -106,7 +113,8 @@ SOURCE_CACHE=$(absolute "$SOURCE_CACHE")
 [ -n "$OUT" ] || OUT=$ROOT/third_party/onnxruntime/$TARGET
 OUT=$(absolute "$OUT")
 STAMP=$OUT/akidb-onnxruntime.stamp
-WANT_STAMP="version=$VERSION mode=$MODE target=$TARGET"
+# A merged tree is what --from-source provides: build.rs accepts it the same way.
+WANT_STAMP="version=$VERSION mode=${MODE/#merge/from-source} target=$TARGET"
 
 # Prints the command; runs it unless --dry-run. Every side effect goes through here.
 run() {
@@ -135,7 +143,7 @@ version_at_least() {
   return 0
 }
 
-if [ "$FORCE" -eq 0 ] && [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$WANT_STAMP" ]; then
+if [ "$MODE" != merge ] && [ "$FORCE" -eq 0 ] && [ -f "$STAMP" ] && [ "$(head -n 1 "$STAMP")" = "$WANT_STAMP" ]; then
   say "ONNX Runtime $VERSION ($MODE) already provided in $OUT; nothing to do (--force to redo)"
   exit 0
 fi
@@ -143,6 +151,8 @@ fi
 START=$(date +%s)
 say "providing ONNX Runtime $VERSION for $TARGET ($MODE) in $OUT"
 [ "$DRY_RUN" -eq 0 ] || say "dry run: printing the commands, running none of them"
+# A stamp from an earlier run must not vouch for a library this run fails to finish.
+run rm -f "$STAMP"
 
 EPS=""
 TELEMETRY=""
@@ -234,10 +244,14 @@ provide_from_source() {
   fi
 
   # Flags checked against tools/ci_build/build.py and build_args.py (docs/building-onnxruntime.md,
-  # "Sources checked"). Static libraries are the default (no --build_shared_lib).
+  # "Sources checked"). The component libraries are static in every build; --build_shared_lib adds
+  # ONNX Runtime's own shared library, whose link line (CMakeFiles/onnxruntime.dir/link.txt, from
+  # the Makefile generator) is the list of archives to merge, and whose build builds every one of
+  # them (model_package, re2, ...). The shared library itself is not used.
   local args=(
     --config "$config" --build_dir "$build" --update --build --parallel "$JOBS"
     --skip_tests --compile_no_warning_as_error --skip_submodule_sync
+    --build_shared_lib --cmake_generator "Unix Makefiles"
   )
   # Telemetry is on by default in build.py for Linux and macOS since ONNX Runtime 1.29 and would
   # put the 1DS SDK, curl and mbedTLS into the static link; --no_telemetry compiles it out.
@@ -263,59 +277,75 @@ provide_from_source() {
 
   say "building ONNX Runtime $VERSION from source with $JOBS jobs (tens of minutes to over an hour)"
   run "$src/build.sh" "${args[@]}"
+  merge_tree "$build/$config" "$src"
+}
 
-  # One archive, which build.rs links alone: nothing to list per abseil/protobuf component.
-  local built=$build/$config
+# Collect, check, merge, link-check: the part of --from-source that needs no network and no
+# compiler toolchain for ONNX Runtime, so it also runs alone (--merge-from) and in tests.
+# merge_tree BUILT [SRC]: BUILT is <build_dir>/<config>; SRC the checkout (licenses), if any.
+merge_tree() {
+  local built=$1 src=${2:-}
   local archives=() a
   if [ "$DRY_RUN" -eq 0 ]; then
-    [ -d "$built" ] || die "build.sh finished but $built does not exist"
-    while IFS= read -r a; do archives+=("$a"); done < <(list_archives "$built")
+    [ -d "$built" ] || die "$built does not exist (did build.sh finish?)"
+    while IFS= read -r a; do archives+=("$a"); done < <(link_line_archives "$built")
     # (bash 3.2, macOS's, treats "${empty[@]}" as unbound under set -u: test the count first)
-    [ "${#archives[@]}" -gt 0 ] || die "no static libraries found under $built (did build.sh build a shared library?)"
+    [ "${#archives[@]}" -gt 0 ] || die "the link line in $built/$LINK_TXT names no static library"
     check_archives "$built" "${archives[@]}"
   else
-    archives=("$built/libonnxruntime_*.a" "$built/_deps/*-build/**/*.a")
-    [ "$OS" = macos ] && archives+=("$built/libcoreml_proto.a")
+    archives=("<the archives named in $built/$LINK_TXT>")
   fi
   run rm -rf "$OUT/lib"
   run mkdir -p "$OUT/lib"
-  run rm -rf "$OUT/licenses"
-  run mkdir -p "$OUT/licenses"
-  run cp "$src/LICENSE" "$src/ThirdPartyNotices.txt" "$OUT/licenses/"
+  if [ -n "$src" ]; then
+    run rm -rf "$OUT/licenses"
+    run mkdir -p "$OUT/licenses"
+    run cp "$src/LICENSE" "$src/ThirdPartyNotices.txt" "$OUT/licenses/"
+  fi
   if [ "$OS" = macos ]; then
     run libtool -static -no_warning_for_no_symbols -o "$OUT/lib/libonnxruntime.a" "${archives[@]}"
   else
     merge_with_ar "$OUT/lib/libonnxruntime.a" "${archives[@]}"
   fi
+  [ "$DRY_RUN" -eq 1 ] || say "merged ${#archives[@]} archives into $OUT/lib/libonnxruntime.a"
+  link_check "$OUT/lib/libonnxruntime.a" "$built"
   EPS="CPU"
   if [ -f "$built/libonnxruntime_providers_coreml.a" ] || { [ "$DRY_RUN" -eq 1 ] && [ "$OS" = macos ]; }; then
     EPS="CPU, CoreML"
   fi
 }
 
-# The static libraries the runtime needs, one per line: ONNX Runtime's own (libonnxruntime_*.a,
-# libcoreml_proto.a) and its dependencies under _deps/*-build (abseil, protobuf-lite, onnx,
-# onnx_proto, re2, cpuinfo, flatbuffers, kleidiai, utf8_range/utf8_validity, nsync: whatever this
-# release builds). Not test, mock, benchmark or fuzzing libraries, not the protobuf compiler, and
-# not the full protobuf when the lite one is there (ONNX Runtime links lite by default; both would
-# define the same symbols).
-list_archives() {
-  local dir=$1 lite
-  lite=$(find "$dir/_deps" -name 'libprotobuf-lite.a' -print -quit 2>/dev/null || true)
-  {
-    find "$dir" -maxdepth 1 -type f \( -name 'libonnxruntime_*.a' -o -name 'libcoreml_proto.a' \)
-    if [ -d "$dir/_deps" ]; then
-      find "$dir/_deps" \( -name '*-src' -o -name '*-subbuild' -o -name CMakeFiles \) -prune -o \
-        -type f -name '*.a' -print
-    fi
-  } | while IFS= read -r a; do
-    case "$(basename "$a")" in
-      *test* | *mock* | *benchmark* | *fuzz* | *mutator*) continue ;; # gtest, gmock: covered
+# Written by CMake's Makefile generator for ONNX Runtime's shared library (--build_shared_lib):
+# the exact command that links libonnxruntime.so/.dylib from its static libraries.
+LINK_TXT=CMakeFiles/onnxruntime.dir/link.txt
+
+# The static libraries ONNX Runtime's own shared library links, one absolute path per line, in
+# link order: what the release build needs, whatever subfolder a release puts them in
+# (model_package/, _deps/re2-build, _deps/abseil_cpp-build/absl/...). Defensive filters on top:
+# never test/mock/benchmark libraries, never the protobuf compiler, and not the full protobuf
+# when the lite one is also named (both define the same symbols).
+link_line_archives() {
+  local dir=$1 words=() w path lite="" seen=" "
+  [ -f "$dir/$LINK_TXT" ] ||
+    die "no $LINK_TXT in $dir: the archive list comes from the link line of ONNX Runtime's shared library; build with build.sh --build_shared_lib --cmake_generator 'Unix Makefiles'"
+  read -ra words <<<"$(tr '\n' ' ' <"$dir/$LINK_TXT")"
+  for w in "${words[@]}"; do
+    case "$w" in */libprotobuf-lite.a | libprotobuf-lite.a) lite=1 ;; esac
+  done
+  for w in "${words[@]}"; do
+    w=${w##-Wl,*,} # -Wl,-force_load,path and similar
+    case "$w" in *.a) ;; *) continue ;; esac
+    case "$w" in /*) path=$w ;; *) path=$dir/$w ;; esac
+    case "$(basename "$path")" in
+      *gtest* | *gmock* | *benchmark* | *fuzz*) continue ;;
       libprotoc.a | libprotoc-*.a) continue ;;
       libprotobuf.a) [ -n "$lite" ] && continue ;;
     esac
-    printf '%s\n' "$a"
-  done | sort -u
+    [ -f "$path" ] || die "$LINK_TXT names $w, which is not in $dir (was the build interrupted?)"
+    case "$seen" in *" $path "*) continue ;; esac
+    seen+="$path "
+    printf '%s\n' "$path"
+  done
 }
 
 # Fails clearly when an archive a static link cannot do without is missing from the list.
@@ -324,12 +354,12 @@ check_archives() {
   shift
   local list=" $* " want
   local required=(libonnxruntime_session.a libonnxruntime_framework.a libonnxruntime_graph.a
-    libonnxruntime_common.a libonnxruntime_mlas.a libonnxruntime_providers.a libonnx.a libonnx_proto.a)
+    libonnxruntime_common.a libonnxruntime_mlas.a libonnxruntime_providers.a libonnx.a libonnx_proto.a libre2.a)
   [ "$OS" = macos ] && required+=(libonnxruntime_providers_coreml.a libcoreml_proto.a)
   for want in "${required[@]}"; do
-    case "$list" in */"$want"\ *) ;; *) die "$want is missing from the archives under $dir" ;; esac
+    case "$list" in */"$want"\ *) ;; *) die "$want is missing from the link line in $dir/$LINK_TXT" ;; esac
   done
-  case "$list" in */libprotobuf-lite.a\ * | */libprotobuf.a\ *) ;; *) die "no protobuf archive under $dir/_deps" ;; esac
+  case "$list" in */libprotobuf-lite.a\ * | */libprotobuf.a\ *) ;; *) die "no protobuf archive on the link line in $dir/$LINK_TXT" ;; esac
 }
 
 # GNU ar's MRI script language merges archives member by member (ar -M); its parser splits on
@@ -356,9 +386,81 @@ merge_with_ar() {
   fi
 }
 
+# Links scripts/lib/ort-link-check.c against the merged archive (plus the C++ runtime; on macOS
+# Foundation and CoreML) and runs it: it calls OrtGetApiBase() and creates an environment. On a
+# link failure it lists the undefined symbols and the archives of the build tree that define them.
+link_check() {
+  local archive=$1 built=$2 cc=${CC:-cc} api=${VERSION#*.}
+  api=${api%%.*}
+  local system_libs=(-lstdc++ -lm -lpthread -ldl)
+  [ "$OS" = macos ] && system_libs=(-lc++ -framework Foundation -framework CoreML)
+  if [ "$TARGET" != "$(host_triple)" ]; then
+    say "note: skipped the link check: $TARGET is not this machine's target ($(host_triple))"
+    return 0
+  fi
+  local tmp=/tmp/akidb-link-check.XXXXXX
+  if [ "$DRY_RUN" -eq 0 ]; then
+    need "$cc" "the link check compiles a small C program (apt-get install gcc / xcode-select --install; or set CC)"
+    tmp=$(mktemp -d /tmp/akidb-link-check.XXXXXX)
+  fi
+  printf '+ %s\n' "$cc -DAKIDB_ORT_API_VERSION=$api -o $tmp/check $ROOT/scripts/lib/ort-link-check.c $archive ${system_libs[*]}"
+  printf '+ %s\n' "$tmp/check"
+  [ "$DRY_RUN" -eq 0 ] || return 0
+  local log=$tmp/link.log
+  if ! "$cc" -DAKIDB_ORT_API_VERSION="$api" -o "$tmp/check" "$ROOT/scripts/lib/ort-link-check.c" "$archive" \
+    "${system_libs[@]}" >"$log" 2>&1; then
+    local symbols
+    # GNU ld: undefined reference to `sym'; lld: undefined symbol: sym; ld64: "_sym", referenced from:
+    symbols=$(sed -n -e "s/.*undefined reference to \`\([^']*\)'.*/\1/p" -e 's/.*undefined symbol: \(.*\)$/\1/p' \
+      -e 's/^ *"\([^"]*\)", referenced from:.*/\1/p' "$log" | sort -u)
+    {
+      echo "build-onnxruntime: error: $archive does not link: a program calling OrtGetApiBase() has undefined symbols."
+      if [ -n "$symbols" ]; then
+        echo "undefined symbols ($(printf '%s\n' "$symbols" | wc -l | tr -d ' ')):"
+        printf '%s\n' "$symbols" | head -n 40 | sed 's/^/  /'
+        defined_in "$built" "$symbols"
+      else
+        echo "linker output:"
+        sed 's/^/  /' "$log"
+      fi
+    } >&2
+    rm -rf "$tmp"
+    exit 1
+  fi
+  local ran
+  if ! ran=$("$tmp/check" 2>&1); then
+    rm -rf "$tmp"
+    die "the link-check program linked but failed: $ran"
+  fi
+  rm -rf "$tmp"
+  say "link check passed: a C program links against libonnxruntime.a and creates an environment (ONNX Runtime $ran)"
+}
+
+# defined_in BUILT SYMBOLS: names the archives under BUILT (not merged) that define the symbols,
+# which is the archive the link line or the merge missed.
+defined_in() {
+  local built=$1 symbols=$2 hits
+  command -v nm >/dev/null 2>&1 || return 0
+  hits=$(find "$built" -name CMakeFiles -prune -o -type f -name '*.a' -print 2>/dev/null | while IFS= read -r a; do
+    nm -g --defined-only "$a" 2>/dev/null | awk -v a="${a#"$built"/}" 'NF >= 3 { print $3 "\t" a }'
+  done | awk -F '\t' 'NR == FNR { want[$0] = 1; next } ($1 in want) { print "  " $1 " is defined in " $2 }' \
+    <(printf '%s\n' "$symbols") - | sort -u | head -n 40)
+  if [ -n "$hits" ]; then
+    echo "archives in $built that define them (missing from the link line or the merge):"
+    printf '%s\n' "$hits"
+  else
+    echo "no archive in $built defines them"
+  fi
+}
+
 case "$MODE" in
   prebuilt) provide_prebuilt ;;
   from-source) provide_from_source ;;
+  merge)
+    MERGE_FROM=$(absolute "$MERGE_FROM")
+    merge_tree "$MERGE_FROM"
+    TELEMETRY="as built in $MERGE_FROM"
+    ;;
 esac
 
 if [ "$DRY_RUN" -eq 0 ]; then

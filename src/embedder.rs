@@ -6,12 +6,13 @@ use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
-    config::{ConfigError, ModelConfig},
+    config::{ConfigError, ModelConfig, Pooling},
+    device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
     fusion::{self, Loaded},
     hub::{HubError, ModelRepo},
     pooling,
-    runtime::{choose_provider, coreml_available, Provider, RuntimeError, Session, SessionOptions},
-    tokenize::{TokenizeError, Tokenizer, Tokens},
+    runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
+    tokenize::{Batch, TokenizeError, Tokenizer, Tokens},
 };
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -84,7 +85,8 @@ pub struct Embedder {
     info: ModelInfo,
     config: ModelConfig,
     tokenizer: Tokenizer,
-    session: Session,
+    session: DeviceSession<Session>,
+    decision: Decision,
     budget: Budget,
 }
 
@@ -106,21 +108,59 @@ impl Embedder {
         let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
             | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
         let mut session_options = options.session.clone();
+        let content = device::content_key(&onnx_path).ok();
         if let Some(dir) = &session_options.coreml.cache_dir {
-            session_options.coreml.cache_dir = Some(coreml_cache_dir(dir, &repo, &onnx_file, &onnx_path));
+            session_options.coreml.cache_dir =
+                Some(coreml_cache_dir(dir, &repo, &onnx_file, content.as_deref().unwrap_or("unreadable")));
         }
+        let coreml = coreml_available();
+        // --device coreml without CoreML: a clear error.
+        choose_provider(options.session.device, coreml)?;
         // External weights are found relative to the file, so such models are loaded as they are;
-        // CoreML has no kernel for the fused op, so its graph stays whole there too. A fused graph
-        // is used only once it gave the same hidden states as the exported one (see `fusion`).
-        let on_cpu = choose_provider(options.session.device, coreml_available())? == Provider::Cpu;
-        let Loaded { session, fused: fused_attention } =
-            match (options.session.fuse_attention && on_cpu && !external_data, config.num_attention_heads) {
-                (true, Some(heads)) => {
-                    let cache = crate::cache::graphs_dir();
-                    fusion::load(&onnx_path, heads, &session_options, &tokenizer, cache.as_deref())?
-                }
-                _ => Loaded { session: Session::load(&onnx_path, None, &session_options)?, fused: 0 },
-            };
+        // CoreML has no kernel for the fused op, so its graph stays whole. A fused graph is used
+        // only once it gave the same hidden states as the exported one (see `fusion`).
+        let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
+        let cpu = CpuLoader {
+            path: onnx_path.clone(),
+            heads,
+            options: SessionOptions { device: Device::Cpu, ..session_options.clone() },
+            tokenizer: tokenizer.clone(),
+            graphs: crate::cache::graphs_dir(),
+        };
+        let coreml_options = SessionOptions { device: Device::CoreMl, ..session_options };
+        let budget = Budget::new(options.max_batch_tokens, options.max_batch_size);
+        let (session, fused_attention, decision) = match (options.session.device, coreml) {
+            (Device::Cpu, _) => {
+                let (session, n) = cpu.load()?;
+                (DeviceSession::new(session, None), n, Decision::fixed(Provider::Cpu, "--device cpu"))
+            }
+            (Device::Auto, false) => {
+                let (session, n) = cpu.load()?;
+                let decision = Decision::fixed(Provider::Cpu, device::NO_COREML);
+                (DeviceSession::new(session, None), n, decision)
+            }
+            (Device::CoreMl, _) => {
+                let session = Session::load(&onnx_path, None, &coreml_options)?;
+                (DeviceSession::new(session, None), 0, Decision::fixed(Provider::CoreMl, "--device coreml"))
+            }
+            (Device::Auto, true) => {
+                let measure = Measure {
+                    tokenizer: &tokenizer,
+                    pooling: config.pooling,
+                    max_seq_length: config.max_seq_length,
+                    budget,
+                };
+                let parts = [
+                    content.as_deref().unwrap_or("unreadable"),
+                    &format!("{}@{}:{onnx_file}", repo.id(), repo.revision().unwrap_or("local")),
+                    &format!("{:?} fuse={:?} threads={:?}", coreml_options.coreml, heads, options.session.threads),
+                    &format!("{budget:?} max_seq_length={}", config.max_seq_length),
+                ];
+                let cache = crate::cache::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
+                let load_coreml = || Session::load(&onnx_path, None, &coreml_options);
+                choose_by_measurement(cpu, &load_coreml, &measure, cache.as_ref())?
+            }
+        };
         let info = ModelInfo {
             id: repo.id().to_string(),
             revision: repo.revision().map(str::to_string),
@@ -132,13 +172,7 @@ impl Embedder {
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
         };
-        let embedder = Self {
-            info,
-            config,
-            tokenizer,
-            session,
-            budget: Budget::new(options.max_batch_tokens, options.max_batch_size),
-        };
+        let embedder = Self { info, config, tokenizer, session, decision, budget };
         let warm = embedder.embed(&["warm-up"], true)?;
         let got = warm.vectors.first().map_or(0, Vec::len);
         if got != embedder.config.dimension {
@@ -157,6 +191,7 @@ impl Embedder {
             pooling = embedder.info.pooling,
             provider = embedder.info.provider,
             fused_attention = embedder.info.fused_attention,
+            device = %embedder.device(),
             "model loaded"
         );
         Ok(embedder)
@@ -164,6 +199,15 @@ impl Embedder {
 
     pub fn info(&self) -> &ModelInfo {
         &self.info
+    }
+
+    /// The provider serving now, the decision that picked it (with its timings) and any fallback.
+    pub fn device(&self) -> DeviceReport {
+        DeviceReport {
+            provider: self.session.provider(),
+            decision: self.decision.clone(),
+            fell_back: self.session.fell_back(),
+        }
     }
 
     pub fn budget(&self) -> Budget {
@@ -181,9 +225,7 @@ impl Embedder {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        let pooling = self.config.pooling;
-        let mask = batch.attention_mask.view();
-        Ok(self.session.run(&batch, |hidden| pooling::pool(hidden, mask, pooling))?)
+        Ok(self.session.run(|session| pooled(session, &batch, self.config.pooling))?)
     }
 
     /// Embeds tokenized texts in length-sorted batches (little padding), keeping input order.
@@ -221,14 +263,214 @@ impl Embedder {
     }
 }
 
-/// Compiled CoreML models are only valid for one model file and one ONNX Runtime version
-/// (cached models have broken across versions), so the cache directory is keyed by both.
-fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, onnx_path: &Path) -> PathBuf {
-    let size = std::fs::metadata(onnx_path).map_or(0, |m| m.len());
+/// Runs one batch and pools it: unnormalized vectors in the batch's order.
+fn pooled(session: &Session, batch: &Batch, pooling: Pooling) -> Result<Vec<Vec<f32>>, RuntimeError> {
+    let mask = batch.attention_mask.view();
+    session.run(batch, |hidden| pooling::pool(hidden, mask, pooling))
+}
+
+/// Loads the CPU session, with the verified attention-fused graph when it can (see `fusion`); kept
+/// whole so `auto` can rebuild the CPU session after a CoreML failure.
+struct CpuLoader {
+    path: PathBuf,
+    /// Attention heads, when the graph is to be fused.
+    heads: Option<usize>,
+    options: SessionOptions,
+    /// Tokenizes the probe batch that checks a fused graph.
+    tokenizer: Tokenizer,
+    /// Where verified fused graphs (and refusals) are kept.
+    graphs: Option<PathBuf>,
+}
+
+impl CpuLoader {
+    /// The session and how many attention blocks were fused.
+    fn load(&self) -> Result<(Session, usize), RuntimeError> {
+        let Some(heads) = self.heads else {
+            return Ok((Session::load(&self.path, None, &self.options)?, 0));
+        };
+        let Loaded { session, fused } =
+            fusion::load(&self.path, heads, &self.options, &self.tokenizer, self.graphs.as_deref())?;
+        Ok((session, fused))
+    }
+}
+
+/// What the `auto` warm-up runs: the shapes the server will see, through the real pipeline.
+struct Measure<'a> {
+    tokenizer: &'a Tokenizer,
+    pooling: Pooling,
+    max_seq_length: usize,
+    budget: Budget,
+}
+
+impl Measure<'_> {
+    fn batches(&self) -> Result<Vec<Batch>, EmbedError> {
+        device::warmup_shapes(self.max_seq_length, self.budget.max_tokens, self.budget.max_rows)
+            .into_iter()
+            .map(|shape| {
+                let tokens = self.tokenizer.encode(&device::warmup_texts(shape))?;
+                let refs: Vec<&Tokens> = tokens.iter().collect();
+                Ok(self.tokenizer.batch(&refs))
+            })
+            .collect()
+    }
+
+    fn run(&self, session: &Session, batches: &[Batch]) -> Outcome {
+        device::measure(batches, device::REPEATS, |batch| pooled(session, batch, self.pooling))
+    }
+}
+
+/// `auto` where CoreML is available: the cached decision, or both sessions timed over the warm-up
+/// and compared ([`device::decide`]). CoreML keeps a way back to the CPU for run-time failures.
+fn choose_by_measurement(
+    cpu: CpuLoader,
+    load_coreml: &dyn Fn() -> Result<Session, RuntimeError>,
+    measure: &Measure<'_>,
+    cache: Option<&DecisionCache>,
+) -> Result<(DeviceSession<Session>, usize, Decision), EmbedError> {
+    let cached = cache.filter(|_| !cpu.options.remeasure_device).and_then(DecisionCache::load);
+    let (decision, mut cpu_session, mut coreml_session) = match cached {
+        Some(decision) => (decision, None, None),
+        None => {
+            let batches = measure.batches()?;
+            let (cpu_session, fused) = cpu.load()?;
+            let cpu_outcome = measure.run(&cpu_session, &batches);
+            if let Outcome::Failed(e) = &cpu_outcome {
+                return Err(RuntimeError::Ort(format!("the CPU session failed its warm-up: {e}")).into());
+            }
+            let (coreml_outcome, coreml_session) = match load_coreml() {
+                Ok(session) => (measure.run(&session, &batches), Some(session)),
+                Err(e) => (Outcome::Failed(e.to_string()), None),
+            };
+            let decision = device::decide(&cpu_outcome, Some(&coreml_outcome));
+            tracing::info!(
+                provider = decision.provider.as_str(),
+                cpu_ms = decision.cpu_ms,
+                coreml_ms = decision.coreml_ms,
+                min_cosine = decision.min_cosine,
+                shapes = batches.len(),
+                "device decision: {}",
+                decision.reason
+            );
+            if let Some(cache) = cache {
+                cache.store(&decision);
+            }
+            (decision, Some((cpu_session, fused)), coreml_session)
+        }
+    };
+    let mut decision = decision;
+    if decision.provider == Provider::CoreMl {
+        let session = match coreml_session.take() {
+            Some(session) => Ok(session),
+            None => load_coreml(), // a cached decision
+        };
+        match session {
+            Ok(session) => {
+                drop(cpu_session.take());
+                let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
+                return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
+            }
+            Err(e) => {
+                tracing::warn!("the cached decision was CoreML, but its session did not load ({e}); using the CPU");
+                decision =
+                    Decision { provider: Provider::Cpu, reason: format!("CoreML did not load: {e}"), ..decision };
+            }
+        }
+    }
+    drop(coreml_session);
+    let (session, fused) = match cpu_session {
+        Some(loaded) => loaded,
+        None => cpu.load()?,
+    };
+    Ok((DeviceSession::new(session, None), fused, decision))
+}
+
+/// Compiled CoreML models are only valid for one model's content and one ONNX Runtime version
+/// (cached models have broken across versions; ONNX Runtime recompiles only when metadata or graph
+/// structure change, not weights), so the directory is keyed by both: `content` is
+/// [`device::content_key`], which changes when a model is re-exported to the same path and size.
+fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, content: &str) -> PathBuf {
     let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
     base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
-        "{}-{}-{size}",
+        "{}-{}-{content}",
         repo.revision().unwrap_or("local"),
         clean(onnx_file)
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// The `auto` measurement with real ONNX Runtime sessions on the tiny test model. No CoreML
+    /// here, so the unfused graph on the CPU stands in for it: the real warm-up, timing, vector
+    /// comparison, decision cache and session hand-over run; only the provider differs on a Mac.
+    #[test]
+    fn auto_measures_real_sessions_caches_the_decision_and_remeasures_on_request() {
+        if std::env::var_os("HF_HOME").is_none() {
+            std::env::set_var("HF_HOME", Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hf"));
+        }
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+        let repo = ModelRepo::open("akidb-test/tiny-bert-cls", None).expect("tiny model in the HF cache");
+        let config = ModelConfig::load(&repo).unwrap();
+        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), config.max_seq_length).unwrap();
+        let path = repo.first_file(&["onnx/model.onnx", "model.onnx"]).unwrap();
+        let cpu_options = SessionOptions { device: Device::Cpu, threads: Some(1), ..Default::default() };
+        let dir = tempfile::tempdir().unwrap();
+        let loader = |remeasure: bool| CpuLoader {
+            path: path.clone(),
+            heads: config.num_attention_heads,
+            options: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
+            tokenizer: tokenizer.clone(),
+            graphs: Some(dir.path().join("graphs")),
+        };
+        let measure = Measure {
+            tokenizer: &tokenizer,
+            pooling: config.pooling,
+            max_seq_length: config.max_seq_length,
+            budget: Budget::new(256, 16),
+        };
+        let cache = DecisionCache::new(dir.path(), &[&device::content_key(&path).unwrap(), "tiny"]);
+        let loads = AtomicUsize::new(0);
+        let stand_in = || {
+            loads.fetch_add(1, Ordering::SeqCst);
+            Session::load(&path, None, &cpu_options)
+        };
+
+        let (session, _, decision) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
+        assert_eq!(loads.load(Ordering::SeqCst), 1);
+        assert!(!decision.cached);
+        assert!(decision.cpu_ms.unwrap() > 0.0 && decision.coreml_ms.unwrap() > 0.0, "{decision:?}");
+        assert!(decision.min_cosine.unwrap() >= device::MIN_COSINE, "same model, same vectors: {decision:?}");
+        assert!(decision.reason.contains("faster"), "{decision:?}");
+        let batch = measure.batches().unwrap().remove(0);
+        let vectors = session.run(|s| pooled(s, &batch, config.pooling)).unwrap();
+        assert_eq!(vectors[0].len(), config.dimension);
+
+        // A second start reads the decision: nothing measured, the stand-in only loaded if chosen.
+        let (_, _, again) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
+        // (serde_json's default float parser is not bit-exact: compare the timing closely, not exactly)
+        let same_timing = (again.cpu_ms.unwrap() - decision.cpu_ms.unwrap()).abs() < 1e-9;
+        assert!(again.cached && again.provider == decision.provider && same_timing, "{again:?} vs {decision:?}");
+        let expected = if decision.provider == Provider::CoreMl { 2 } else { 1 };
+        assert_eq!(loads.load(Ordering::SeqCst), expected);
+
+        // --remeasure-device measures again.
+        let (_, _, fresh) = choose_by_measurement(loader(true), &stand_in, &measure, Some(&cache)).unwrap();
+        assert!(!fresh.cached && loads.load(Ordering::SeqCst) == expected + 1, "{fresh:?}");
+
+        // A candidate that cannot even load leaves the CPU serving.
+        let broken = || -> Result<Session, RuntimeError> { Err(RuntimeError::CoreMlUnavailable) };
+        let (session, _, d) = choose_by_measurement(loader(true), &broken, &measure, None).unwrap();
+        assert!(d.provider == Provider::Cpu && d.reason.contains("failed during the warm-up"), "{d:?}");
+        assert_eq!(session.provider(), Provider::Cpu);
+
+        // A cached CoreML decision whose session no longer loads: the CPU serves, start-up goes on.
+        let stale = DecisionCache::new(dir.path(), &["stale"]);
+        stale.store(&Decision::fixed(Provider::CoreMl, "measured faster earlier"));
+        let (session, _, d) = choose_by_measurement(loader(false), &broken, &measure, Some(&stale)).unwrap();
+        assert!(d.provider == Provider::Cpu && d.reason.contains("CoreML did not load"), "{d:?}");
+        assert!(session.run(|s| pooled(s, &batch, config.pooling)).is_ok());
+    }
 }

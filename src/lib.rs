@@ -10,6 +10,7 @@ pub mod batching;
 pub mod cache;
 pub mod config;
 pub mod corpus;
+pub mod device;
 pub mod embedder;
 pub mod fusion;
 pub mod graph;

@@ -140,6 +140,7 @@ fn load_embedder(model: &ModelArgs, verbose: bool, file: &ConfigFile) -> Result<
             info.provider,
             info.onnx_runtime_version
         );
+        tracing::info!("device: {}", embedder.device());
     }
     Ok(embedder)
 }

@@ -34,6 +34,10 @@ pub enum RuntimeError {
     UnsupportedInputs { path: String, inputs: String },
     #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden]")]
     UnexpectedOutput(Vec<usize>),
+    #[error(
+        "CoreML failed at run time ({0}); with --device coreml there is no CPU fallback (use --device auto or cpu)"
+    )]
+    CoreMlFailed(String),
 }
 
 impl From<ort::Error> for RuntimeError {
@@ -77,7 +81,8 @@ fn runtime() -> Result<&'static Runtime, RuntimeError> {
     runtime.as_ref().map_err(|message| RuntimeError::Ort(message.clone()))
 }
 
-/// Where inference runs. `Auto` takes CoreML when the linked library has it, else the CPU.
+/// Where inference runs. `Auto` measures CoreML against the CPU where the linked library has
+/// CoreML and keeps the faster correct one (see `device`), else runs on the CPU.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Device {
@@ -89,7 +94,7 @@ pub enum Device {
 }
 
 /// The execution provider a session actually uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Provider {
     #[serde(rename = "CPUExecutionProvider")]
     Cpu,
@@ -171,11 +176,19 @@ pub struct SessionOptions {
     /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
     pub threads: Option<usize>,
     pub coreml: CoreMlOptions,
+    /// Measure CoreML against the CPU again under `auto` instead of reading the cached decision.
+    pub remeasure_device: bool,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
-        Self { device: Device::Auto, fuse_attention: true, threads: None, coreml: CoreMlOptions::default() }
+        Self {
+            device: Device::Auto,
+            fuse_attention: true,
+            threads: None,
+            coreml: CoreMlOptions::default(),
+            remeasure_device: false,
+        }
     }
 }
 

@@ -67,6 +67,9 @@ pub struct ModelArgs {
     /// Texts per inference call [default: 128]
     #[arg(long, env = "AKIDB_MAX_BATCH_SIZE")]
     pub max_batch_size: Option<usize>,
+    /// With --device auto, measure CoreML against the CPU again instead of using the cached decision [default: false]
+    #[arg(long, env = "AKIDB_REMEASURE_DEVICE", num_args = 0..=1, default_missing_value = "true")]
+    pub remeasure_device: Option<bool>,
     #[command(flatten)]
     pub coreml: CoreMlArgs,
 }
@@ -306,6 +309,7 @@ impl ModelArgs {
                     static_input_shapes: c.static_input_shapes.unwrap_or(d.session.coreml.static_input_shapes),
                     cache_dir: c.cache_dir.clone().or_else(default_coreml_cache_dir),
                 },
+                remeasure_device: self.remeasure_device.unwrap_or(d.session.remeasure_device),
             },
             max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
@@ -523,7 +527,8 @@ mod tests {
         let command = ModelArgs::augment_args(Command::new("akidb"));
         let mut parsed = 0;
         for arg in command.get_arguments().filter(|a| a.get_long().is_some_and(|l| l != "fuse-attention")) {
-            for value in arg.get_possible_values().iter().filter(|_| arg.get_id() != "static_input_shapes") {
+            let boolean = ["static_input_shapes", "remeasure_device"].contains(&arg.get_id().as_str());
+            for value in arg.get_possible_values().iter().filter(|_| !boolean) {
                 let flag = format!("--{}", arg.get_long().unwrap_or_default());
                 let name = value.get_name();
                 command

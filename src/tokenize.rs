@@ -43,6 +43,8 @@ pub struct Batch {
     pub token_type_ids: Array2<i64>,
 }
 
+/// Cloned where a session may have to be rebuilt later (its fused graph is checked on a probe batch).
+#[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pad_id: i64,

@@ -107,6 +107,13 @@ fn verbose_names_the_execution_provider() {
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("CPUExecutionProvider"), "{stderr}");
+    // The device decision and why (no CoreML in the linked library on Linux builds).
+    if cfg!(target_os = "linux") {
+        assert!(stderr.contains("device: CPUExecutionProvider (CoreML is not available"), "{stderr}");
+    }
+    let out = akidb().args(["embed", "--verbose", "--device", "cpu", "--model", TINY, "x"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("device: CPUExecutionProvider (--device cpu)"), "{stderr}");
 }
 
 #[test]

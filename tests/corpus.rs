@@ -154,7 +154,7 @@ fn python() -> Option<PathBuf> {
     if usable {
         return python;
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
+    if common::under_ci() {
         panic!("CI=true but AKIDB_TEST_PYTHON has no pyarrow/numpy; run scripts/test.sh");
     }
     eprintln!("skipping the Python readers: set AKIDB_TEST_PYTHON to a python with pyarrow and numpy");

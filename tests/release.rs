@@ -1,5 +1,6 @@
-//! The Linux release tarball: built by scripts/package-release.sh, unpacked into an empty
-//! directory, and run with no environment but the model cache: no LD_LIBRARY_PATH, no cargo.
+//! The release: the Linux tarball built by scripts/package-release.sh, unpacked into an empty
+//! directory and run with no environment but the model cache (no LD_LIBRARY_PATH, no cargo); and
+//! the release workflow, validated against GitHub's workflow schema.
 
 mod common;
 
@@ -57,4 +58,48 @@ fn linux_tarball_runs_akidb_embed_from_an_empty_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got: Vec<f32> = v["embeddings"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert!(cosine(&got, &rows[0].1) >= 0.9999);
+}
+
+/// `check-jsonschema` from scripts/test.sh's venv (or PATH); `None` means skip, except in CI.
+fn check_jsonschema() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/check-jsonschema");
+    let found = if venv.is_file() {
+        Some(venv)
+    } else {
+        Command::new("check-jsonschema").arg("--version").output().ok().map(|_| "check-jsonschema".into())
+    };
+    if found.is_none() {
+        assert!(!common::under_ci(), "check-jsonschema is missing (CI=true): run scripts/test.sh");
+        println!("check-jsonschema is not installed: skipped (scripts/test.sh installs it)");
+    }
+    found
+}
+
+fn validate_workflow(tool: &std::path::Path, file: &std::path::Path) -> std::process::Output {
+    Command::new(tool)
+        .args(["--builtin-schema", "vendor.github-workflows"])
+        .arg(file)
+        .output()
+        .expect("run check-jsonschema")
+}
+
+/// The release workflow against GitHub's workflow schema (the copy check-jsonschema ships), and
+/// a broken copy of it against the same schema, so the check is known to be able to fail.
+#[test]
+fn release_workflow_is_a_valid_github_workflow_on_a_supported_macos_runner() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".github/workflows/release.yml");
+    let text = std::fs::read_to_string(&path).expect("read the release workflow");
+    // macos-14 is retired (actions/runner-images#13518); macos-15 with Xcode 16 selected explicitly.
+    assert!(text.contains("runs-on: macos-15\n") && !text.contains("macos-14\n"), "the macOS job must run on macos-15");
+    assert!(text.contains("sudo xcode-select -s /Applications/Xcode_16"), "the macOS job must select Xcode 16");
+    let Some(tool) = check_jsonschema() else { return };
+    let out = validate_workflow(&tool, &path);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("release.yml");
+    std::fs::write(&broken, text.replace("runs-on: macos-15", "runs-on: [macos-15, {}]").replace("steps:", "stepz:"))
+        .unwrap();
+    let out = validate_workflow(&tool, &broken);
+    assert!(!out.status.success(), "a broken workflow must not validate:\n{}", String::from_utf8_lossy(&out.stdout));
 }

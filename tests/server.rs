@@ -124,6 +124,10 @@ async fn info_health_and_metrics_describe_the_server() {
     assert_eq!(info["max_input_length"], 64);
     assert_eq!(info["pooling"], "cls");
     assert_eq!(info["execution_provider"], "CPUExecutionProvider");
+    // The linked library here has no CoreML: `auto` decides for the CPU without measuring.
+    assert_eq!(info["device"]["provider"], "CPUExecutionProvider");
+    assert_eq!(info["device"]["decision"]["reason"], "CoreML is not available in the linked ONNX Runtime");
+    assert!(info["device"].get("fell_back").is_none(), "{info}");
     assert_eq!(info["onnx_runtime_version"], env!("AKIDB_ORT_VERSION"));
     assert_eq!(info["model_revision"], "35540ced21388cb29b96936151cc815ab481bce4");
     assert!(info["limits"]["payload_limit"].as_u64().unwrap() > 0);

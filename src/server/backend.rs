@@ -26,11 +26,19 @@ pub trait Backend: Send + Sync + 'static {
     fn health(&self) -> Result<(), BackendError> {
         Ok(())
     }
+    /// Where inference runs and why (`/info`); `None` for backends without a device.
+    fn device(&self) -> Option<crate::device::DeviceReport> {
+        None
+    }
 }
 
 impl Backend for Embedder {
     fn info(&self) -> &ModelInfo {
         Embedder::info(self)
+    }
+
+    fn device(&self) -> Option<crate::device::DeviceReport> {
+        Some(Embedder::device(self))
     }
 
     fn budget(&self) -> Budget {

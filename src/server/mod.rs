@@ -207,6 +207,7 @@ async fn health(State(state): State<AppState>) -> Response {
 async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let engine = state.engine()?;
     let info = engine.backend.info();
+    let device = engine.backend.device();
     let budget = engine.backend.budget();
     let c = &state.config;
     Ok(Json(json!({
@@ -217,7 +218,9 @@ async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
         "dimension": info.dimension,
         "max_input_length": info.max_seq_length,
         "pooling": info.pooling,
-        "execution_provider": info.provider,
+        // The provider serving now: after a CoreML run-time failure, the CPU.
+        "execution_provider": device.as_ref().map_or(info.provider, |d| d.provider.as_str()),
+        "device": device,
         "onnx_runtime_version": info.onnx_runtime_version,
         "version": env!("CARGO_PKG_VERSION"),
         "limits": {
