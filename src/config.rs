@@ -1,5 +1,7 @@
-//! What a sentence-transformers model says about itself: pooling, maximum sequence length,
-//! dimension. Read from its own files so any BERT-style export works without code changes.
+//! What a model says about itself: what it is (embedder, cross-encoder, classifier), pooling,
+//! maximum sequence length, dimension, labels and score activation. Read from its own files —
+//! the classic hub layout and sentence-transformers' newest formats alike — so any BERT-style
+//! export works without code changes.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,93 @@ pub enum ConfigError {
     UnsupportedPooling { path: PathBuf, detail: String },
     #[error("cannot tell the embedding dimension: no hidden_size in config.json and no word_embedding_dimension in the pooling config")]
     UnknownDimension,
+    #[error("{path}: unsupported activation_fn '{name}'; akidb supports Sigmoid, Softmax, Tanh and Identity")]
+    UnsupportedActivation { path: PathBuf, name: String },
+}
+
+/// What a model computes, which decides the routes that can use it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A sentence-transformers embedder: pooled token vectors.
+    #[default]
+    Embedder,
+    /// `*ForSequenceClassification` with one label: a relevance score per (query, passage) pair.
+    CrossEncoder,
+    /// `*ForSequenceClassification` with several labels: a distribution over `id2label`.
+    Classifier,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Embedder => "embedder",
+            Kind::CrossEncoder => "cross-encoder",
+            Kind::Classifier => "classifier",
+        }
+    }
+
+    /// With an article, for messages ("route X needs a cross-encoder").
+    pub fn described(self) -> &'static str {
+        match self {
+            Kind::Embedder => "an embedding model",
+            Kind::CrossEncoder => "a cross-encoder (reranker)",
+            Kind::Classifier => "a classifier",
+        }
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How logits become scores, as sentence-transformers' `CrossEncoder.activation_fn` and
+/// transformers' text-classification pipeline do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    Sigmoid,
+    Softmax,
+    Tanh,
+    Identity,
+}
+
+impl Activation {
+    /// Scores for one row of logits.
+    pub fn apply(self, logits: &[f32]) -> Vec<f32> {
+        match self {
+            Activation::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Activation::Tanh => logits.iter().map(|&x| x.tanh()).collect(),
+            Activation::Identity => logits.to_vec(),
+            Activation::Softmax => {
+                let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f32> = logits.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f32 = exp.iter().sum();
+                exp.into_iter().map(|e| e / sum).collect()
+            }
+        }
+    }
+
+    /// Reads a torch module path such as `torch.nn.modules.activation.Sigmoid`.
+    fn from_torch(name: &str) -> Option<Self> {
+        match name.rsplit('.').next().unwrap_or(name) {
+            "Sigmoid" => Some(Activation::Sigmoid),
+            "Softmax" => Some(Activation::Softmax),
+            "Tanh" => Some(Activation::Tanh),
+            "Identity" => Some(Activation::Identity),
+            _ => None,
+        }
+    }
+}
+
+/// The classification head of a cross-encoder or classifier.
+#[derive(Debug, Clone, Serialize)]
+pub struct Head {
+    /// `id2label` in id order; one entry for a cross-encoder.
+    pub labels: Vec<String>,
+    pub activation: Activation,
 }
 
 /// How token vectors become one sentence vector (sentence-transformers' `Pooling` module).
@@ -60,11 +149,16 @@ pub struct ModelConfig {
     pub dimension: usize,
     /// From config.json; needed to fuse attention blocks (see `graph`).
     pub num_attention_heads: Option<usize>,
+    pub kind: Kind,
+    /// `Some` for cross-encoders and classifiers.
+    pub head: Option<Head>,
 }
 
 #[derive(Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
+    /// sentence-transformers 6: `sequence-classification` for a CrossEncoder's Transformer module.
+    transformer_task: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -89,6 +183,20 @@ struct TransformerConfig {
     hidden_size: Option<usize>,
     num_attention_heads: Option<usize>,
     max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    /// Keys are ids as strings ("0", "1", …).
+    id2label: Option<std::collections::BTreeMap<String, String>>,
+    num_labels: Option<usize>,
+    /// Where sentence-transformers before v4 kept a CrossEncoder's activation.
+    sbert_ce_default_activation_function: Option<String>,
+}
+
+/// `config_sentence_transformers.json`; v4+ CrossEncoders say so here and name their activation.
+#[derive(Deserialize, Default)]
+struct SentenceTransformersConfig {
+    model_type: Option<String>,
+    activation_fn: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -142,8 +250,8 @@ impl ModelConfig {
 
         let transformer = optional_json::<TransformerConfig>(repo, "config.json")?.map(|(_, c)| c);
         let max_positions = transformer.as_ref().and_then(|c| c.max_position_embeddings);
-        let st_max =
-            optional_json::<SentenceBertConfig>(repo, "sentence_bert_config.json")?.and_then(|(_, c)| c.max_seq_length);
+        let sbert = optional_json::<SentenceBertConfig>(repo, "sentence_bert_config.json")?.map(|(_, c)| c);
+        let st_max = sbert.as_ref().and_then(|c| c.max_seq_length);
         let max_seq_length = match st_max {
             Some(n) => n,
             None => {
@@ -159,9 +267,66 @@ impl ModelConfig {
         let max_seq_length = max_positions.map_or(max_seq_length, |p| max_seq_length.min(p)).max(2);
 
         let num_attention_heads = transformer.as_ref().and_then(|c| c.num_attention_heads);
+        let st = optional_json::<SentenceTransformersConfig>(repo, "config_sentence_transformers.json")?;
+        let head = head(transformer.as_ref(), sbert.as_ref(), st)?;
+        let kind = match &head {
+            None => Kind::Embedder,
+            Some(h) if h.labels.len() == 1 => Kind::CrossEncoder,
+            Some(_) => Kind::Classifier,
+        };
         let dimension = transformer.and_then(|c| c.hidden_size).or(pooled_dim).ok_or(ConfigError::UnknownDimension)?;
-        Ok(Self { max_seq_length, pooling, dimension, num_attention_heads })
+        Ok(Self { max_seq_length, pooling, dimension, num_attention_heads, kind, head })
     }
+
+    /// Width of one output row: the vector's dimension, or the number of labels.
+    pub fn output_width(&self) -> usize {
+        self.head.as_ref().map_or(self.dimension, |h| h.labels.len())
+    }
+}
+
+/// The classification head, when the model has one: `*ForSequenceClassification` in config.json,
+/// a sentence-transformers `CrossEncoder`, or a sentence-transformers 6 Transformer module whose
+/// task is sequence classification. The activation is the model's own (`activation_fn`, or the
+/// pre-v4 `sbert_ce_default_activation_function`), else sigmoid for one label, softmax for more.
+fn head(
+    transformer: Option<&TransformerConfig>,
+    sbert: Option<&SentenceBertConfig>,
+    st: Option<(PathBuf, SentenceTransformersConfig)>,
+) -> Result<Option<Head>, ConfigError> {
+    let by_architecture =
+        transformer.is_some_and(|c| c.architectures.iter().any(|a| a.ends_with("ForSequenceClassification")));
+    let by_st = st.as_ref().is_some_and(|(_, c)| c.model_type.as_deref() == Some("CrossEncoder"));
+    let by_task = sbert.and_then(|c| c.transformer_task.as_deref()) == Some("sequence-classification");
+    if !(by_architecture || by_st || by_task) {
+        return Ok(None);
+    }
+    let labels = match transformer.and_then(|c| c.id2label.as_ref()) {
+        Some(map) => {
+            let mut ids: Vec<(usize, &String)> =
+                map.iter().map(|(id, label)| (id.parse().unwrap_or(usize::MAX), label)).collect();
+            ids.sort();
+            ids.into_iter().map(|(_, label)| label.clone()).collect()
+        }
+        // transformers' default is two labels.
+        None => {
+            let n = transformer.and_then(|c| c.num_labels).unwrap_or(2).max(1);
+            (0..n).map(|i| format!("LABEL_{i}")).collect::<Vec<_>>()
+        }
+    };
+    let named = match &st {
+        Some((path, c)) if c.activation_fn.is_some() => {
+            Some((path.clone(), c.activation_fn.clone().unwrap_or_default()))
+        }
+        _ => transformer
+            .and_then(|c| c.sbert_ce_default_activation_function.clone())
+            .map(|name| (PathBuf::from("config.json"), name)),
+    };
+    let activation = match named {
+        Some((path, name)) => Activation::from_torch(&name).ok_or(ConfigError::UnsupportedActivation { path, name })?,
+        None if labels.len() == 1 => Activation::Sigmoid,
+        None => Activation::Softmax,
+    };
+    Ok(Some(Head { labels, activation }))
 }
 
 fn pooling_mode(path: &Path, cfg: &PoolingConfig) -> Result<Pooling, ConfigError> {

@@ -1,4 +1,5 @@
-//! The pipeline in one place: model files → config → tokenizer → session → pooling.
+//! The pipeline in one place: model files → config → tokenizer → session → pooling (or, for a
+//! cross-encoder or classifier, the logits of its head).
 
 use std::path::{Path, PathBuf};
 
@@ -6,13 +7,13 @@ use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
-    config::{ConfigError, ModelConfig, Pooling},
+    config::{Activation, ConfigError, Kind, ModelConfig, Pooling},
     device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
     fusion::{self, Loaded},
     hub::{HubError, ModelRepo},
     pooling,
     runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
-    tokenize::{Batch, TokenizeError, Tokenizer, Tokens},
+    tokenize::{Batch, Input, Token, TokenizeError, Tokenizer, Tokens},
 };
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -29,8 +30,10 @@ pub enum EmbedError {
     Runtime(#[from] RuntimeError),
     #[error("input {index} is longer than the model's maximum of {max} tokens (truncation is off)")]
     TooLong { index: usize, max: usize },
-    #[error("model {model} gives {got}-dimensional vectors but its config says {expected}")]
+    #[error("model {model} gives {got} values per text but its config says {expected}")]
     DimensionMismatch { model: String, got: usize, expected: usize },
+    #[error("{model} is {is}; {what} needs {needs}")]
+    WrongKind { model: String, is: &'static str, what: &'static str, needs: &'static str },
 }
 
 #[derive(Debug, Clone)]
@@ -67,9 +70,15 @@ pub struct ModelInfo {
     pub id: String,
     pub revision: Option<String>,
     pub onnx_file: String,
+    pub kind: Kind,
+    /// Hidden size: the vectors' dimension for an embedder.
     pub dimension: usize,
     pub max_seq_length: usize,
     pub pooling: &'static str,
+    /// `id2label` in id order, for cross-encoders (one) and classifiers; empty for embedders.
+    pub labels: Vec<String>,
+    /// How a head's logits become scores; `None` for embedders.
+    pub activation: Option<Activation>,
     pub provider: &'static str,
     pub onnx_runtime_version: String,
     /// Attention blocks replaced by ONNX Runtime's fused kernel.
@@ -81,6 +90,8 @@ pub struct Embeddings {
     pub total_tokens: usize,
 }
 
+/// One model's whole pipeline, whatever its [`Kind`]: an embedder's pooled vectors, or a
+/// cross-encoder's or classifier's logits (scores come from [`Activation::apply`]).
 pub struct Embedder {
     info: ModelInfo,
     config: ModelConfig,
@@ -146,7 +157,7 @@ impl Embedder {
             (Device::Auto, true) => {
                 let measure = Measure {
                     tokenizer: &tokenizer,
-                    pooling: config.pooling,
+                    output: Output::of(&config),
                     max_seq_length: config.max_seq_length,
                     budget,
                 };
@@ -165,21 +176,24 @@ impl Embedder {
             id: repo.id().to_string(),
             revision: repo.revision().map(str::to_string),
             onnx_file,
+            kind: config.kind,
             dimension: config.dimension,
             max_seq_length: config.max_seq_length,
-            pooling: config.pooling.as_str(),
+            pooling: if config.head.is_some() { "none" } else { config.pooling.as_str() },
+            labels: config.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
+            activation: config.head.as_ref().map(|h| h.activation),
             provider: session.provider().as_str(),
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
         };
         let embedder = Self { info, config, tokenizer, session, decision, budget };
-        let warm = embedder.embed(&["warm-up"], true)?;
+        let warm = embedder.embed(&["warm-up"], false)?;
         let got = warm.vectors.first().map_or(0, Vec::len);
-        if got != embedder.config.dimension {
+        if got != embedder.config.output_width() {
             return Err(EmbedError::DimensionMismatch {
                 model: embedder.info.id.clone(),
                 got,
-                expected: embedder.config.dimension,
+                expected: embedder.config.output_width(),
             });
         }
         tracing::info!(
@@ -188,6 +202,7 @@ impl Embedder {
             onnx = %embedder.info.onnx_file,
             dimension = embedder.info.dimension,
             max_seq_length = embedder.info.max_seq_length,
+            kind = %embedder.info.kind,
             pooling = embedder.info.pooling,
             provider = embedder.info.provider,
             fused_attention = embedder.info.fused_attention,
@@ -218,17 +233,52 @@ impl Embedder {
         Ok(self.tokenizer.encode(texts)?)
     }
 
-    /// One inference call over `items` as a single padded batch; returns pooled, unnormalized
-    /// vectors in the same order. Callers keep batches within `max_batch_tokens`.
+    /// Texts and (query, passage) pairs; pairs are truncated longest-first to the maximum length.
+    pub fn tokenize_inputs(&self, inputs: &[Input]) -> Result<Vec<Tokens>, EmbedError> {
+        Ok(self.tokenizer.encode_inputs(inputs)?)
+    }
+
+    /// `/tokenize`: every token of `text` with its character span, untruncated.
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, EmbedError> {
+        Ok(self.tokenizer.tokens(text, add_special_tokens)?)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EmbedError> {
+        Ok(self.tokenizer.decode(ids, skip_special_tokens)?)
+    }
+
+    /// One inference call over `items` as a single padded batch; returns one row per item in the
+    /// same order: the pooled, unnormalized vector of an embedder, the logits of a head.
+    /// Callers keep batches within `max_batch_tokens`.
     pub fn infer(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EmbedError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        Ok(self.session.run(|session| pooled(session, &batch, self.config.pooling))?)
+        let output = Output::of(&self.config);
+        Ok(self.session.run(|session| forward(session, &batch, output))?)
     }
 
-    /// Embeds tokenized texts in length-sorted batches (little padding), keeping input order.
+    /// Like [`Embedder::infer`] without pooling: each item's real tokens' hidden states, one
+    /// after the other (`len × dimension` values). Embedders only.
+    pub fn infer_tokens(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        if self.config.kind != Kind::Embedder {
+            return Err(EmbedError::WrongKind {
+                model: self.info.id.clone(),
+                is: self.config.kind.described(),
+                what: "per-token vectors",
+                needs: Kind::Embedder.described(),
+            });
+        }
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let batch = self.tokenizer.batch(items);
+        Ok(self.session.run(|session| forward(session, &batch, Output::Tokens))?)
+    }
+
+    /// Runs tokenized inputs in length-sorted batches (little padding), keeping input order: an
+    /// embedder's vectors (unit length with `normalize`), or a head's logits.
     pub fn embed_tokens(&self, tokens: &[Tokens], normalize: bool) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
@@ -263,10 +313,43 @@ impl Embedder {
     }
 }
 
-/// Runs one batch and pools it: unnormalized vectors in the batch's order.
-fn pooled(session: &Session, batch: &Batch, pooling: Pooling) -> Result<Vec<Vec<f32>>, RuntimeError> {
+/// What one inference call returns per row.
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Pooled(Pooling),
+    Logits,
+    /// The real tokens' hidden states, flattened.
+    Tokens,
+}
+
+impl Output {
+    fn of(config: &ModelConfig) -> Self {
+        if config.head.is_some() {
+            Output::Logits
+        } else {
+            Output::Pooled(config.pooling)
+        }
+    }
+}
+
+/// Runs one batch: one row per member, in the batch's order (vectors unnormalized).
+fn forward(session: &Session, batch: &Batch, output: Output) -> Result<Vec<Vec<f32>>, RuntimeError> {
     let mask = batch.attention_mask.view();
-    session.run(batch, |hidden| pooling::pool(hidden, mask, pooling))
+    match output {
+        Output::Pooled(pooling) => session.run(batch, |hidden| pooling::pool(hidden, mask, pooling)),
+        Output::Logits => session
+            .run(batch, |logits: ndarray::ArrayView2<'_, f32>| logits.outer_iter().map(|row| row.to_vec()).collect()),
+        Output::Tokens => session.run(batch, |hidden: ndarray::ArrayView3<'_, f32>| {
+            hidden
+                .outer_iter()
+                .zip(mask.outer_iter())
+                .map(|(tokens, mask)| {
+                    let len = mask.iter().take_while(|&&m| m != 0).count();
+                    tokens.slice(ndarray::s![..len, ..]).iter().copied().collect()
+                })
+                .collect()
+        }),
+    }
 }
 
 /// Loads the CPU session, with the verified attention-fused graph when it can (see `fusion`); kept
@@ -297,7 +380,7 @@ impl CpuLoader {
 /// What the `auto` warm-up runs: the shapes the server will see, through the real pipeline.
 struct Measure<'a> {
     tokenizer: &'a Tokenizer,
-    pooling: Pooling,
+    output: Output,
     max_seq_length: usize,
     budget: Budget,
 }
@@ -315,7 +398,7 @@ impl Measure<'_> {
     }
 
     fn run(&self, session: &Session, batches: &[Batch]) -> Outcome {
-        device::measure(batches, device::REPEATS, |batch| pooled(session, batch, self.pooling))
+        device::measure(batches, device::REPEATS, |batch| forward(session, batch, self.output))
     }
 }
 
@@ -427,7 +510,7 @@ mod tests {
         };
         let measure = Measure {
             tokenizer: &tokenizer,
-            pooling: config.pooling,
+            output: Output::of(&config),
             max_seq_length: config.max_seq_length,
             budget: Budget::new(256, 16),
         };
@@ -445,7 +528,7 @@ mod tests {
         assert!(decision.min_cosine.unwrap() >= device::MIN_COSINE, "same model, same vectors: {decision:?}");
         assert!(decision.reason.contains("faster"), "{decision:?}");
         let batch = measure.batches().unwrap().remove(0);
-        let vectors = session.run(|s| pooled(s, &batch, config.pooling)).unwrap();
+        let vectors = session.run(|s| forward(s, &batch, Output::of(&config))).unwrap();
         assert_eq!(vectors[0].len(), config.dimension);
 
         // A second start reads the decision: nothing measured, the stand-in only loaded if chosen.
@@ -471,6 +554,6 @@ mod tests {
         stale.store(&Decision::fixed(Provider::CoreMl, "measured faster earlier"));
         let (session, _, d) = choose_by_measurement(loader(false), &broken, &measure, Some(&stale)).unwrap();
         assert!(d.provider == Provider::Cpu && d.reason.contains("CoreML did not load"), "{d:?}");
-        assert!(session.run(|s| pooled(s, &batch, config.pooling)).is_ok());
+        assert!(session.run(|s| forward(s, &batch, Output::of(&config))).is_ok());
     }
 }

@@ -5,10 +5,12 @@ use std::{
 };
 
 use akidb::{
+    config::Kind,
     corpus::CorpusArgs,
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
     server::{shutdown_signal, Server},
     settings::{ConfigFile, ModelArgs, ServerArgs},
+    tokenize::Input,
     Embedder,
 };
 use anyhow::{bail, Context, Result};
@@ -29,8 +31,49 @@ struct Cli {
 enum Command {
     /// Embed texts given as arguments, or one per line on stdin, and print JSON; or a corpus with --input/--output
     Embed(Box<EmbedArgs>),
-    /// Serve the native API, OpenAI, TEI and Ollama embedding routes over HTTP
+    /// Serve one or more models (--model A --model B): embedding, reranking, classification and tokenizer routes
     Serve(Box<ServeArgs>),
+    /// Score texts against a query with a cross-encoder and print them best first, as JSON
+    Rerank(Box<RerankArgs>),
+    /// Classify texts with a classifier (or score them with a cross-encoder) and print JSON
+    Predict(Box<PredictArgs>),
+}
+
+#[derive(clap::Args)]
+struct RerankArgs {
+    /// The query the texts are scored against
+    #[arg(long)]
+    query: String,
+    /// Texts to rank; with none (and no --input), one text per line is read from stdin
+    texts: Vec<String>,
+    /// A file with one text per line
+    #[arg(long, conflicts_with = "texts")]
+    input: Option<PathBuf>,
+    /// Only the best N
+    #[arg(long)]
+    top_n: Option<usize>,
+    /// Logits instead of the model's activation over them
+    #[arg(long)]
+    raw_scores: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Log what was loaded to stderr
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    /// Texts to classify; with none, one text per line is read from stdin
+    texts: Vec<String>,
+    /// Logits instead of the model's activation over them
+    #[arg(long)]
+    raw_scores: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Log what was loaded to stderr
+    #[arg(long, short)]
+    verbose: bool,
 }
 
 #[derive(clap::Args)]
@@ -72,6 +115,8 @@ fn main() {
         // A corpus run reports progress and its summary through the log.
         Command::Embed(a) if !a.verbose && a.corpus.requested() => "warn,akidb::corpus=info",
         Command::Embed(a) if !a.verbose => "warn",
+        Command::Rerank(a) if !a.verbose => "warn",
+        Command::Predict(a) if !a.verbose => "warn",
         _ => "info",
     };
     init_logging(default_level);
@@ -93,23 +138,110 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Embed(args) => embed(*args, &file),
         Command::Serve(args) => serve(*args, &file),
+        Command::Rerank(args) => rerank(*args, &file),
+        Command::Predict(args) => predict(*args, &file),
     }
 }
 
+/// Loads a model that must be one of `kinds`, for a command that needs them.
+fn load_kind(model: &ModelArgs, verbose: bool, file: &ConfigFile, command: &str, kinds: &[Kind]) -> Result<Embedder> {
+    let embedder = load_embedder(model, verbose, file)?;
+    let kind = embedder.info().kind;
+    if !kinds.contains(&kind) {
+        let needs = kinds.iter().map(|k| k.described()).collect::<Vec<_>>().join(" or ");
+        bail!("`akidb {command}` needs {needs}, but {} is {}", embedder.info().id, kind.described());
+    }
+    Ok(embedder)
+}
+
+/// Scores from logits: the model's activation, or the logits themselves.
+fn scores(embedder: &Embedder, logits: Vec<f32>, raw: bool) -> Vec<f32> {
+    match (raw, embedder.info().activation) {
+        (false, Some(activation)) => activation.apply(&logits),
+        _ => logits,
+    }
+}
+
+fn print_json(value: &serde_json::Value) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    serde_json::to_writer(&mut w, value)?;
+    writeln!(w)?;
+    w.flush()?;
+    Ok(())
+}
+
+fn rerank(args: RerankArgs, file: &ConfigFile) -> Result<()> {
+    let texts = match (&args.input, args.texts.is_empty()) {
+        (Some(path), _) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        }
+        (None, true) => read_stdin_lines()?,
+        (None, false) => args.texts,
+    };
+    if texts.is_empty() {
+        bail!("nothing to rank: pass texts as arguments, --input FILE, or one per line on stdin");
+    }
+    let embedder = load_kind(&args.model, args.verbose, file, "rerank", &[Kind::CrossEncoder])?;
+    let inputs: Vec<Input> = texts.iter().map(|t| Input::Pair(args.query.clone(), t.clone())).collect();
+    let tokens = embedder.tokenize_inputs(&inputs)?;
+    let logits = embedder.embed_tokens(&tokens, false)?;
+    let scores: Vec<f32> = logits
+        .into_iter()
+        .map(|l| scores(&embedder, l, args.raw_scores).first().copied().unwrap_or(f32::NAN))
+        .collect();
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let ranked: Vec<serde_json::Value> = order
+        .into_iter()
+        .take(args.top_n.unwrap_or(usize::MAX))
+        .map(|i| serde_json::json!({ "index": i, "score": scores[i], "text": texts[i] }))
+        .collect();
+    print_json(&serde_json::Value::Array(ranked))
+}
+
+fn predict(args: PredictArgs, file: &ConfigFile) -> Result<()> {
+    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
+    if texts.is_empty() {
+        bail!("nothing to classify: pass texts as arguments or one per line on stdin");
+    }
+    let embedder = load_kind(&args.model, args.verbose, file, "predict", &[Kind::Classifier, Kind::CrossEncoder])?;
+    let tokens = embedder.tokenize(&texts)?;
+    let labels = embedder.info().labels.clone();
+    let all: Vec<serde_json::Value> = embedder
+        .embed_tokens(&tokens, false)?
+        .into_iter()
+        .map(|logits| {
+            let scores = scores(&embedder, logits, args.raw_scores);
+            let mut order: Vec<usize> = (0..scores.len()).collect();
+            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+            let predictions: Vec<serde_json::Value> = order
+                .into_iter()
+                .map(|i| serde_json::json!({ "label": labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")), "score": scores[i] }))
+                .collect();
+            serde_json::Value::Array(predictions)
+        })
+        .collect();
+    print_json(&serde_json::Value::Array(all))
+}
+
 fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
-    let options = args.model.resolve(file)?;
+    let all = args.model.resolve_all(file)?;
     let config = args.server.resolve(file)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {
         let server = Server::bind(config).await?;
         let addr = server.local_addr()?;
-        tracing::info!("listening on http://{addr} (model {} loading)", options.model);
-        let model = options.model.clone();
-        server
-            .run(move || Embedder::load(&options), shutdown_signal())
-            .await
-            .with_context(|| format!("serving model {model}"))
+        let names = all.iter().map(|o| o.model.as_str()).collect::<Vec<_>>().join(", ");
+        tracing::info!("listening on http://{addr} (loading {names})");
+        let load = move || -> Result<Vec<Embedder>, String> {
+            all.iter()
+                .map(|options| Embedder::load(options).map_err(|e| format!("loading model {}: {e}", options.model)))
+                .collect()
+        };
+        server.run(load, shutdown_signal()).await.with_context(|| format!("serving {names}"))
     })
 }
 

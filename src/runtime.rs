@@ -3,7 +3,7 @@
 
 use std::{ffi::CStr, path::Path, sync::OnceLock};
 
-use ndarray::{ArrayView3, Ix3};
+use ndarray::{ArrayView, Dimension};
 use ort::{
     ep::{self, ExecutionProvider},
     session::{
@@ -32,7 +32,7 @@ pub enum RuntimeError {
     CoreMlUnavailable,
     #[error("ONNX model {path} has no input named input_ids or attention_mask (inputs: {inputs})")]
     UnsupportedInputs { path: String, inputs: String },
-    #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden]")]
+    #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden] for an embedder, [batch, labels] for a classification head")]
     UnexpectedOutput(Vec<usize>),
     #[error(
         "CoreML failed at run time ({0}); with --device coreml there is no CPU fallback (use --device auto or cpu)"
@@ -277,8 +277,14 @@ impl Session {
         self.provider
     }
 
-    /// Runs the batch and hands the hidden states `[batch, tokens, hidden]` to `f` without copying.
-    pub fn run<R>(&self, batch: &Batch, f: impl FnOnce(ArrayView3<'_, f32>) -> R) -> Result<R, RuntimeError> {
+    /// Runs the batch and hands the output to `f` without copying: hidden states
+    /// `[batch, tokens, hidden]` (`Ix3`) for an embedder, logits `[batch, labels]` (`Ix2`) for a
+    /// classification head. An output of another rank is an error.
+    pub fn run<D: Dimension, R>(
+        &self,
+        batch: &Batch,
+        f: impl FnOnce(ArrayView<'_, f32, D>) -> R,
+    ) -> Result<R, RuntimeError> {
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
             ("input_ids", TensorRef::from_array_view(batch.input_ids.view())?.into()),
             ("attention_mask", TensorRef::from_array_view(batch.attention_mask.view())?.into()),
@@ -291,10 +297,10 @@ impl Session {
         let value = outputs
             .get(&self.output)
             .ok_or_else(|| RuntimeError::Ort(format!("output {} missing from the run's results", self.output)))?;
-        let hidden = value.try_extract_array::<f32>()?;
-        let shape = hidden.shape().to_vec();
-        let hidden = hidden.into_dimensionality::<Ix3>().map_err(|_| RuntimeError::UnexpectedOutput(shape))?;
-        Ok(f(hidden))
+        let output = value.try_extract_array::<f32>()?;
+        let shape = output.shape().to_vec();
+        let output = output.into_dimensionality::<D>().map_err(|_| RuntimeError::UnexpectedOutput(shape))?;
+        Ok(f(output))
     }
 }
 

@@ -37,15 +37,18 @@ pub enum SettingsError {
     Parse { path: PathBuf, message: String },
     #[error("could not combine flags with the config file: {0}")]
     Layer(String),
+    #[error("{0}")]
+    Models(String),
 }
 
 /// Model and inference options, shared by `embed` and `serve`; top-level keys of the file.
 #[derive(Debug, Clone, Default, clap::Args, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelArgs {
-    /// Hugging Face repo id (owner/name) or a local model directory [default: sentence-transformers/all-MiniLM-L6-v2]
-    #[arg(long, env = "AKIDB_EMBEDDING_MODEL")]
-    pub model: Option<String>,
+    /// Hugging Face repo id (owner/name) or a local model directory; `serve` takes several (repeat the flag, or a list in the file) [default: sentence-transformers/all-MiniLM-L6-v2]
+    #[arg(long, env = "AKIDB_EMBEDDING_MODEL", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty", deserialize_with = "one_or_many")]
+    pub model: Vec<String>,
     /// Branch, tag or commit of the Hub repo [default: main]
     #[arg(long, env = "AKIDB_MODEL_REVISION")]
     pub revision: Option<String>,
@@ -285,18 +288,65 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for SplitServer<'_, A> {
     }
 }
 
+/// `model = "a/b"` or `model = ["a/b", "c/d"]`.
+fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    match OneOrMany::deserialize(deserializer) {
+        Ok(OneOrMany::One(model)) => Ok(vec![model]),
+        Ok(OneOrMany::Many(models)) => Ok(models),
+        Err(_) => Err(de::Error::custom("model must be a model id or a list of them")),
+    }
+}
+
 impl ModelArgs {
-    /// These options (flags and environment) over the file's.
+    /// These options (flags and environment) over the file's, for a command that runs one model.
     pub fn resolve(&self, file: &ConfigFile) -> Result<EmbedderOptions, SettingsError> {
-        Ok(layered(self, &file.model)?.options())
+        let layered = layered(self, &file.model)?;
+        if layered.model.len() > 1 {
+            return Err(SettingsError::Models(format!(
+                "this command runs one model, but {} were given ({}); only `akidb serve` takes several",
+                layered.model.len(),
+                layered.model.join(", ")
+            )));
+        }
+        Ok(layered.options())
     }
 
-    /// Runtime options, with the defaults for what is unset.
+    /// Like [`ModelArgs::resolve`], one set of options per model (`serve`).
+    pub fn resolve_all(&self, file: &ConfigFile) -> Result<Vec<EmbedderOptions>, SettingsError> {
+        layered(self, &file.model)?.options_all()
+    }
+
+    /// One set of options per model, in the order given; the default model when none is. The
+    /// revision and ONNX file name one model's files, so with several models they are refused.
+    pub fn options_all(&self) -> Result<Vec<EmbedderOptions>, SettingsError> {
+        if self.model.len() > 1 && (self.revision.is_some() || self.onnx_file.is_some()) {
+            return Err(SettingsError::Models(
+                "--revision and --onnx-file name one model's files; with several models leave them unset".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        if let Some(twice) = self.model.iter().find(|m| !seen.insert(m.as_str())) {
+            return Err(SettingsError::Models(format!("model {twice} is given twice")));
+        }
+        let first = self.options();
+        if self.model.len() <= 1 {
+            return Ok(vec![first]);
+        }
+        Ok(self.model.iter().map(|model| EmbedderOptions { model: model.clone(), ..first.clone() }).collect())
+    }
+
+    /// Runtime options for the first model, with the defaults for what is unset.
     pub fn options(&self) -> EmbedderOptions {
         let d = EmbedderOptions::default();
         let c = &self.coreml;
         EmbedderOptions {
-            model: self.model.clone().unwrap_or(d.model),
+            model: self.model.first().cloned().unwrap_or(d.model),
             revision: self.revision.clone().or(d.revision),
             onnx_file: self.onnx_file.clone().or(d.onnx_file),
             session: SessionOptions {
@@ -480,7 +530,7 @@ mod tests {
         assert_eq!((from_file.model.as_str(), from_file.session.threads), ("from/file", Some(3)));
         assert_eq!(from_file.session.coreml.compute_units, ComputeUnits::CpuOnly);
         let flags = ModelArgs {
-            model: Some("from/flag".into()),
+            model: vec!["from/flag".into()],
             threads: Some(1),
             coreml: CoreMlArgs { model_format: Some(CoreMlFormat::NeuralNetwork), ..Default::default() },
             ..Default::default()

@@ -4,7 +4,8 @@
 use std::path::Path;
 
 use ndarray::Array2;
-use tokenizers::{TruncationDirection, TruncationParams, TruncationStrategy};
+use serde::Serialize;
+use tokenizers::{EncodeInput, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Up to this many texts are tokenized on the calling thread (see [`Tokenizer::encode`]).
 const SEQUENTIAL_UP_TO: usize = 8;
@@ -15,6 +16,54 @@ pub enum TokenizeError {
     Load { path: String, message: String },
     #[error("tokenization failed: {0}")]
     Encode(String),
+}
+
+/// What one model row is made of: a text, or a (query, passage) pair for a cross-encoder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Input {
+    Single(String),
+    /// Encoded as one sequence, token type 0 for the first text and 1 for the second.
+    Pair(String, String),
+}
+
+impl Input {
+    /// A lower bound of its tokens: every word is at least one.
+    pub fn words(&self) -> usize {
+        match self {
+            Input::Single(a) => a.split_whitespace().count(),
+            Input::Pair(a, b) => a.split_whitespace().count() + b.split_whitespace().count(),
+        }
+    }
+
+    pub fn bytes(&self) -> usize {
+        match self {
+            Input::Single(a) => a.len(),
+            Input::Pair(a, b) => a.len() + b.len(),
+        }
+    }
+
+    fn encode_input(&self) -> EncodeInput<'_> {
+        match self {
+            Input::Single(a) => a.as_str().into(),
+            Input::Pair(a, b) => (a.as_str(), b.as_str()).into(),
+        }
+    }
+}
+
+impl From<String> for Input {
+    fn from(text: String) -> Self {
+        Input::Single(text)
+    }
+}
+
+/// One token as `/tokenize` shows it; `start`/`stop` are character offsets into its text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct Token {
+    pub id: u32,
+    pub text: String,
+    pub special: bool,
+    pub start: Option<usize>,
+    pub stop: Option<usize>,
 }
 
 /// One text's tokens, special tokens included, unpadded.
@@ -47,6 +96,8 @@ pub struct Batch {
 #[derive(Clone)]
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
+    /// The same without truncation, made on first use: `/tokenize` shows every token.
+    untruncated: std::sync::OnceLock<tokenizers::Tokenizer>,
     pad_id: i64,
 }
 
@@ -65,7 +116,7 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self { inner, pad_id })
+        Ok(Self { inner, untruncated: std::sync::OnceLock::new(), pad_id })
     }
 
     /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the
@@ -85,6 +136,59 @@ impl Tokenizer {
                 type_ids: e.get_type_ids().to_vec(),
             })
             .collect())
+    }
+
+    /// Like [`Tokenizer::encode`] for texts and (query, passage) pairs; pairs are truncated
+    /// longest-first to the model's maximum, as sentence-transformers' CrossEncoder does.
+    pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Tokens>, TokenizeError> {
+        let encodings = if inputs.len() <= SEQUENTIAL_UP_TO {
+            inputs.iter().map(|i| self.inner.encode_fast(i.encode_input(), true)).collect::<Result<Vec<_>, _>>()
+        } else {
+            self.inner.encode_batch_fast(inputs.iter().map(Input::encode_input).collect(), true)
+        }
+        .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        Ok(encodings
+            .into_iter()
+            .map(|e| Tokens {
+                truncated: !e.get_overflowing().is_empty(),
+                ids: e.get_ids().to_vec(),
+                type_ids: e.get_type_ids().to_vec(),
+            })
+            .collect())
+    }
+
+    /// Every token of `text`, untruncated, with its character span (`None` for special tokens).
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, TokenizeError> {
+        let untruncated = self.untruncated.get_or_init(|| {
+            let mut t = self.inner.clone();
+            // Switching truncation off cannot fail (only invalid parameters can).
+            let _ = t.with_truncation(None);
+            t
+        });
+        let encoding = untruncated
+            .encode_char_offsets(text, add_special_tokens)
+            .map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        let chars: Vec<char> = text.chars().collect();
+        Ok(encoding
+            .get_ids()
+            .iter()
+            .zip(encoding.get_offsets())
+            .zip(encoding.get_special_tokens_mask())
+            .zip(encoding.get_tokens())
+            .map(|(((&id, &(start, stop)), &special), token)| {
+                if special == 1 {
+                    Token { id, text: token.clone(), special: true, start: None, stop: None }
+                } else {
+                    let (start, stop) = (start.min(chars.len()), stop.min(chars.len()));
+                    let text = chars[start..stop.max(start)].iter().collect();
+                    Token { id, text, special: false, start: Some(start), stop: Some(stop) }
+                }
+            })
+            .collect())
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, TokenizeError> {
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| TokenizeError::Encode(e.to_string()))
     }
 
     /// Pads to the longest member: attention never sees padding, and short batches stay short.

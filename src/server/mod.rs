@@ -1,14 +1,18 @@
-//! `akidb serve`: axum routes → scheduler → [`Backend`] (the engine), as text-embeddings-inference
-//! separates router, queue and backend. The listener is up before the model is loaded so
-//! `/health` can say 503 until the warm-up run is done.
+//! `akidb serve`: axum routes → registry (one entry per model) → scheduler → [`Backend`] (the
+//! engine), as text-embeddings-inference separates router, queue and backend. The listener is up
+//! before the models are loaded so `/health` can say 503 until every warm-up run is done.
 
 pub mod backend;
 mod config;
 mod conn;
 mod error;
 pub mod metrics;
+mod openapi;
+mod registry;
 mod routes;
 pub mod scheduler;
+mod scoring;
+mod tokens;
 
 use std::{
     future::Future,
@@ -27,14 +31,15 @@ use axum::{
 use serde_json::json;
 use tokio::{net::TcpListener, sync::Semaphore};
 
-pub use self::backend::{Backend, BackendError};
+pub use self::backend::{Backend, BackendError, Output};
 pub use self::config::ServerConfig;
 pub use self::error::{ApiError, Flavor};
 use self::{
     metrics::Metrics,
+    registry::{Model, Registry},
     scheduler::{Scheduler, SchedulerConfig, SchedulerError},
 };
-use crate::Embeddings;
+use crate::{config::Kind, tokenize::Input, Embeddings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -53,15 +58,10 @@ pub enum ServerError {
 /// A batch running this long is "stuck" whatever the usual batch time (see [`Scheduler::health`]).
 const STALL_FLOOR: Duration = Duration::from_secs(10);
 
-struct Engine {
-    backend: Arc<dyn Backend>,
-    scheduler: Scheduler,
-}
-
 #[derive(Clone)]
 pub struct AppState {
     config: Arc<ServerConfig>,
-    engine: Arc<OnceLock<Engine>>,
+    registry: Arc<OnceLock<Registry>>,
     limiter: Arc<Semaphore>,
     metrics: Arc<Metrics>,
     started: Instant,
@@ -72,76 +72,69 @@ impl AppState {
         Self {
             limiter: Arc::new(Semaphore::new(config.max_concurrent_requests)),
             config: Arc::new(config),
-            engine: Arc::new(OnceLock::new()),
+            registry: Arc::new(OnceLock::new()),
             metrics: Arc::new(Metrics::default()),
             started: Instant::now(),
         }
     }
 
-    /// Puts a loaded model behind its scheduler; from now on `/health` is the scheduler's.
-    fn install(&self, backend: Arc<dyn Backend>, stall_floor: Duration) {
-        let config = SchedulerConfig {
-            budget: backend.budget(),
-            max_queued_tokens: self.config.max_queued_tokens,
-            max_batch_requests: self.config.max_batch_requests,
-            stall_floor,
-        };
-        let scheduler = Scheduler::start(backend.clone(), config, self.metrics.clone());
-        if self.engine.set(Engine { backend, scheduler }).is_err() {
-            tracing::warn!("a model was already installed; keeping the first");
+    /// Puts each loaded model behind its own scheduler; from now on `/health` is theirs.
+    fn install(&self, backends: Vec<Arc<dyn Backend>>, stall_floor: Duration) {
+        let models = backends
+            .into_iter()
+            .enumerate()
+            .map(|(i, backend)| {
+                let config = SchedulerConfig {
+                    budget: backend.budget(),
+                    max_queued_tokens: self.config.max_queued_tokens,
+                    max_batch_requests: self.config.max_batch_requests,
+                    stall_floor,
+                };
+                let scheduler = Scheduler::start(backend.clone(), config, self.metrics.clone());
+                let name = match (&self.config.served_model_name, i) {
+                    (Some(name), 0) => name.clone(),
+                    _ => backend.info().id.clone(),
+                };
+                Model { backend, scheduler, name }
+            })
+            .collect();
+        if self.registry.set(Registry::new(models)).is_err() {
+            tracing::warn!("models were already installed; keeping the first set");
         }
     }
 
-    fn engine(&self) -> Result<&Engine, ApiError> {
-        self.engine
-            .get()
-            .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the model is still loading; retry shortly"))
+    fn registry(&self) -> Result<&Registry, ApiError> {
+        self.registry.get().ok_or_else(|| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the models are still loading; retry shortly")
+        })
     }
 
-    fn model_name(&self) -> String {
-        match (&self.config.served_model_name, self.engine.get()) {
-            (Some(name), _) => name.clone(),
-            (None, Some(engine)) => engine.backend.info().id.clone(),
-            (None, None) => String::new(),
-        }
+    /// The model a request names, else the first of `kinds` served (see [`Registry::pick`]).
+    pub(crate) fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Model, ApiError> {
+        self.registry()?.pick(requested, route, kinds)
     }
 
-    fn dimension(&self) -> usize {
-        self.engine.get().map_or(0, |e| e.backend.info().dimension)
-    }
-
-    /// The path every embedding route shares: validate, limit, tokenize, admit, queue; all of it
-    /// within the request timeout, past which the request's remaining texts are dropped.
-    pub(crate) async fn embed(
+    /// The path every inference route shares: validate, limit, tokenize, admit, queue on the
+    /// model's scheduler; all of it within the request timeout, past which the request's
+    /// remaining inputs are dropped. Rows come back in input order.
+    pub(crate) async fn run(
         &self,
-        model: Option<&str>,
-        texts: Vec<String>,
+        model: &Model,
+        inputs: Vec<Input>,
+        output: Output,
         normalize: bool,
         truncate: bool,
     ) -> Result<Embeddings, ApiError> {
-        let engine = self.engine()?;
-        if let Some(model) = model {
-            let info = engine.backend.info();
-            let short = info.id.rsplit('/').next().unwrap_or(&info.id);
-            let known = model == info.id || model == short || self.config.served_model_name.as_deref() == Some(model);
-            if !known {
-                return Err(ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    format!("model '{model}' is not served here; this server serves '{}'", self.model_name()),
-                )
-                .param("model"));
-            }
-        }
-        if texts.is_empty() {
+        if inputs.is_empty() {
             return Err(ApiError::unprocessable("inputs must not be empty"));
         }
-        if texts.len() > self.config.max_inputs {
+        if inputs.len() > self.config.max_inputs {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("{} inputs in one request; the limit is {}", texts.len(), self.config.max_inputs),
+                format!("{} inputs in one request; the limit is {}", inputs.len(), self.config.max_inputs),
             ));
         }
-        engine.scheduler.health().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+        model.scheduler.health().map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
         let permit = self
             .limiter
             .clone()
@@ -149,35 +142,34 @@ impl AppState {
             .map_err(|_| ApiError::overloaded(self.config.max_concurrent_requests))?;
 
         // Every word is at least one token: a lower bound, admitted before the tokenizing it may spare.
-        let max_len = engine.backend.info().max_seq_length;
-        let floor = texts.iter().map(|t| t.split_whitespace().count().min(max_len)).sum();
-        let mut ticket = engine.scheduler.admit(floor).map_err(ApiError::queue_full)?;
+        let max_len = model.backend.info().max_seq_length;
+        let floor = inputs.iter().map(|i| i.words().min(max_len)).sum();
+        let mut ticket = model.scheduler.admit(floor).map_err(ApiError::queue_full)?;
 
         let work = async move {
-            let backend = engine.backend.clone();
-            let bytes: usize = texts.iter().map(String::len).sum();
+            let backend = model.backend.clone();
+            let bytes: usize = inputs.iter().map(Input::bytes).sum();
             // Small requests tokenize in place; large ones off the async workers.
             let tokens = if bytes < 4096 {
-                backend.tokenize(&texts)
+                backend.tokenize(&inputs)
             } else {
-                tokio::task::spawn_blocking(move || backend.tokenize(&texts)).await.map_err(|e| {
+                tokio::task::spawn_blocking(move || backend.tokenize(&inputs)).await.map_err(|e| {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}"))
                 })?
             }
             .map_err(|e| ApiError::unprocessable(e.to_string()))?;
             if !truncate {
                 if let Some(index) = tokens.iter().position(|t| t.truncated) {
-                    let max = engine.backend.info().max_seq_length;
                     return Err(ApiError::unprocessable(format!(
-                        "input {index} is longer than the model's maximum of {max} tokens (truncation is off)"
+                        "input {index} is longer than the model's maximum of {max_len} tokens (truncation is off)"
                     )));
                 }
             }
             let total_tokens: usize = tokens.iter().map(|t| t.len()).sum();
             let text_count = tokens.len();
-            engine.scheduler.settle(&mut ticket, total_tokens).map_err(ApiError::queue_full)?;
+            model.scheduler.settle(&mut ticket, total_tokens).map_err(ApiError::queue_full)?;
             let vectors =
-                engine.scheduler.submit(tokens, normalize, ticket, Some(permit)).await.map_err(|e| match e {
+                model.scheduler.submit(tokens, output, normalize, ticket, Some(permit)).await.map_err(|e| match e {
                     SchedulerError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                     SchedulerError::Inference(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 })?;
@@ -192,36 +184,74 @@ impl AppState {
     }
 }
 
-async fn health(State(state): State<AppState>) -> Response {
-    let Some(engine) = state.engine.get() else {
+/// 200 when every model is loaded and its scheduler and backend are well; else 503 with why.
+#[utoipa::path(get, path = "/health", tag = "akidb", responses(
+    (status = 200, description = "Every model is loaded and well", body = Object),
+    (status = 503, description = "Loading, or unhealthy (with the reason)", body = Object)))]
+pub(crate) async fn health(State(state): State<AppState>) -> Response {
+    let Some(registry) = state.registry.get() else {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "loading" }))).into_response();
     };
-    match engine.scheduler.health().and_then(|()| engine.backend.health().map_err(|e| e.to_string())) {
-        Ok(()) => Json(json!({ "status": "ok" })).into_response(),
-        Err(error) => {
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unhealthy", "error": error }))).into_response()
-        }
+    let problems: Vec<String> = registry
+        .models()
+        .iter()
+        .filter_map(|m| {
+            m.scheduler.health().and_then(|()| m.backend.health().map_err(|e| e.to_string())).err().map(|e| {
+                if registry.models().len() > 1 {
+                    format!("{}: {e}", m.name)
+                } else {
+                    e
+                }
+            })
+        })
+        .collect();
+    if problems.is_empty() {
+        Json(json!({ "status": "ok" })).into_response()
+    } else {
+        let error = problems.join("; ");
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "unhealthy", "error": error }))).into_response()
     }
 }
 
-async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let engine = state.engine()?;
-    let info = engine.backend.info();
-    let device = engine.backend.device();
-    let budget = engine.backend.budget();
-    let c = &state.config;
-    Ok(Json(json!({
+/// One model as `/info` lists it.
+fn model_info(model: &Model) -> serde_json::Value {
+    let info = model.backend.info();
+    let device = model.backend.device();
+    let budget = model.backend.budget();
+    json!({
         "model_id": info.id,
-        "served_model_name": state.model_name(),
+        "served_model_name": model.name,
+        "kind": info.kind,
         "model_revision": info.revision,
         "onnx_file": info.onnx_file,
         "dimension": info.dimension,
+        "labels": (!info.labels.is_empty()).then_some(&info.labels),
+        "activation": info.activation,
         "max_input_length": info.max_seq_length,
         "pooling": info.pooling,
         // The provider serving now: after a CoreML run-time failure, the CPU.
         "execution_provider": device.as_ref().map_or(info.provider, |d| d.provider.as_str()),
         "device": device,
-        "onnx_runtime_version": info.onnx_runtime_version,
+        "max_batch_tokens": budget.max_tokens,
+        "max_batch_size": budget.max_rows,
+    })
+}
+
+/// Every model with its kind, dimension or labels, max length and execution provider; the first
+/// model's fields also at the top level, where single-model clients read them.
+#[utoipa::path(get, path = "/info", tag = "akidb", responses(
+    (status = 200, description = "The served models and the server's limits", body = Object),
+    (status = 503, description = "The models are still loading", body = openapi::ErrorBody)))]
+pub(crate) async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let registry = state.registry()?;
+    let models: Vec<serde_json::Value> = registry.models().iter().map(model_info).collect();
+    let mut out = models.first().cloned().unwrap_or_else(|| json!({}));
+    let c = &state.config;
+    let first = registry.models().first().map(|m| m.backend.info());
+    let budget = registry.models().first().map(|m| m.backend.budget());
+    let extra = json!({
+        "models": models,
+        "onnx_runtime_version": first.map(|i| i.onnx_runtime_version.clone()),
         "version": env!("CARGO_PKG_VERSION"),
         "limits": {
             "payload_limit": c.payload_limit,
@@ -231,14 +261,21 @@ async fn info(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
             "max_queued_tokens": c.max_queued_tokens,
             "request_timeout_seconds": c.request_timeout.map(|d| d.as_secs_f64()),
             "shutdown_timeout_seconds": c.shutdown_timeout.as_secs_f64(),
-            "max_batch_tokens": budget.max_tokens,
-            "max_batch_size": budget.max_rows,
+            "max_batch_tokens": budget.map(|b| b.max_tokens),
+            "max_batch_size": budget.map(|b| b.max_rows),
         },
         "uptime_seconds": state.started.elapsed().as_secs(),
-    })))
+    });
+    if let (Some(out), serde_json::Value::Object(extra)) = (out.as_object_mut(), extra) {
+        out.extend(extra);
+    }
+    Ok(Json(out))
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
+/// Prometheus metrics (OpenMetrics text).
+#[utoipa::path(get, path = "/metrics", tag = "akidb", responses(
+    (status = 200, description = "OpenMetrics text", body = String, content_type = "application/openmetrics-text")))]
+pub(crate) async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], state.metrics.render())
         .into_response()
 }
@@ -296,7 +333,9 @@ async fn read_body(State(state): State<AppState>, request: Request, next: Next) 
 
 async fn authorize(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let Some(key) = state.config.api_key.as_deref() else { return next.run(request).await };
-    if request.uri().path() == "/health" {
+    // Health for probes; the API's description so a browser can show /docs.
+    let path = request.uri().path();
+    if path == "/health" || path == "/openapi.json" || path == "/docs" || path.starts_with("/docs/") {
         return next.run(request).await;
     }
     let given = request
@@ -328,7 +367,15 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/embeddings", post(routes::openai_embeddings))
         .route("/embeddings", post(routes::openai_embeddings))
         .route("/embed", post(routes::tei_embed))
+        .route("/embed_all", post(routes::embed_all))
+        .route("/similarity", post(routes::similarity))
         .route("/api/embed", post(routes::ollama_embed))
+        .route("/rerank", post(scoring::rerank))
+        .route("/v1/rerank", post(scoring::cohere_rerank))
+        .route("/predict", post(scoring::predict))
+        .route("/tokenize", post(tokens::tokenize))
+        .route("/decode", post(tokens::decode))
+        .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
         .route("/health", get(health))
         .route("/info", get(info))
         .route("/metrics", get(metrics_text))
@@ -363,7 +410,7 @@ impl Server {
     /// with that error: never a permanent "loading".
     pub async fn run<L, B, E, S>(self, load: L, shutdown: S) -> Result<(), ServerError>
     where
-        L: FnOnce() -> Result<B, E> + Send + 'static,
+        L: FnOnce() -> Result<Vec<B>, E> + Send + 'static,
         B: Backend,
         E: std::fmt::Display + Send + 'static,
         S: Future<Output = ()> + Send + 'static,
@@ -374,9 +421,10 @@ impl Server {
         let load_state = state.clone();
         tokio::spawn(async move {
             let failure = match loader.await {
-                Ok(Ok(backend)) => {
-                    load_state.install(Arc::new(backend), STALL_FLOOR);
-                    tracing::info!("model ready; /health is 200");
+                Ok(Ok(backends)) => {
+                    let backends = backends.into_iter().map(|b| Arc::new(b) as Arc<dyn Backend>).collect();
+                    load_state.install(backends, STALL_FLOOR);
+                    tracing::info!("models ready; /health is 200");
                     return;
                 }
                 Ok(Err(e)) => e.to_string(),

@@ -1,4 +1,5 @@
-//! The embedding routes. Each speaks its clients' format and funnels into [`AppState::embed`].
+//! The embedding routes. Each speaks its clients' format, picks an embedding model from the
+//! registry and funnels into [`AppState::run`].
 
 use std::time::Instant;
 
@@ -11,20 +12,25 @@ use axum::{
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
 
 use super::{
+    backend::Output,
     error::{parse_json, ApiError, Flavor},
+    openapi::{texts_schema, Failures, OpenAiFailures},
     AppState,
 };
 use crate::{
+    config::Kind,
     pooling,
     protocol::{EmbedResponse, Usage},
+    tokenize::Input,
 };
 
-type Body = Result<Bytes, BytesRejection>;
+pub(crate) type Body = Result<Bytes, BytesRejection>;
 
 /// A string or an array of strings, with a message that says which element is wrong.
-fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
+pub(crate) fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
     match value {
         Value::String(s) => Ok(vec![s]),
         Value::Array(items) => items
@@ -53,7 +59,7 @@ fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
     }
 }
 
-fn kind(v: &Value) -> &'static str {
+pub(crate) fn kind(v: &Value) -> &'static str {
     match v {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -64,16 +70,30 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
-#[derive(Deserialize)]
+fn singles(texts: Vec<String>) -> Vec<Input> {
+    texts.into_iter().map(Input::Single).collect()
+}
+
+const EMBEDDER: &[Kind] = &[Kind::Embedder];
+
+/// `POST /api/v1/embed`.
+#[derive(Deserialize, ToSchema)]
 pub struct NativeRequest {
+    /// A served model's id, short name or served name [default: the first embedding model]
     model: Option<String>,
+    /// One text or an array of texts.
     #[serde(default)]
+    #[schema(schema_with = texts_schema)]
     inputs: Value,
+    /// Unit-length vectors [default: true]
     normalize: Option<bool>,
+    /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
 }
 
-/// `POST /api/v1/embed`: the native API.
+/// The native API.
+#[utoipa::path(post, path = "/api/v1/embed", tag = "akidb", request_body = NativeRequest,
+    responses((status = 200, description = "One vector per input, in order", body = EmbedResponse), Failures))]
 pub async fn native_embed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -82,24 +102,35 @@ pub async fn native_embed(
     let started = Instant::now();
     let req: NativeRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.inputs, "inputs")?;
-    let out =
-        state.embed(req.model.as_deref(), texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
+    let model = state.pick(req.model.as_deref(), "POST /api/v1/embed", EMBEDDER)?;
+    let out = state
+        .run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true))
+        .await?;
     Ok(Json(EmbedResponse {
-        model: state.model_name(),
+        model: model.name.clone(),
         embeddings: out.vectors,
         usage: Usage { total_tokens: out.total_tokens, duration_ms: started.elapsed().as_millis() as u64 },
     }))
 }
 
-#[derive(Deserialize)]
+/// `POST /embed` and `POST /embed_all`.
+#[derive(Deserialize, ToSchema)]
 pub struct TeiRequest {
+    /// One text or an array of texts.
     #[serde(default)]
+    #[schema(schema_with = texts_schema)]
     inputs: Value,
+    /// Unit-length vectors (`/embed` only) [default: true]
     normalize: Option<bool>,
+    /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// A served model [default: the first embedding model]
+    model: Option<String>,
 }
 
-/// `POST /embed`: text-embeddings-inference's route.
+/// text-embeddings-inference's route.
+#[utoipa::path(post, path = "/embed", tag = "TEI", request_body = TeiRequest,
+    responses((status = 200, description = "One vector per input, in order", body = Vec<Vec<f32>>), Failures))]
 pub async fn tei_embed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -107,19 +138,79 @@ pub async fn tei_embed(
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.inputs, "inputs")?;
-    let out = state.embed(None, texts, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true)).await?;
+    let model = state.pick(req.model.as_deref(), "POST /embed", EMBEDDER)?;
+    let out = state
+        .run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true))
+        .await?;
     Ok(Json(out.vectors))
 }
 
-#[derive(Deserialize)]
+/// Every token's hidden state, unpooled: per input, one vector per token (special tokens included).
+#[utoipa::path(post, path = "/embed_all", tag = "TEI", request_body = TeiRequest,
+    responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>), Failures))]
+pub async fn embed_all(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
+    let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let texts = texts(req.inputs, "inputs")?;
+    let model = state.pick(req.model.as_deref(), "POST /embed_all", EMBEDDER)?;
+    let dim = model.backend.info().dimension.max(1);
+    let out = state.run(model, singles(texts), Output::Tokens, false, req.truncate.unwrap_or(true)).await?;
+    Ok(Json(out.vectors.into_iter().map(|flat| flat.chunks(dim).map(<[f32]>::to_vec).collect()).collect()))
+}
+
+/// `POST /similarity`'s inputs.
+#[derive(Deserialize, ToSchema)]
+pub struct SimilarityInputs {
+    source_sentence: String,
+    sentences: Vec<String>,
+}
+
+/// `POST /similarity`.
+#[derive(Deserialize, ToSchema)]
+pub struct SimilarityRequest {
+    inputs: SimilarityInputs,
+    /// Cut texts longer than the model's maximum instead of refusing them [default: true]
+    truncate: Option<bool>,
+    /// A served model [default: the first embedding model]
+    model: Option<String>,
+}
+
+/// Cosine similarity of `source_sentence` to each of `sentences`, in order.
+#[utoipa::path(post, path = "/similarity", tag = "TEI", request_body = SimilarityRequest,
+    responses((status = 200, description = "One cosine per sentence", body = Vec<f32>), Failures))]
+pub async fn similarity(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<f32>>, ApiError> {
+    let req: SimilarityRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    if req.inputs.sentences.is_empty() {
+        return Err(ApiError::unprocessable("inputs.sentences must not be empty").param("inputs.sentences"));
+    }
+    let model = state.pick(req.model.as_deref(), "POST /similarity", EMBEDDER)?;
+    let mut inputs = vec![Input::Single(req.inputs.source_sentence)];
+    inputs.extend(singles(req.inputs.sentences));
+    let out = state.run(model, inputs, Output::Rows, true, req.truncate.unwrap_or(true)).await?;
+    let (source, others) = out.vectors.split_first().ok_or_else(|| ApiError::unprocessable("no vectors"))?;
+    Ok(Json(others.iter().map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum()).collect()))
+}
+
+/// `POST /api/embed`.
+#[derive(Deserialize, ToSchema)]
 pub struct OllamaRequest {
     model: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = texts_schema)]
     input: Value,
     truncate: Option<bool>,
 }
 
-/// `POST /api/embed`: Ollama's route (vectors are unit length there too).
+/// Ollama's route (vectors are unit length there too).
+#[utoipa::path(post, path = "/api/embed", tag = "Ollama", request_body = OllamaRequest,
+    responses((status = 200, description = "Ollama's embed response", body = Object), Failures))]
 pub async fn ollama_embed(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -128,9 +219,10 @@ pub async fn ollama_embed(
     let started = Instant::now();
     let req: OllamaRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.input, "input")?;
-    let out = state.embed(req.model.as_deref(), texts, true, req.truncate.unwrap_or(true)).await?;
+    let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
+    let out = state.run(model, singles(texts), Output::Rows, true, req.truncate.unwrap_or(true)).await?;
     Ok(Json(json!({
-        "model": state.model_name(),
+        "model": model.name,
         "embeddings": out.vectors,
         "total_duration": started.elapsed().as_nanos() as u64,
         "load_duration": 0,
@@ -138,16 +230,22 @@ pub async fn ollama_embed(
     })))
 }
 
-#[derive(Deserialize)]
+/// `POST /v1/embeddings`.
+#[derive(Deserialize, ToSchema)]
 pub struct OpenAiRequest {
     #[serde(default)]
+    #[schema(schema_with = texts_schema)]
     input: Value,
     model: Option<String>,
+    /// `float` or `base64` (little-endian f32) [default: float]
     encoding_format: Option<String>,
+    /// Shorten the vectors to this many dimensions (re-normalized)
     dimensions: Option<i64>,
 }
 
-/// `POST /v1/embeddings`: OpenAI's API, errors in OpenAI's shape.
+/// OpenAI's API, errors in OpenAI's shape.
+#[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = OpenAiRequest,
+    responses((status = 200, description = "OpenAI's embeddings list", body = Object), OpenAiFailures))]
 pub async fn openai_embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -167,19 +265,20 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
         }
     };
     let texts = texts(req.input, "input")?;
+    let model = state.pick(req.model.as_deref(), "POST /v1/embeddings", EMBEDDER)?;
+    let dimension = model.backend.info().dimension;
     let dimensions = match req.dimensions {
         None => None,
-        Some(d) if d >= 1 && (d as usize) <= state.dimension() => Some(d as usize),
+        Some(d) if d >= 1 && (d as usize) <= dimension => Some(d as usize),
         Some(d) => {
             return Err(ApiError::bad_request(format!(
-                "dimensions must be between 1 and the model's {}, not {d}",
-                state.dimension()
+                "dimensions must be between 1 and the model's {dimension}, not {d}"
             ))
             .param("dimensions"))
         }
     };
     // Shortened vectors are re-normalized after truncation, so normalize only then.
-    let out = state.embed(req.model.as_deref(), texts, dimensions.is_none(), true).await?;
+    let out = state.run(model, singles(texts), Output::Rows, dimensions.is_none(), true).await?;
     let data: Vec<Value> = out
         .vectors
         .into_iter()
@@ -201,7 +300,7 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
     Ok(Json(json!({
         "object": "list",
         "data": data,
-        "model": state.model_name(),
+        "model": model.name,
         "usage": { "prompt_tokens": out.total_tokens, "total_tokens": out.total_tokens },
     })))
 }

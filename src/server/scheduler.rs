@@ -26,7 +26,10 @@ use std::{
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
-use super::{backend::Backend, metrics::Metrics};
+use super::{
+    backend::{Backend, Output},
+    metrics::Metrics,
+};
 use crate::{batching::Budget, pooling, tokenize::Tokens};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,6 +117,7 @@ type Reply = oneshot::Sender<Result<Vec<Vec<f32>>, SchedulerError>>;
 
 struct Job {
     tokens: Vec<Tokens>,
+    output: Output,
     normalize: bool,
     reply: Reply,
     ticket: Ticket,
@@ -200,13 +204,14 @@ impl Scheduler {
     pub fn submit(
         &self,
         tokens: Vec<Tokens>,
+        output: Output,
         normalize: bool,
         ticket: Ticket,
         permit: Option<OwnedSemaphorePermit>,
     ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.shared.metrics.queue_depth.inc();
-        let sent = self.tx.send(Job { tokens, normalize, reply, ticket, _permit: permit });
+        let sent = self.tx.send(Job { tokens, output, normalize, reply, ticket, _permit: permit });
         if sent.is_err() {
             self.shared.metrics.queue_depth.dec();
         }
@@ -256,6 +261,7 @@ struct Entry {
     back: usize,
     remaining_tokens: usize,
     results: Vec<Vec<f32>>,
+    output: Output,
     normalize: bool,
     reply: Option<Reply>,
     ticket: Ticket,
@@ -274,6 +280,7 @@ impl Entry {
             remaining_tokens,
             results: vec![Vec::new(); job.tokens.len()],
             tokens: job.tokens,
+            output: job.output,
             normalize: job.normalize,
             reply: Some(job.reply),
             ticket: job.ticket,
@@ -417,8 +424,19 @@ impl Worker {
     }
 
     fn run_batch(&mut self) {
-        let queues: Vec<Vec<usize>> = self.entries.iter().map(Entry::remaining_lengths).collect();
-        let takes = pick_batch(&queues, self.budget(), self.config.max_batch_requests);
+        let mut queues: Vec<Vec<usize>> = self.entries.iter().map(Entry::remaining_lengths).collect();
+        let mut takes = pick_batch(&queues, self.budget(), self.config.max_batch_requests);
+        // One call computes one kind of output: the lead request's. Requests that want the other
+        // sit this batch out (the lead stays the lead: it still has the least work).
+        let output = takes.first().map_or(Output::Rows, |t| self.entries[t.entry].output);
+        if takes.iter().any(|t| self.entries[t.entry].output != output) {
+            for (queue, entry) in queues.iter_mut().zip(&self.entries) {
+                if entry.output != output {
+                    queue.clear();
+                }
+            }
+            takes = pick_batch(&queues, self.budget(), self.config.max_batch_requests);
+        }
         // (entry, text index) per row.
         let mut rows: Vec<(usize, usize)> = Vec::new();
         for t in &takes {
@@ -441,7 +459,10 @@ impl Worker {
 
         let started = Instant::now();
         self.shared.busy_since.store(self.shared.micros(), Ordering::Release);
-        let result = self.backend.embed(&batch);
+        let result = match output {
+            Output::Rows => self.backend.forward(&batch),
+            Output::Tokens => self.backend.forward_tokens(&batch),
+        };
         self.shared.busy_since.store(0, Ordering::Release);
         let elapsed = started.elapsed();
         self.observe(rows.len(), takes.len(), padded, elapsed);

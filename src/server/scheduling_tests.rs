@@ -20,12 +20,17 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::{
-    backend::{Backend, BackendError},
+    backend::{Backend, BackendError, Output},
     router,
     scheduler::{Scheduler, SchedulerConfig, SchedulerError},
     AppState, Server, ServerConfig,
 };
-use crate::{batching::Budget, embedder::ModelInfo, server::metrics::Metrics, tokenize::Tokens};
+use crate::{
+    batching::Budget,
+    embedder::ModelInfo,
+    server::metrics::Metrics,
+    tokenize::{Input, Tokens},
+};
 
 enum Step {
     Go,
@@ -96,11 +101,15 @@ impl Backend for Fake {
         self.budget
     }
 
-    fn tokenize(&self, texts: &[String]) -> Result<Vec<Tokens>, BackendError> {
-        self.tokenized.fetch_add(texts.len(), Ordering::Relaxed);
-        texts
+    fn tokenize(&self, inputs: &[Input]) -> Result<Vec<Tokens>, BackendError> {
+        self.tokenized.fetch_add(inputs.len(), Ordering::Relaxed);
+        inputs
             .iter()
-            .map(|t| {
+            .map(|input| {
+                let t = match input {
+                    Input::Single(t) => t.clone(),
+                    Input::Pair(a, b) => format!("{a} {b}"),
+                };
                 let mut words = t.split_whitespace();
                 let tag: u32 = words
                     .next()
@@ -114,7 +123,7 @@ impl Backend for Fake {
             .collect()
     }
 
-    fn embed(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError> {
+    fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError> {
         let tags: Vec<u32> = batch.iter().map(|t| t.ids[0]).collect();
         self.batches.lock().push(tags.clone());
         let _ = self.started.lock().send(tags);
@@ -155,9 +164,10 @@ fn submit(
     control: &Control,
     texts: &[String],
 ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> {
-    let tokens = control.fake.tokenize(texts).expect("fake tokens");
+    let inputs: Vec<Input> = texts.iter().cloned().map(Input::Single).collect();
+    let tokens = control.fake.tokenize(&inputs).expect("fake tokens");
     let ticket = s.admit(tokens.iter().map(Tokens::len).sum()).expect("admitted");
-    s.submit(tokens, false, ticket, None)
+    s.submit(tokens, Output::Rows, false, ticket, None)
 }
 
 fn metric(metrics: &Metrics, name: &str) -> f64 {
@@ -261,7 +271,7 @@ fn admission_is_bounded_by_queued_tokens_with_a_reserve_for_queries() {
 
 fn app(control: &Control, config: ServerConfig, stall_floor: Duration) -> (Router, AppState) {
     let state = AppState::new(config);
-    state.install(control.fake.clone(), stall_floor);
+    state.install(vec![control.fake.clone()], stall_floor);
     (router(state.clone()), state)
 }
 
@@ -307,7 +317,7 @@ async fn over_the_queued_token_bound_is_429_with_retry_after() {
     let (status, _, body) = running.await.unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["embeddings"].as_array().unwrap().len(), 10);
-    assert_eq!(state.engine.get().unwrap().scheduler.queued_tokens(), 0);
+    assert_eq!(state.registry.get().unwrap().models()[0].scheduler.queued_tokens(), 0);
     let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 10, 7))).await;
     assert_eq!(status, StatusCode::OK, "admitted once the queue drained");
 }
@@ -399,7 +409,7 @@ async fn tokenizer_errors_are_the_clients_422() {
 
 async fn run_with_loader<L>(load: L) -> Result<(), super::ServerError>
 where
-    L: FnOnce() -> Result<Fake, String> + Send + 'static,
+    L: FnOnce() -> Result<Vec<Fake>, String> + Send + 'static,
 {
     let server =
         Server::bind(ServerConfig { host: "127.0.0.1".into(), port: 0, ..Default::default() }).await.expect("bind");

@@ -27,8 +27,14 @@ impl TestServer {
     }
 
     pub fn start_with_delay(model: &str, config: ServerConfig, load_delay: Duration) -> Self {
+        Self::start_models(&[model], config, load_delay)
+    }
+
+    /// One server holding every model in `models`, each behind its own scheduler.
+    pub fn start_models(models: &[&str], config: ServerConfig, load_delay: Duration) -> Self {
         hf_env();
-        let options = EmbedderOptions { model: model.to_string(), ..Default::default() };
+        let all: Vec<EmbedderOptions> =
+            models.iter().map(|m| EmbedderOptions { model: m.to_string(), ..Default::default() }).collect();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -44,7 +50,7 @@ impl TestServer {
                 addr_tx.send(server.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                 let load = move || {
                     std::thread::sleep(load_delay);
-                    Embedder::load(&options)
+                    all.iter().map(Embedder::load).collect::<Result<Vec<_>, _>>()
                 };
                 server
                     .run(load, async move {

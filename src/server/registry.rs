@@ -1,0 +1,79 @@
+//! The models one server holds: each with its backend and its own scheduler (so a bulk
+//! reranking job queues behind its own model, never in front of another's queries), and the
+//! names a request's `model` field may use for it.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+
+use super::{backend::Backend, error::ApiError, scheduler::Scheduler};
+use crate::config::Kind;
+
+pub struct Model {
+    pub backend: Arc<dyn Backend>,
+    pub scheduler: Scheduler,
+    /// What responses call it: `--served-model-name` for the first model, else its id.
+    pub name: String,
+}
+
+impl Model {
+    pub fn kind(&self) -> Kind {
+        self.backend.info().kind
+    }
+
+    /// The id, its last path part (`all-MiniLM-L6-v2`) and the served name all select it.
+    fn answers_to(&self, requested: &str) -> bool {
+        let id = &self.backend.info().id;
+        let short = id.trim_end_matches('/').rsplit('/').next().unwrap_or(id);
+        requested == id || requested == short || requested == self.name
+    }
+}
+
+pub struct Registry {
+    models: Vec<Model>,
+}
+
+impl Registry {
+    pub fn new(models: Vec<Model>) -> Self {
+        Self { models }
+    }
+
+    pub fn models(&self) -> &[Model] {
+        &self.models
+    }
+
+    /// The model a request names, else the first of the kinds the route takes (in the order
+    /// given). A named model of another kind, or no model of any of them, is a 422 saying what
+    /// the route needs and what is served.
+    pub fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Model, ApiError> {
+        let needs = kinds.iter().map(|k| k.described()).collect::<Vec<_>>().join(" or ");
+        match requested {
+            Some(name) => {
+                let model = self.models.iter().find(|m| m.answers_to(name)).ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        format!("model '{name}' is not served here; this server serves {}", self.listing()),
+                    )
+                    .param("model")
+                })?;
+                if kinds.contains(&model.kind()) {
+                    Ok(model)
+                } else {
+                    Err(ApiError::unprocessable(format!(
+                        "{route} needs {needs}, but '{name}' is {}",
+                        model.kind().described()
+                    ))
+                    .param("model"))
+                }
+            }
+            None => kinds.iter().find_map(|k| self.models.iter().find(|m| m.kind() == *k)).ok_or_else(|| {
+                ApiError::unprocessable(format!("{route} needs {needs}; this server serves {}", self.listing()))
+            }),
+        }
+    }
+
+    /// `'a' (embedder), 'b' (cross-encoder)`, for messages.
+    fn listing(&self) -> String {
+        self.models.iter().map(|m| format!("'{}' ({})", m.name, m.kind())).collect::<Vec<_>>().join(", ")
+    }
+}

@@ -1,0 +1,377 @@
+//! The routes of cross-encoders and classifiers: TEI's `/rerank` and `/predict`, and the
+//! Cohere/Jina `/v1/rerank` that LangChain, LlamaIndex, LiteLLM and Dify call. Scores are the
+//! model's activation over its logits (see [`crate::config::Activation`]) unless raw scores are asked.
+
+use std::time::Instant;
+
+use axum::{extract::State, http::HeaderMap, Json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+use super::{
+    backend::Output,
+    error::{parse_json, ApiError, Flavor},
+    openapi::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
+    registry::Model,
+    routes::{kind, Body},
+    AppState,
+};
+use crate::{config::Kind, tokenize::Input};
+
+/// Scores of each pair (query, text), in input order: the first logit through the model's
+/// activation, or the raw logit.
+async fn pair_scores(
+    state: &AppState,
+    model: &Model,
+    query: &str,
+    texts: &[String],
+    raw: bool,
+    truncate: bool,
+) -> Result<(Vec<f32>, usize), ApiError> {
+    let inputs = texts.iter().map(|t| Input::Pair(query.to_string(), t.clone())).collect();
+    let out = state.run(model, inputs, Output::Rows, false, truncate).await?;
+    let activation = model.backend.info().activation;
+    let scores = out
+        .vectors
+        .iter()
+        .map(|logits| {
+            let logit = logits.first().copied().unwrap_or(f32::NAN);
+            match (raw, activation) {
+                (false, Some(a)) => a.apply(&[logit])[0],
+                _ => logit,
+            }
+        })
+        .collect();
+    Ok((scores, out.total_tokens))
+}
+
+/// Indices sorted by score, highest first; ties keep input order.
+fn ranked(scores: &[f32]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+const RERANKER: &[Kind] = &[Kind::CrossEncoder];
+
+/// `POST /rerank`.
+#[derive(Deserialize, ToSchema)]
+pub struct RerankRequest {
+    query: String,
+    texts: Vec<String>,
+    /// Logits instead of the model's activation over them [default: false]
+    #[serde(default)]
+    raw_scores: bool,
+    /// Echo each text in its result [default: false]
+    #[serde(default)]
+    return_text: bool,
+    /// Cut pairs longer than the model's maximum (longest first) instead of refusing them [default: true]
+    truncate: Option<bool>,
+    /// A served cross-encoder [default: the first one]
+    model: Option<String>,
+}
+
+/// One result of `POST /rerank`.
+#[derive(Serialize, ToSchema)]
+pub struct Rank {
+    index: usize,
+    score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text: Option<String>,
+}
+
+/// text-embeddings-inference's reranking: each text scored against the query, best first.
+#[utoipa::path(post, path = "/rerank", tag = "TEI", request_body = RerankRequest,
+    responses((status = 200, description = "Texts by score, highest first", body = Vec<Rank>), Failures))]
+pub async fn rerank(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<Vec<Rank>>, ApiError> {
+    let req: RerankRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    if req.texts.is_empty() {
+        return Err(ApiError::unprocessable("texts must not be empty").param("texts"));
+    }
+    let model = state.pick(req.model.as_deref(), "POST /rerank", RERANKER)?;
+    let (scores, _) =
+        pair_scores(&state, model, &req.query, &req.texts, req.raw_scores, req.truncate.unwrap_or(true)).await?;
+    let mut texts: Vec<Option<String>> = req.texts.into_iter().map(Some).collect();
+    Ok(Json(
+        ranked(&scores)
+            .into_iter()
+            .map(|index| Rank {
+                index,
+                score: scores[index],
+                text: if req.return_text { texts[index].take() } else { None },
+            })
+            .collect(),
+    ))
+}
+
+/// `POST /v1/rerank`, as Cohere and Jina define it.
+#[derive(Deserialize, ToSchema)]
+pub struct CohereRerankRequest {
+    /// A served cross-encoder [default: the first one]
+    model: Option<String>,
+    query: String,
+    /// Strings, or objects with a `text` field.
+    #[schema(schema_with = documents_schema)]
+    #[serde(default)]
+    documents: Value,
+    /// Only the best `top_n` results [default: all]
+    top_n: Option<i64>,
+    /// Include each document in its result [default: false]
+    #[serde(default)]
+    return_documents: bool,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Document {
+    text: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CohereResult {
+    index: usize,
+    relevance_score: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    document: Option<Document>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RerankUsage {
+    total_tokens: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CohereRerankResponse {
+    results: Vec<CohereResult>,
+    model: String,
+    usage: RerankUsage,
+}
+
+fn documents(value: Value) -> Result<Vec<String>, ApiError> {
+    let items = match value {
+        Value::Array(items) => items,
+        Value::Null => return Err(ApiError::unprocessable("missing field `documents`").param("documents")),
+        other => {
+            return Err(
+                ApiError::unprocessable(format!("documents must be an array, not {}", kind(&other))).param("documents")
+            )
+        }
+    };
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, item)| match item {
+            Value::String(s) => Ok(s),
+            Value::Object(mut map) => match map.remove("text") {
+                Some(Value::String(s)) => Ok(s),
+                _ => Err(ApiError::unprocessable(format!("documents[{i}] is an object without a string `text`"))
+                    .param("documents")),
+            },
+            other => Err(ApiError::unprocessable(format!(
+                "documents[{i}] must be a string or an object with `text`, not {}",
+                kind(&other)
+            ))
+            .param("documents")),
+        })
+        .collect()
+}
+
+/// Cohere's and Jina's reranking API: relevance scores in [0, 1] (the model's activation), best first.
+#[utoipa::path(post, path = "/v1/rerank", tag = "Cohere", request_body = CohereRerankRequest,
+    responses((status = 200, description = "Documents by relevance, highest first", body = CohereRerankResponse), OpenAiFailures))]
+pub async fn cohere_rerank(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<CohereRerankResponse>, ApiError> {
+    cohere(state, headers, body).await.map_err(|e| e.flavor(Flavor::OpenAi))
+}
+
+async fn cohere(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<CohereRerankResponse>, ApiError> {
+    let started = Instant::now();
+    let req: CohereRerankRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let docs = documents(req.documents)?;
+    if docs.is_empty() {
+        return Err(ApiError::unprocessable("documents must not be empty").param("documents"));
+    }
+    let top_n = match req.top_n {
+        None => docs.len(),
+        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX).min(docs.len()),
+        Some(n) => return Err(ApiError::unprocessable(format!("top_n must be at least 1, not {n}")).param("top_n")),
+    };
+    let model = state.pick(req.model.as_deref(), "POST /v1/rerank", RERANKER)?;
+    let (scores, total_tokens) = pair_scores(&state, model, &req.query, &docs, false, true).await?;
+    let mut docs: Vec<Option<String>> = docs.into_iter().map(Some).collect();
+    let results = ranked(&scores)
+        .into_iter()
+        .take(top_n)
+        .map(|index| CohereResult {
+            index,
+            relevance_score: scores[index],
+            document: if req.return_documents { docs[index].take().map(|text| Document { text }) } else { None },
+        })
+        .collect();
+    tracing::debug!(elapsed = ?started.elapsed(), "reranked");
+    Ok(Json(CohereRerankResponse { results, model: model.name.clone(), usage: RerankUsage { total_tokens } }))
+}
+
+/// `POST /predict`.
+#[derive(Deserialize, ToSchema)]
+pub struct PredictRequest {
+    /// A string, a pair `[string, string]`, or a batch `[[string], [string, string], …]`.
+    #[serde(default)]
+    #[schema(schema_with = predict_inputs_schema)]
+    inputs: Value,
+    /// Logits instead of the model's activation over them [default: false]
+    #[serde(default)]
+    raw_scores: bool,
+    /// Cut inputs longer than the model's maximum instead of refusing them [default: true]
+    truncate: Option<bool>,
+    /// A served classifier or cross-encoder [default: the first classifier, else the first cross-encoder]
+    model: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Prediction {
+    label: String,
+    score: f32,
+}
+
+/// One list of predictions, or one per input of a batch.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictResponse {
+    Single(Vec<Prediction>),
+    Batch(Vec<Vec<Prediction>>),
+}
+
+/// TEI's input grammar: `"text"` or `["a", "b"]` (one sequence) or `[["a"], ["a", "b"], …]` (a
+/// batch); `true` for a batch.
+fn predict_inputs(value: Value) -> Result<(Vec<Input>, bool), ApiError> {
+    let bad = |message: String| ApiError::unprocessable(message).param("inputs");
+    let sequence = |items: Vec<Value>, at: &str| -> Result<Input, ApiError> {
+        let strings: Vec<String> = items
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s),
+                other => Err(bad(format!("inputs{at}[{i}] must be a string, not {}", kind(&other)))),
+            })
+            .collect::<Result<_, _>>()?;
+        let n = strings.len();
+        let mut strings = strings.into_iter();
+        match (strings.next(), strings.next()) {
+            (Some(a), None) => Ok(Input::Single(a)),
+            (Some(a), Some(b)) if n == 2 => Ok(Input::Pair(a, b)),
+            _ => Err(bad(format!(
+                "inputs{at} has {n} strings: a sequence is one string or a pair of two [string, string]"
+            ))),
+        }
+    };
+    match value {
+        Value::String(s) => Ok((vec![Input::Single(s)], false)),
+        Value::Array(items) if items.is_empty() => Err(bad("inputs must not be empty".into())),
+        Value::Array(items) if items[0].is_string() => Ok((vec![sequence(items, "")?], false)),
+        Value::Array(items) => {
+            let batch = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::Array(inner) => sequence(inner, &format!("[{i}]")),
+                    other => Err(bad(format!(
+                        "inputs[{i}] must be an array ([string] or [string, string]) in a batch, not {}",
+                        kind(&other)
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((batch, true))
+        }
+        Value::Null => Err(bad("missing field `inputs`".into())),
+        other => Err(bad(format!(
+            "inputs must be a string, a pair [string, string] or a batch [[string], [string, string], …], not {}",
+            kind(&other)
+        ))),
+    }
+}
+
+/// Classification of texts or pairs: every label with its score, best first.
+#[utoipa::path(post, path = "/predict", tag = "TEI", request_body = PredictRequest,
+    responses((status = 200, description = "Labels by score, best first; a list of those for a batch", body = PredictResponse), Failures))]
+pub async fn predict(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let req: PredictRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let (inputs, batch) = predict_inputs(req.inputs)?;
+    let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
+    let info = model.backend.info();
+    let (labels, activation) = (info.labels.clone(), info.activation);
+    let out = state.run(model, inputs, Output::Rows, false, req.truncate.unwrap_or(true)).await?;
+    let mut all: Vec<Vec<Prediction>> = out
+        .vectors
+        .into_iter()
+        .map(|logits| {
+            let scores = match (req.raw_scores, activation) {
+                (false, Some(a)) => a.apply(&logits),
+                _ => logits,
+            };
+            ranked(&scores)
+                .into_iter()
+                .map(|i| Prediction {
+                    label: labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")),
+                    score: scores[i],
+                })
+                .collect()
+        })
+        .collect();
+    Ok(Json(if batch { PredictResponse::Batch(all) } else { PredictResponse::Single(all.pop().unwrap_or_default()) }))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn predict_grammar_follows_tei() {
+        let one = |v: Value| predict_inputs(v).map_err(|e| e.message);
+        assert_eq!(one(json!("a")).unwrap(), (vec![Input::Single("a".into())], false));
+        assert_eq!(one(json!(["a"])).unwrap(), (vec![Input::Single("a".into())], false));
+        assert_eq!(one(json!(["q", "p"])).unwrap(), (vec![Input::Pair("q".into(), "p".into())], false));
+        assert_eq!(
+            one(json!([["a"], ["q", "p"]])).unwrap(),
+            (vec![Input::Single("a".into()), Input::Pair("q".into(), "p".into())], true)
+        );
+        for (bad, says) in [
+            (json!(["a", "b", "c"]), "has 3 strings"),
+            (json!([["a", "b", "c"]]), "inputs[0] has 3 strings"),
+            (json!([[]]), "inputs[0] has 0 strings"),
+            (json!([]), "must not be empty"),
+            (json!([["a"], "b"]), "inputs[1] must be an array"),
+            (json!(["a", 3]), "inputs[1] must be a string, not a number"),
+            (json!(5), "not a number"),
+            (Value::Null, "missing field"),
+        ] {
+            let e = one(bad.clone()).expect_err(&bad.to_string());
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn ranking_is_by_score_and_stable() {
+        assert_eq!(ranked(&[0.1, 0.9, 0.5, 0.9]), vec![1, 3, 2, 0]);
+    }
+
+    #[test]
+    fn documents_are_strings_or_objects_with_text() {
+        assert_eq!(documents(json!(["a", {"text": "b"}])).unwrap(), vec!["a", "b"]);
+        assert!(documents(json!([{"title": "b"}])).unwrap_err().message.contains("documents[0]"));
+        assert!(documents(json!("a")).unwrap_err().message.contains("must be an array"));
+    }
+}
