@@ -522,6 +522,32 @@ mod tests {
     }
 
     #[test]
+    fn serve_takes_a_list_of_models_from_flags_or_the_file() {
+        let file = ConfigFile::parse("model = [\"a/embedder\", \"b/reranker\"]\nthreads = 2").unwrap();
+        let all = ModelArgs::default().resolve_all(&file).unwrap();
+        let names: Vec<&str> = all.iter().map(|o| o.model.as_str()).collect();
+        assert_eq!(names, ["a/embedder", "b/reranker"]);
+        assert!(all.iter().all(|o| o.session.threads == Some(2)), "shared options apply to each model");
+        // Flags replace the file's list; a one-model command refuses several.
+        let flags = ModelArgs { model: vec!["c/only".into()], ..Default::default() };
+        assert_eq!(flags.resolve_all(&file).unwrap().len(), 1);
+        let err = ModelArgs::default().resolve(&file).unwrap_err().to_string();
+        assert!(err.contains("only `akidb serve` takes several"), "{err}");
+        // One model's files cannot be named for several; a model twice is a mistake.
+        let twice = ModelArgs {
+            model: vec!["a/b".into(), "c/d".into()],
+            onnx_file: Some("x.onnx".into()),
+            ..Default::default()
+        };
+        assert!(twice.options_all().unwrap_err().to_string().contains("--onnx-file"));
+        let dup = ModelArgs { model: vec!["a/b".into(), "a/b".into()], ..Default::default() };
+        assert!(dup.options_all().unwrap_err().to_string().contains("given twice"));
+        assert!(ConfigFile::parse("model = 3").unwrap_err().contains("model id or a list"));
+        // The default when nothing names a model.
+        assert_eq!(ModelArgs::default().options_all().unwrap()[0].model, crate::DEFAULT_MODEL);
+    }
+
+    #[test]
     fn flags_override_the_file_which_overrides_defaults() {
         let file =
             ConfigFile::parse("model = \"from/file\"\nthreads = 3\n[coreml]\ncompute_units = \"cpu-only\"\n[server]\nport = 9\nrequest_timeout = 0")
