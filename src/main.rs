@@ -284,7 +284,7 @@ fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     }
     // Flag mistakes are reported before the model is loaded.
     akidb::corpus::plan(&args.corpus)?;
-    let embedder = load_embedder(&args.model, args.verbose, file)?;
+    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
     akidb::corpus::run(&embedder, &args.corpus, !args.no_normalize)?;
     Ok(())
 }
@@ -297,7 +297,7 @@ fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     if texts.is_empty() {
         bail!("nothing to embed: pass texts as arguments or one per line on stdin");
     }
-    let embedder = load_embedder(&args.model, args.verbose, file)?;
+    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
     let started = Instant::now();
     let out = embedder.embed(&texts, !args.no_normalize)?;
     let duration_ms = started.elapsed().as_millis() as u64;

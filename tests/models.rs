@@ -129,6 +129,36 @@ fn pairs_are_one_sequence_with_type_ids_and_longest_first_truncation() {
     assert_eq!(tokens[1].type_ids.iter().filter(|&&x| x == 1).count(), 2, "tiny [SEP]");
 }
 
+/// A classification head's fused graph is checked on its logits: the correct one is kept, one
+/// that lets tokens attend to padding is refused.
+#[test]
+fn fused_heads_are_verified_on_their_logits() {
+    use akidb::{
+        fusion::{self, CacheEntry},
+        graph::{fuse_attention, read_model},
+        runtime::SessionOptions,
+    };
+    hf_env();
+    let repo = ModelRepo::open(CLASSIFIER, None).expect("cached");
+    let model = repo.file("onnx/model.onnx").unwrap();
+    let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), 64).unwrap();
+    let options = SessionOptions::default();
+    let fuse = || fuse_attention(read_model(&model).unwrap(), 2, "attention_mask").unwrap().expect("fuses");
+    let cache = tempfile::tempdir().unwrap();
+    let entry = CacheEntry::new(cache.path(), &model, 2).unwrap();
+    assert_eq!(fusion::adopt(&model, fuse(), &options, &tokenizer, &entry, true).unwrap().fused, 2);
+
+    let mut broken = fuse();
+    for node in broken.model.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "MultiHeadAttention") {
+        node.input[4] = String::new();
+    }
+    let other = tempfile::tempdir().unwrap();
+    let entry = CacheEntry::new(other.path(), &model, 2).unwrap();
+    assert_eq!(fusion::adopt(&model, broken, &options, &tokenizer, &entry, true).unwrap().fused, 0);
+    let note = std::fs::read_to_string(entry.rejected_path()).expect("the refusal is cached");
+    assert!(note.contains("logit"), "{note}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rerank_matches_the_cross_encoder_reference() {
     for (query, rows) in rerank_groups() {
@@ -534,6 +564,9 @@ fn rerank_and_predict_commands_print_json() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("needs a cross-encoder") && err.contains("embedding model"), "{err}");
+    let out = akidb(&["embed", "--model", CROSS, "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`akidb embed` needs an embedding model"));
     let out = akidb(&["embed", "--model", TINY, "--model", CROSS, "x"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only `akidb serve` takes several"));
