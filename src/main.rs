@@ -110,7 +110,10 @@ fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
             .run(move || Embedder::load(&options), shutdown_signal())
             .await
             .with_context(|| format!("serving model {model}"))
-    })
+    })?;
+    // The inference thread may still hold the session: write its profile (--profile) now.
+    akidb::runtime::finish_profiling();
+    Ok(())
 }
 
 fn read_stdin_lines() -> Result<Vec<String>> {

@@ -178,6 +178,9 @@ pub struct SessionOptions {
     pub coreml: CoreMlOptions,
     /// Measure CoreML against the CPU again under `auto` instead of reading the cached decision.
     pub remeasure_device: bool,
+    /// Write ONNX Runtime's profile (Chrome trace JSON) of the serving session to this file when
+    /// the session ends (see [`finish_profiling`]).
+    pub profile: Option<std::path::PathBuf>,
 }
 
 impl Default for SessionOptions {
@@ -188,16 +191,62 @@ impl Default for SessionOptions {
             threads: None,
             coreml: CoreMlOptions::default(),
             remeasure_device: false,
+            profile: None,
         }
     }
 }
 
 /// A transformer session: token ids in, hidden states out.
 pub struct Session {
-    inner: Mutex<OrtSession>,
+    inner: std::sync::Arc<Mutex<OrtSession>>,
     token_type_ids: bool,
     output: String,
     provider: Provider,
+    /// Where this session's profile goes when it ends, if profiling.
+    profile: Option<std::path::PathBuf>,
+}
+
+/// Sessions that profile, so [`finish_profiling`] can end them where no drop runs (a server
+/// that exits with its inference thread still holding the session).
+static PROFILING: Mutex<Vec<(std::sync::Weak<Mutex<OrtSession>>, std::path::PathBuf)>> = Mutex::new(Vec::new());
+
+/// Ends profiling of `session` and moves ONNX Runtime's file (named by its prefix and the start
+/// time) to `target`. Every profiled session writes there as it ends, so the one ended last —
+/// the one that served — is what the file holds.
+fn end_profiling(session: &mut OrtSession, target: &Path) {
+    match session.end_profiling() {
+        Ok(written) if !written.is_empty() => match std::fs::rename(&written, target) {
+            Ok(()) => tracing::info!("wrote ONNX Runtime's profile to {}", target.display()),
+            Err(e) => tracing::warn!("could not move the profile {written} to {}: {e}", target.display()),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not end ONNX Runtime profiling: {e}"),
+    }
+}
+
+/// Ends profiling of every live profiled session, writing their profiles (for `akidb serve`,
+/// whose inference thread may still own its session when the process exits).
+pub fn finish_profiling() {
+    let sessions = std::mem::take(&mut *PROFILING.lock());
+    for (session, target) in sessions {
+        if let Some(session) = session.upgrade() {
+            end_profiling(&mut session.lock(), &target);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(target) = &self.profile else { return };
+        let mut registry = PROFILING.lock();
+        let Some(at) = registry.iter().position(|(s, _)| std::ptr::eq(s.as_ptr(), std::sync::Arc::as_ptr(&self.inner)))
+        else {
+            return; // finish_profiling ended it already
+        };
+        registry.swap_remove(at);
+        drop(registry);
+        end_profiling(&mut self.inner.lock(), target);
+    }
 }
 
 pub fn coreml_available() -> bool {
@@ -224,6 +273,14 @@ impl Session {
             .map_err(|e| load_err(e.into()))?;
         if let Some(threads) = options.threads {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
+        }
+        if let Some(target) = &options.profile {
+            // ONNX Runtime appends the start time to this prefix; a per-session prefix keeps
+            // sessions started in the same second apart.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = format!("{}.{}-{n}", target.display(), std::process::id());
+            builder = builder.with_profiling(prefix).map_err(|e| load_err(e.into()))?;
         }
         if provider == Provider::CoreMl {
             // ONNX Runtime reports CoreML's partitioning (nodes on CoreML vs the CPU) at info level
@@ -265,11 +322,16 @@ impl Session {
                 message: "model has no outputs".into(),
             })?;
         tracing::debug!(?inputs, %output, provider = provider.as_str(), "ONNX session ready");
+        let inner = std::sync::Arc::new(Mutex::new(session));
+        if let Some(target) = &options.profile {
+            PROFILING.lock().push((std::sync::Arc::downgrade(&inner), target.clone()));
+        }
         Ok(Self {
-            inner: Mutex::new(session),
+            inner,
             token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
             output,
             provider,
+            profile: options.profile.clone(),
         })
     }
 
