@@ -93,9 +93,14 @@ pub struct Embedder {
 impl Embedder {
     /// Resolves, loads and warms the model; the warm-up run also checks the dimension.
     pub fn load(options: &EmbedderOptions) -> Result<Self, EmbedError> {
+        // Binding ONNX Runtime (its environment, device discovery) takes tens of ms: overlap it
+        // with finding the files and parsing the tokenizer. Its result is read where it is used.
+        std::thread::spawn(|| crate::runtime::init().map(|_| ()));
+        let started = std::time::Instant::now();
         let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
         let config = ModelConfig::load(&repo)?;
         let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json")?, config.max_seq_length)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "config and tokenizer loaded");
         let (onnx_file, onnx_path) = match &options.onnx_file {
             Some(name) => (name.clone(), repo.file(name)?),
             None => {
@@ -108,12 +113,13 @@ impl Embedder {
         let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
             | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
         let mut session_options = options.session.clone();
-        let content = device::content_key(&onnx_path).ok();
+        let coreml = coreml_available();
+        // Only CoreML's caches are keyed by it; it reads 2 MiB of the model.
+        let content = coreml.then(|| device::content_key(&onnx_path).ok()).flatten();
         if let Some(dir) = &session_options.coreml.cache_dir {
             session_options.coreml.cache_dir =
                 Some(coreml_cache_dir(dir, &repo, &onnx_file, content.as_deref().unwrap_or("unreadable")));
         }
-        let coreml = coreml_available();
         // --device coreml without CoreML: a clear error.
         choose_provider(options.session.device, coreml)?;
         // External weights are found relative to the file, so such models are loaded as they are;
@@ -172,8 +178,10 @@ impl Embedder {
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
         };
+        tracing::debug!(elapsed = ?started.elapsed(), "session ready");
         let embedder = Self { info, config, tokenizer, session, decision, budget };
         let warm = embedder.embed(&["warm-up"], true)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "warmed up");
         let got = warm.vectors.first().map_or(0, Vec::len);
         if got != embedder.config.dimension {
             return Err(EmbedError::DimensionMismatch {

@@ -249,6 +249,22 @@ impl Drop for Session {
     }
 }
 
+/// What ONNX Runtime does with its own graph optimizations when a session is made.
+#[derive(Debug, Clone, Default)]
+pub enum Optimization {
+    /// All of them, at every start.
+    #[default]
+    Full,
+    /// All of them, and the optimized graph is saved to this file with its weights beside it in
+    /// [`OPTIMIZED_WEIGHTS`] (page-aligned, so a later load maps them instead of copying).
+    SaveTo(std::path::PathBuf),
+    /// None: the file is a graph ONNX Runtime optimized before (see `fusion`).
+    Done,
+}
+
+/// The weights file beside a saved optimized graph.
+pub const OPTIMIZED_WEIGHTS: &str = "model.weights";
+
 pub fn coreml_available() -> bool {
     init().is_ok() && ep::CoreML::is_available().unwrap_or(false)
 }
@@ -256,15 +272,29 @@ pub fn coreml_available() -> bool {
 impl Session {
     /// Loads `path`, or `model` (its rewritten bytes) when given; `path` still names it in errors.
     pub fn load(path: &Path, model: Option<&[u8]>, options: &SessionOptions) -> Result<Self, RuntimeError> {
+        Self::load_with(path, model, options, &Optimization::Full)
+    }
+
+    /// [`Session::load`], with ONNX Runtime's graph optimizations as `optimization` says.
+    pub fn load_with(
+        path: &Path,
+        model: Option<&[u8]>,
+        options: &SessionOptions,
+        optimization: &Optimization,
+    ) -> Result<Self, RuntimeError> {
         let runtime = runtime()?;
         let provider = choose_provider(options.device, coreml_available())?;
         if options.device == Device::Auto && provider == Provider::Cpu {
             tracing::debug!("CoreML is not available in the linked ONNX Runtime; running on the CPU");
         }
         let load_err = |e: ort::Error| RuntimeError::Load { path: path.display().to_string(), message: e.to_string() };
+        let level = match optimization {
+            Optimization::Done => GraphOptimizationLevel::Disable,
+            _ => GraphOptimizationLevel::All,
+        };
         let mut builder = OrtSession::builder(&runtime.env)
             .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(level)
             .map_err(|e| load_err(e.into()))?
             // Without this, ONNX Runtime's automatic device policy may pick an EP on its own.
             .with_auto_device(AutoDevicePolicy::PreferCPU)
@@ -273,6 +303,19 @@ impl Session {
             .map_err(|e| load_err(e.into()))?;
         if let Some(threads) = options.threads {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
+        }
+        if let Optimization::SaveTo(file) = optimization {
+            builder = builder
+                .with_optimized_model_path(file)
+                .map_err(|e| load_err(e.into()))?
+                .with_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
+                .map_err(|e| load_err(e.into()))?
+                .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                .map_err(|e| load_err(e.into()))?
+                // The MatMul weights as the CPU kernels repack them: a later load maps them too
+                // instead of packing ~40 MB again (the saved form is specific to this CPU).
+                .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
+                .map_err(|e| load_err(e.into()))?;
         }
         if let Some(target) = &options.profile {
             // ONNX Runtime appends the start time to this prefix; a per-session prefix keeps
