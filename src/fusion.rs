@@ -55,7 +55,8 @@ impl CacheEntry {
         let path_key = format!("{:016x}", h.finish());
         let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION).hash(&mut h);
+        let rewrite = (graph::REWRITE_VERSION, pack_qkv());
+        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION, rewrite).hash(&mut h);
         let key = format!("{:016x}", h.finish());
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
     }
@@ -232,6 +233,13 @@ fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
     Ok(hash)
 }
 
+/// Whether Q, K and V projections are packed into one `Attention` node (the default, measured
+/// faster) or left to a `MultiHeadAttention` node: `AKIDB_PACK_QKV=0` keeps the latter, for
+/// comparing the two (docs/performance.md).
+fn pack_qkv() -> bool {
+    std::env::var("AKIDB_PACK_QKV").map_or(true, |v| v != "0" && v != "false")
+}
+
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
 /// can be made and verified now; otherwise (no match, a failed check, any problem making it) the
 /// graph as exported. `cache_dir` `None` verifies every time and keeps nothing.
@@ -270,7 +278,9 @@ pub fn load(
         }
     }
     let started = std::time::Instant::now();
-    let model = match graph::read_model(onnx_path).and_then(|m| graph::fuse_attention(m, heads, "attention_mask")) {
+    let model = match graph::read_model(onnx_path)
+        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", pack_qkv()))
+    {
         Ok(Some(rewritten)) => rewritten,
         Ok(None) => return original(),
         Err(e) => {

@@ -306,6 +306,10 @@ impl Session {
         }
         if let Optimization::SaveTo(file) = optimization {
             builder = builder
+                // Saving warns that the graph is specific to this machine, which its cache key
+                // already says (`fusion`): not a user's concern.
+                .with_log_level(ort::logging::LogLevel::Error)
+                .map_err(|e| load_err(e.into()))?
                 .with_optimized_model_path(file)
                 .map_err(|e| load_err(e.into()))?
                 .with_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
