@@ -99,8 +99,9 @@ impl Embedder {
         let started = std::time::Instant::now();
         let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
         let config = ModelConfig::load(&repo)?;
-        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json")?, config.max_seq_length)?;
-        tracing::debug!(elapsed = ?started.elapsed(), "config and tokenizer loaded");
+        // Parsing tokenizer.json takes tens of ms: it runs beside the session's load below.
+        let (tokenizer_file, max_seq_length) = (repo.file("tokenizer.json")?, config.max_seq_length);
+        let tokenizer = std::thread::spawn(move || Tokenizer::from_file(&tokenizer_file, max_seq_length));
         let (onnx_file, onnx_path) = match &options.onnx_file {
             Some(name) => (name.clone(), repo.file(name)?),
             None => {
@@ -126,12 +127,24 @@ impl Embedder {
         // CoreML has no kernel for the fused op, so its graph stays whole. A fused graph is used
         // only once it gave the same hidden states as the exported one (see `fusion`).
         let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
+        let cpu_options = SessionOptions { device: Device::Cpu, ..session_options.clone() };
+        let graphs = crate::cache::graphs_dir();
+        // Where the CPU serves, a ready optimized graph loads while the tokenizer is parsed.
+        let preloaded = match (options.session.device, coreml, heads) {
+            (Device::Cpu, _, Some(h)) | (Device::Auto, false, Some(h)) => {
+                fusion::preload(&onnx_path, h, &cpu_options, graphs.as_deref())
+            }
+            _ => None,
+        };
+        let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        tracing::debug!(elapsed = ?started.elapsed(), preloaded = preloaded.is_some(), "tokenizer loaded");
         let cpu = CpuLoader {
             path: onnx_path.clone(),
             heads,
-            options: SessionOptions { device: Device::Cpu, ..session_options.clone() },
+            options: cpu_options,
             tokenizer: tokenizer.clone(),
-            graphs: crate::cache::graphs_dir(),
+            graphs,
+            preloaded: parking_lot::Mutex::new(preloaded),
         };
         let coreml_options = SessionOptions { device: Device::CoreMl, ..session_options };
         let budget = Budget::new(options.max_batch_tokens, options.max_batch_size);
@@ -288,11 +301,16 @@ struct CpuLoader {
     tokenizer: Tokenizer,
     /// Where verified fused graphs (and refusals) are kept.
     graphs: Option<PathBuf>,
+    /// A session loaded ahead (`fusion::preload`), served by the first `load`.
+    preloaded: parking_lot::Mutex<Option<Loaded>>,
 }
 
 impl CpuLoader {
     /// The session and how many attention blocks were fused.
     fn load(&self) -> Result<(Session, usize), RuntimeError> {
+        if let Some(Loaded { session, fused }) = self.preloaded.lock().take() {
+            return Ok((session, fused));
+        }
         let Some(heads) = self.heads else {
             return Ok((Session::load(&self.path, None, &self.options)?, 0));
         };
@@ -432,6 +450,7 @@ mod tests {
             options: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
             tokenizer: tokenizer.clone(),
             graphs: Some(dir.path().join("graphs")),
+            preloaded: parking_lot::Mutex::new(None),
         };
         let measure = Measure {
             tokenizer: &tokenizer,

@@ -240,6 +240,20 @@ fn pack_qkv() -> bool {
     std::env::var("AKIDB_PACK_QKV").map_or(true, |v| v != "0" && v != "false")
 }
 
+/// The session of the verified fused graph of `onnx_path` when ONNX Runtime's optimization of it
+/// is cached and loads (the common warm start), needing no tokenizer, so it can be loaded while
+/// the tokenizer is parsed; `None` sends the caller to [`load`].
+pub fn preload(onnx_path: &Path, heads: usize, options: &SessionOptions, cache_dir: Option<&Path>) -> Option<Loaded> {
+    let entry = CacheEntry::new(cache_dir?, onnx_path, heads).ok()?;
+    let (cached, fused) = entry.cached()?;
+    let graph = entry.optimized_dir(&cached, fused).ok()?.join("model.onnx");
+    if !graph.exists() {
+        return None;
+    }
+    let session = Session::load_with(&graph, None, options, &Optimization::Done).ok()?;
+    Some(Loaded { session, fused })
+}
+
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
 /// can be made and verified now; otherwise (no match, a failed check, any problem making it) the
 /// graph as exported. `cache_dir` `None` verifies every time and keeps nothing.
