@@ -1,5 +1,5 @@
 //! Single-text latency, end to end in process (tokenize → ONNX Runtime → pool → normalize),
-//! after warm-up: p50/p95/p99. `scripts/bench-peer.sh` runs it beside the Python path.
+//! after warm-up: p50/p95/p99. `examples/bench.rs` (`bench latency`) measures it beside the Python path and the server.
 //!
 //!     cargo run --release --example latency -- --text "hello" --iterations 500
 

@@ -1,5 +1,5 @@
 //! Corpus throughput: texts/s over a file of one text per line, length-sorted batches, tokenization
-//! included. `scripts/bench-peer.sh` runs it beside the Python path on the same corpus.
+//! included; for trying levers (flags). `examples/bench.rs` (`bench corpus`) compares it with the Python path.
 //!
 //!     cargo run --release --example throughput -- --corpus benches/corpus.txt --batch 32
 

@@ -5,7 +5,8 @@ onnxruntime (InferenceSession, CPUExecutionProvider, ORT_ENABLE_ALL, intra-op th
 os.cpu_count() unless --threads) + tokenizers (Tokenizer.from_file, truncation at the model's
 max_seq_length from sentence_bert_config.json, padding to the longest text of each batch,
 encode_batch) + numpy pooling (mean over the attention mask, or CLS, as 1_Pooling/config.json says)
-and L2 normalization. Needs onnxruntime, tokenizers and numpy (scripts/bench-venv.sh installs them).
+and L2 normalization. Needs onnxruntime, tokenizers and numpy (plus onnx, sympy and packaging for
+--optimize); `cargo run --release --example bench -- setup` makes target/bench-venv with them.
 
 Modes (each prints one JSON line on stdout):
 
@@ -20,6 +21,12 @@ Modes (each prints one JSON line on stdout):
   --check REFERENCE.jsonl   (or --mode check --reference FILE)
       Embeds every {"text","embedding"} line and reports the minimum cosine to the reference;
       exits 1 if it is below --min-cosine (default 0.9999).
+  --mode floor [--repeat 3]
+      sgemm at the model's shapes with numpy on all cores: {"impl","mode","gflops"} (the compute
+      floor of docs/performance.md).
+  --optimize
+      Any mode that runs the model: use the graph after onnxruntime.transformers.optimizer
+      (SkipLayerNormalization, BiasGelu fused), saved once under target/bench-peer/.
   --mode stats --corpus FILE
       The corpus' token-length distribution (before and after truncation); runs no model.
 
@@ -81,14 +88,58 @@ def read_json(path: str, what: str) -> dict:
     raise AssertionError  # unreachable
 
 
+def optimized_graph(model_dir: str, onnx_path: str) -> str:
+    """ONNX Runtime's transformers optimizer over the graph (SkipLayerNormalization, BiasGelu and
+    whatever else it recognises), saved once under target/bench-peer/ and reused."""
+    try:
+        from onnxruntime.transformers import optimizer
+    except ImportError as e:
+        die(f"the transformers optimizer needs {e.name}; run `cargo run --release --example bench -- setup`")
+    config = read_json(os.path.join(model_dir, "config.json"), "config.json")
+    out_dir = os.path.join(ROOT, "target", "bench-peer")
+    os.makedirs(out_dir, exist_ok=True)
+    name = os.path.basename(os.path.normpath(model_dir)) + "-" + onnx_path.replace(os.sep, "_").strip("_")
+    out = os.path.join(out_dir, name[-120:] + ".optimized.onnx")
+    if not os.path.isfile(out) or os.path.getmtime(out) < os.path.getmtime(onnx_path):
+        model = optimizer.optimize_model(
+            onnx_path, model_type="bert", num_heads=int(config["num_attention_heads"]),
+            hidden_size=int(config["hidden_size"]), opt_level=0,
+        )
+        fused = {k: v for k, v in model.get_fused_operator_statistics().items() if v}
+        print(f"bench_peer: optimizer fused {fused}", file=sys.stderr)
+        model.save_model_to_file(out)
+    return out
+
+
+def floor(repeat: int) -> None:
+    """sgemm at the model's shapes (tokens x hidden x ffn) with numpy's BLAS on all cores."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    rates = []
+    for m, k, n in [(4096, 384, 1536), (4096, 1536, 384), (4096, 384, 384)]:
+        a = rng.standard_normal((m, k), dtype=np.float32)
+        b = rng.standard_normal((k, n), dtype=np.float32)
+        a @ b  # warm-up
+        best = min(timed(lambda: a @ b) for _ in range(repeat))
+        rates.append(2 * m * k * n / best / 1e9)
+    emit({"impl": "numpy", "mode": "floor", "gflops": round(statistics.fmean(rates), 2),
+          "gflops_by_shape": [round(r, 2) for r in rates]})
+
+
+def timed(f) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
+
+
 class Embedder:
-    def __init__(self, model_dir: str, onnx_file: str, threads: int | None):
+    def __init__(self, model_dir: str, onnx_file: str, threads: int | None, optimize: bool = False):
         try:
             import numpy as np
             import onnxruntime as ort
             from tokenizers import Tokenizer
         except ImportError as e:
-            die(f"{e.name} is not installed; run scripts/bench-peer.sh (it makes target/bench-venv) "
+            die(f"{e.name} is not installed; run `cargo run --release --example bench -- setup` (target/bench-venv) "
                 "or pip install onnxruntime tokenizers numpy")
         self.np = np
         st = read_json(os.path.join(model_dir, "sentence_bert_config.json"), "sentence_bert_config.json")
@@ -115,6 +166,9 @@ class Embedder:
         onnx_path = os.path.join(model_dir, onnx_file)
         if not os.path.isfile(onnx_path):
             die(f"ONNX file not found: {onnx_path}")
+        self.impl = "python-optimized" if optimize else "python"
+        if optimize:
+            onnx_path = optimized_graph(model_dir, onnx_path)
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = threads if threads else (os.cpu_count() or 1)
@@ -181,7 +235,7 @@ def throughput(emb: Embedder, texts: list[str], batch: int, repeat: int) -> None
     one_pass()  # warm-up
     best = min(one_pass() for _ in range(repeat))
     emit({
-        "impl": "python", "mode": "throughput", "texts": len(texts), "tokens": tokens,
+        "impl": emb.impl, "mode": "throughput", "texts": len(texts), "tokens": tokens,
         "seconds": round(best, 6), "texts_per_s": round(len(texts) / best, 3),
         "tokens_per_s": round(tokens / best, 3),
     })
@@ -200,7 +254,7 @@ def latency(emb: Embedder, text: str, iterations: int, warmup: int) -> None:
     ordered = np.sort(samples)
     p50, p95, p99 = (ordered[min(int((len(ordered) - 1) * p + 0.5), len(ordered) - 1)] for p in (0.50, 0.95, 0.99))
     emit({
-        "impl": "python", "mode": "latency", "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
+        "impl": emb.impl, "mode": "latency", "p50_ms": round(float(p50), 4), "p95_ms": round(float(p95), 4),
         "p99_ms": round(float(p99), 4), "mean_ms": round(float(samples.mean()), 4), "iterations": iterations,
     })
 
@@ -230,7 +284,7 @@ def check(emb: Embedder, reference: str, min_cosine: float, batch: int) -> int:
     worst = int(cos.argmin())
     ok = bool(cos[worst] >= min_cosine)
     emit({
-        "impl": "python", "mode": "check", "texts": len(texts), "min_cosine": round(float(cos[worst]), 8),
+        "impl": emb.impl, "mode": "check", "texts": len(texts), "min_cosine": round(float(cos[worst]), 8),
         "mean_cosine": round(float(cos.mean()), 8), "worst_text": texts[worst][:80], "threshold": min_cosine, "ok": ok,
     })
     if not ok:
@@ -266,7 +320,9 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    ap.add_argument("--mode", choices=["throughput", "latency", "check", "stats"])
+    ap.add_argument("--mode", choices=["throughput", "latency", "check", "stats", "floor"])
+    ap.add_argument("--optimize", action="store_true",
+                    help="run the graph through onnxruntime.transformers.optimizer first (SkipLayerNorm, BiasGelu)")
     ap.add_argument("--corpus", help="texts, one per line (throughput, stats)")
     ap.add_argument("--batch", type=int, default=32, help="texts per inference call (default 32)")
     ap.add_argument("--repeat", type=int, default=3, help="timed passes over the corpus; best wins (default 3)")
@@ -299,6 +355,9 @@ def main() -> None:
     if mode == "check" and not args.reference:
         die("--mode check needs --reference FILE (or use --check FILE)")
 
+    if mode == "floor":
+        floor(args.repeat)
+        return
     model_dir = args.model_dir or resolve_model_dir(args.model)
     if not os.path.isdir(model_dir):
         die(f"model directory not found: {model_dir}")
@@ -306,7 +365,7 @@ def main() -> None:
         stats(model_dir, read_corpus(args.corpus))
         return
     corpus = read_corpus(args.corpus) if mode == "throughput" else None
-    emb = Embedder(model_dir, args.onnx_file, args.threads)
+    emb = Embedder(model_dir, args.onnx_file, args.threads, args.optimize)
     if mode == "throughput":
         throughput(emb, corpus, args.batch, args.repeat)
     elif mode == "latency":

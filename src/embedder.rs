@@ -104,9 +104,15 @@ pub struct Embedder {
 impl Embedder {
     /// Resolves, loads and warms the model; the warm-up run also checks the dimension.
     pub fn load(options: &EmbedderOptions) -> Result<Self, EmbedError> {
+        // Binding ONNX Runtime (its environment, device discovery) takes tens of ms: overlap it
+        // with finding the files and parsing the tokenizer. Its result is read where it is used.
+        std::thread::spawn(|| crate::runtime::init().map(|_| ()));
+        let started = std::time::Instant::now();
         let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
         let config = ModelConfig::load(&repo)?;
-        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json")?, config.max_seq_length)?;
+        // Parsing tokenizer.json takes tens of ms: it runs beside the session's load below.
+        let (tokenizer_file, max_seq_length) = (repo.file("tokenizer.json")?, config.max_seq_length);
+        let tokenizer = std::thread::spawn(move || Tokenizer::from_file(&tokenizer_file, max_seq_length));
         let (onnx_file, onnx_path) = match &options.onnx_file {
             Some(name) => (name.clone(), repo.file(name)?),
             None => {
@@ -119,24 +125,37 @@ impl Embedder {
         let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
             | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
         let mut session_options = options.session.clone();
-        let content = device::content_key(&onnx_path).ok();
+        let coreml = coreml_available();
+        // Only CoreML's caches are keyed by it; it reads 2 MiB of the model.
+        let content = coreml.then(|| device::content_key(&onnx_path).ok()).flatten();
         if let Some(dir) = &session_options.coreml.cache_dir {
             session_options.coreml.cache_dir =
                 Some(coreml_cache_dir(dir, &repo, &onnx_file, content.as_deref().unwrap_or("unreadable")));
         }
-        let coreml = coreml_available();
         // --device coreml without CoreML: a clear error.
         choose_provider(options.session.device, coreml)?;
         // External weights are found relative to the file, so such models are loaded as they are;
         // CoreML has no kernel for the fused op, so its graph stays whole. A fused graph is used
         // only once it gave the same hidden states as the exported one (see `fusion`).
         let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
+        let cpu_options = SessionOptions { device: Device::Cpu, ..session_options.clone() };
+        let graphs = crate::cache::graphs_dir();
+        // Where the CPU serves, a ready optimized graph loads while the tokenizer is parsed.
+        let preloaded = match (options.session.device, coreml, heads) {
+            (Device::Cpu, _, Some(h)) | (Device::Auto, false, Some(h)) => {
+                fusion::preload(&onnx_path, h, &cpu_options, graphs.as_deref())
+            }
+            _ => None,
+        };
+        let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        tracing::debug!(elapsed = ?started.elapsed(), preloaded = preloaded.is_some(), "tokenizer loaded");
         let cpu = CpuLoader {
             path: onnx_path.clone(),
             heads,
-            options: SessionOptions { device: Device::Cpu, ..session_options.clone() },
+            options: cpu_options,
             tokenizer: tokenizer.clone(),
-            graphs: crate::cache::graphs_dir(),
+            graphs,
+            preloaded: parking_lot::Mutex::new(preloaded),
         };
         let coreml_options = SessionOptions { device: Device::CoreMl, ..session_options };
         let budget = Budget::new(options.max_batch_tokens, options.max_batch_size);
@@ -186,8 +205,10 @@ impl Embedder {
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
         };
+        tracing::debug!(elapsed = ?started.elapsed(), "session ready");
         let embedder = Self { info, config, tokenizer, session, decision, budget };
         let warm = embedder.embed(&["warm-up"], false)?;
+        tracing::debug!(elapsed = ?started.elapsed(), "warmed up");
         let got = warm.vectors.first().map_or(0, Vec::len);
         if got != embedder.config.output_width() {
             return Err(EmbedError::DimensionMismatch {
@@ -363,11 +384,16 @@ struct CpuLoader {
     tokenizer: Tokenizer,
     /// Where verified fused graphs (and refusals) are kept.
     graphs: Option<PathBuf>,
+    /// A session loaded ahead (`fusion::preload`), served by the first `load`.
+    preloaded: parking_lot::Mutex<Option<Loaded>>,
 }
 
 impl CpuLoader {
     /// The session and how many attention blocks were fused.
     fn load(&self) -> Result<(Session, usize), RuntimeError> {
+        if let Some(Loaded { session, fused }) = self.preloaded.lock().take() {
+            return Ok((session, fused));
+        }
         let Some(heads) = self.heads else {
             return Ok((Session::load(&self.path, None, &self.options)?, 0));
         };
@@ -507,6 +533,7 @@ mod tests {
             options: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
             tokenizer: tokenizer.clone(),
             graphs: Some(dir.path().join("graphs")),
+            preloaded: parking_lot::Mutex::new(None),
         };
         let measure = Measure {
             tokenizer: &tokenizer,

@@ -16,7 +16,7 @@ use onnx_protobuf::StringStringEntryProto;
 
 use crate::{
     graph::{self, Rewritten},
-    runtime::{RuntimeError, Session, SessionOptions},
+    runtime::{Optimization, RuntimeError, Session, SessionOptions},
     tokenize::{Batch, Tokenizer},
 };
 
@@ -57,7 +57,8 @@ impl CacheEntry {
         let path_key = format!("{:016x}", h.finish());
         let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION).hash(&mut h);
+        let rewrite = (graph::REWRITE_VERSION, pack_qkv());
+        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION, rewrite).hash(&mut h);
         let key = format!("{:016x}", h.finish());
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
     }
@@ -83,6 +84,19 @@ impl CacheEntry {
         })
     }
 
+    /// ONNX Runtime's own optimization of the verified graph `fused_graph` (with `fused` blocks),
+    /// saved so later starts load it with optimizations off and map its weights instead of
+    /// copying them. Keyed beyond the entry's key (content, akidb and ONNX Runtime versions) by
+    /// this CPU (the saved graph may hold kernels chosen for it) and the fused file's size and
+    /// modification time, so a fused graph that is replaced invalidates it.
+    pub fn optimized_dir(&self, fused_graph: &Path, fused: usize) -> std::io::Result<PathBuf> {
+        let meta = std::fs::metadata(fused_graph)?;
+        let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (OPTIMIZED_FORMAT, cpu_signature(), meta.len(), modified).hash(&mut h);
+        Ok(self.dir.join(format!("{}{}-{fused}.opt-{:016x}", self.prefix, self.key, h.finish())))
+    }
+
     pub fn rejected_path(&self) -> PathBuf {
         self.dir.join(format!("{}{}.rejected", self.prefix, self.key))
     }
@@ -90,18 +104,95 @@ impl CacheEntry {
     /// Removes this file's entries made from other contents or versions.
     fn prune_stale(&self) {
         let current = format!("{}{}", self.prefix, self.key);
+        self.prune(|n| n.starts_with(&self.prefix) && !n.starts_with(&current));
+    }
+
+    /// Removes entries (files or directories) whose name `stale` picks; work in progress
+    /// (`.tmp`) is left alone.
+    fn prune(&self, stale: impl Fn(&str) -> bool) {
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            let stale = entry
-                .file_name()
-                .to_str()
-                .is_some_and(|n| n.starts_with(&self.prefix) && !n.starts_with(&current) && !n.ends_with(".tmp"));
-            if stale {
+            if entry.file_name().to_str().is_some_and(|n| stale(n) && !n.ends_with(".tmp")) {
                 tracing::debug!("removing the stale fused graph entry {}", path.display());
-                let _ = std::fs::remove_file(&path);
+                let _ = if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
             }
         }
     }
+}
+
+/// Bumped when what is saved beside an optimized graph changes (2: prepacked weights too).
+const OPTIMIZED_FORMAT: u32 = 2;
+
+/// What makes ONNX Runtime's optimized graph specific to this CPU: its model and feature flags.
+fn cpu_signature() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        cpuinfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map_or("", |(_, v)| v.trim())
+    };
+    format!("{} {} {} {}", std::env::consts::OS, std::env::consts::ARCH, field("model name"), field("flags"))
+}
+
+/// The session for the verified fused graph `cached`: ONNX Runtime's saved optimization of it
+/// when there is one (no graph optimizations, weights mapped from the file: the cold start's
+/// largest costs), else the graph loaded with full optimizations, whose optimized form is saved,
+/// checked against it on the probe batch and kept for the next start. `Err` only when `cached`
+/// itself does not load.
+fn load_cached(
+    entry: &CacheEntry,
+    cached: &Path,
+    fused: usize,
+    options: &SessionOptions,
+    tokenizer: &Tokenizer,
+) -> Result<Session, RuntimeError> {
+    let Ok(dir) = entry.optimized_dir(cached, fused) else { return Session::load(cached, None, options) };
+    let graph = dir.join("model.onnx");
+    if graph.exists() {
+        match Session::load_with(&graph, None, options, &Optimization::Done) {
+            Ok(session) => return Ok(session),
+            Err(e) => {
+                tracing::warn!("the optimized graph {} did not load ({e}); making it again", graph.display());
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
+    }
+    let started = std::time::Instant::now();
+    let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return Session::load(cached, None, options) };
+    let tmp = dir.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+    if std::fs::create_dir_all(&tmp).is_err() {
+        return Session::load(cached, None, options);
+    }
+    let session = match Session::load_with(cached, None, options, &Optimization::SaveTo(tmp.join("model.onnx"))) {
+        Ok(session) => session,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+    };
+    let checked = Session::load_with(&tmp.join("model.onnx"), None, options, &Optimization::Done)
+        .map_err(|e| format!("it did not load: {e}"))
+        .and_then(|optimized| {
+            let probe = probe_batch(tokenizer).map_err(|e| format!("no probe batch: {e}"))?;
+            verify(&session, &optimized, &probe).map(|_| optimized)
+        });
+    let result = match checked {
+        Ok(optimized) => {
+            // Older optimizations of this entry (another fused file, another CPU) go first.
+            let stem = format!("{}{}-{fused}.opt-", entry.prefix, entry.key);
+            entry.prune(|n| n.starts_with(&stem));
+            match std::fs::rename(&tmp, &dir) {
+                Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "saved and checked the optimized graph"),
+                Err(e) => tracing::debug!("could not keep the optimized graph in {}: {e}", dir.display()),
+            }
+            // Its weights stay mapped from the renamed files: same inodes.
+            optimized
+        }
+        Err(why) => {
+            tracing::warn!("not keeping ONNX Runtime's optimized graph of {}: {why}", cached.display());
+            session
+        }
+    };
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(result)
 }
 
 /// The content hash of the model file: hf-hub keeps files as blobs named by their hash (sha256
@@ -144,6 +235,27 @@ fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
     Ok(hash)
 }
 
+/// Whether Q, K and V projections are packed into one `Attention` node (the default, measured
+/// faster) or left to a `MultiHeadAttention` node: `AKIDB_PACK_QKV=0` keeps the latter, for
+/// comparing the two (docs/performance.md).
+fn pack_qkv() -> bool {
+    std::env::var("AKIDB_PACK_QKV").map_or(true, |v| v != "0" && v != "false")
+}
+
+/// The session of the verified fused graph of `onnx_path` when ONNX Runtime's optimization of it
+/// is cached and loads (the common warm start), needing no tokenizer, so it can be loaded while
+/// the tokenizer is parsed; `None` sends the caller to [`load`].
+pub fn preload(onnx_path: &Path, heads: usize, options: &SessionOptions, cache_dir: Option<&Path>) -> Option<Loaded> {
+    let entry = CacheEntry::new(cache_dir?, onnx_path, heads).ok()?;
+    let (cached, fused) = entry.cached()?;
+    let graph = entry.optimized_dir(&cached, fused).ok()?.join("model.onnx");
+    if !graph.exists() {
+        return None;
+    }
+    let session = Session::load_with(&graph, None, options, &Optimization::Done).ok()?;
+    Some(Loaded { session, fused })
+}
+
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
 /// can be made and verified now; otherwise (no match, a failed check, any problem making it) the
 /// graph as exported. `cache_dir` `None` verifies every time and keeps nothing.
@@ -172,7 +284,7 @@ pub fn load(
             return original();
         }
         if let Some((cached, fused)) = entry.cached() {
-            match Session::load(&cached, None, options) {
+            match load_cached(&entry, &cached, fused, options, tokenizer) {
                 Ok(session) => return Ok(Loaded { session, fused }),
                 Err(e) => {
                     tracing::warn!("the cached fused graph {} did not load ({e}); making it again", cached.display());
@@ -182,7 +294,9 @@ pub fn load(
         }
     }
     let started = std::time::Instant::now();
-    let model = match graph::read_model(onnx_path).and_then(|m| graph::fuse_attention(m, heads, "attention_mask")) {
+    let model = match graph::read_model(onnx_path)
+        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", pack_qkv()))
+    {
         Ok(Some(rewritten)) => rewritten,
         Ok(None) => return original(),
         Err(e) => {

@@ -110,6 +110,17 @@ impl<'a> Graph<'a> {
         }
     }
 
+    /// A constant tensor: an initializer or a `Constant` node's `value`, also through `Identity`
+    /// (exports share equal weights that way).
+    fn tensor(&self, name: &str) -> Option<&'a TensorProto> {
+        match self.node(name) {
+            Some(n) if n.op_type == "Constant" => attr(n, "value").and_then(|a| a.t.as_ref()),
+            Some(n) if n.op_type == "Identity" && n.domain.is_empty() => self.tensor(n.input.first()?),
+            Some(_) => None,
+            None => self.initializers.get(name).copied(),
+        }
+    }
+
     fn consumers_of(&self, output: &str) -> impl Iterator<Item = usize> + '_ {
         self.consumers.get(output).into_iter().flatten().copied()
     }
@@ -175,6 +186,95 @@ struct Block {
     output: String,
     /// Where in the node list the fused node goes: the block's last node.
     at: usize,
+    /// Q, K and V projected from one input by constant weights: packed into one GEMM.
+    packed: Option<Packed>,
+}
+
+/// The Q, K and V projections of one block as one: `input · [Wq Wk Wv] + [bq bk bv]`.
+struct Packed {
+    input: String,
+    weights: TensorProto,
+    bias: TensorProto,
+}
+
+/// A float tensor's values, from `float_data` or little-endian `raw_data`.
+fn tensor_floats(tensor: &TensorProto) -> Option<Vec<f32>> {
+    if tensor.data_type != DataType::FLOAT as i32 || tensor.data_location.enum_value_or_default() != Default::default()
+    {
+        return None;
+    }
+    if !tensor.float_data.is_empty() {
+        return Some(tensor.float_data.clone());
+    }
+    let raw = tensor.raw_data.as_slice();
+    raw.len()
+        .is_multiple_of(4)
+        .then(|| raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+}
+
+fn float_tensor(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+    let mut t = TensorProto::new();
+    t.name = name.to_string();
+    t.data_type = DataType::FLOAT as i32;
+    t.dims = dims.to_vec();
+    t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    t
+}
+
+/// One projection `input · W + b`, W [rows, cols] row-major.
+struct Projection {
+    input: String,
+    weights: Vec<f32>,
+    bias: Vec<f32>,
+    rows: usize,
+    cols: usize,
+}
+
+/// `name = Add(MatMul(input, W), b)` (either Add order) with constant W [in, out] and b [out].
+fn projection(g: &Graph<'_>, name: &str) -> Option<Projection> {
+    let add = g.node(name).filter(|n| n.op_type == "Add" && n.domain.is_empty() && n.input.len() == 2)?;
+    let (mm, bias) = match (g.node(&add.input[0]), g.node(&add.input[1])) {
+        (Some(n), _) if n.op_type == "MatMul" => (n, &add.input[1]),
+        (_, Some(n)) if n.op_type == "MatMul" => (n, &add.input[0]),
+        _ => return None,
+    };
+    let weights = g.tensor(mm.input.get(1)?)?;
+    let bias = g.tensor(bias)?;
+    let (&[rows, cols], &[out]) = (weights.dims.as_slice(), bias.dims.as_slice()) else { return None };
+    if out != cols || rows <= 0 || cols <= 0 {
+        return None;
+    }
+    let (weights, bias) = (tensor_floats(weights)?, tensor_floats(bias)?);
+    let (rows, cols) = (usize::try_from(rows).ok()?, usize::try_from(cols).ok()?);
+    let input = mm.input.first().cloned().filter(|i| !i.is_empty())?;
+    (weights.len() == rows * cols && bias.len() == cols).then_some(Projection { input, weights, bias, rows, cols })
+}
+
+/// Packs the three projections when they read the same input with same-shaped weights.
+fn pack(g: &Graph<'_>, q: &str, k: &str, v: &str, number: usize) -> Option<Packed> {
+    let sides = [projection(g, q)?, projection(g, k)?, projection(g, v)?];
+    let [first, ..] = &sides;
+    if sides.iter().any(|p| p.input != first.input || (p.rows, p.cols) != (first.rows, first.cols)) {
+        return None;
+    }
+    let (rows, cols) = (first.rows, first.cols);
+    let mut weights = Vec::with_capacity(rows * cols * 3);
+    for r in 0..rows {
+        for p in &sides {
+            weights.extend_from_slice(&p.weights[r * cols..(r + 1) * cols]);
+        }
+    }
+    let bias: Vec<f32> = sides.iter().flat_map(|p| p.bias.iter().copied()).collect();
+    let wide = i64::try_from(3 * cols).ok()?;
+    Some(Packed {
+        input: first.input.clone(),
+        weights: float_tensor(
+            &format!("akidb/attention_{number}/qkv_weight"),
+            &[i64::try_from(rows).ok()?, wide],
+            &weights,
+        ),
+        bias: float_tensor(&format!("akidb/attention_{number}/qkv_bias"), &[wide], &bias),
+    })
 }
 
 /// `input → Reshape → Transpose(perm)`: returns the Reshape's input.
@@ -247,7 +347,7 @@ fn match_block(g: &Graph<'_>, softmax: usize, mask_input: &str) -> Option<Block>
     if steps == 0 || !scale.is_finite() || scale <= 0.0 {
         return None;
     }
-    Some(Block { q, k, v, scale, output, at })
+    Some(Block { q, k, v, scale, output, at, packed: None })
 }
 
 // --- writing the graph ----------------------------------------------------------------------
@@ -288,13 +388,20 @@ fn float_attr(name: &str, value: f32) -> AttributeProto {
 
 const MASK: &str = "akidb/key_padding_mask";
 
+/// Changes whenever the rewrite does, so graphs cached by an older one are made again.
+pub const REWRITE_VERSION: u32 = 2;
+
 /// Fuses every attention block it recognises; `None` when there is none (the model is then used
-/// as it is). `mask_input` names the graph's attention-mask input. Takes the model by value:
-/// its weights move into the result.
+/// as it is). `mask_input` names the graph's attention-mask input. With `pack_qkv`, a block whose
+/// Q, K and V are projections of one input by constant weights becomes one
+/// `com.microsoft.Attention` node over the packed weights [hidden, 3 × hidden] (one GEMM instead
+/// of three; measured faster, docs/performance.md), else a `MultiHeadAttention` node. Takes the
+/// model by value: its weights move into the result.
 pub fn fuse_attention(
     mut model: ModelProto,
     num_heads: usize,
     mask_input: &str,
+    pack_qkv: bool,
 ) -> Result<Option<Rewritten>, GraphError> {
     let Some(graph) = model.graph.as_mut() else { return Ok(None) };
     if !graph.input.iter().any(|i| i.name == mask_input) || num_heads == 0 {
@@ -314,11 +421,20 @@ pub fn fuse_attention(
         }
         let initializers = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
         let g = Graph { nodes: &nodes, producer, consumers, initializers };
-        let blocks: HashMap<usize, Block> = (0..nodes.len())
+        let mut blocks: HashMap<usize, Block> = (0..nodes.len())
             .filter(|&i| nodes[i].op_type == "Softmax" && nodes[i].domain.is_empty())
             .filter_map(|i| match_block(&g, i, mask_input))
             .map(|b| (b.at, b))
             .collect();
+        if pack_qkv {
+            let mut at: Vec<usize> = blocks.keys().copied().collect();
+            at.sort_unstable();
+            for (number, i) in at.into_iter().enumerate() {
+                if let Some(b) = blocks.get_mut(&i) {
+                    b.packed = pack(&g, &b.q, &b.k, &b.v, number);
+                }
+            }
+        }
 
         // Dead-node elimination: keep what the graph outputs still need.
         let mut live = vec![false; nodes.len()];
@@ -328,6 +444,7 @@ pub fn fuse_attention(
                 if !live[i] {
                     live[i] = true;
                     match blocks.get(&i) {
+                        Some(Block { packed: Some(p), .. }) => stack.push(p.input.as_str()),
                         Some(b) => stack.extend([b.q.as_str(), b.k.as_str(), b.v.as_str()]),
                         None => stack.extend(nodes[i].input.iter().map(String::as_str)),
                     }
@@ -340,14 +457,30 @@ pub fn fuse_attention(
         graph.node = nodes;
         return Ok(None);
     }
+    let mut blocks = blocks;
 
     // The original order, each block's fused node in place of its last node.
     let mut out = Vec::with_capacity(nodes.len());
     out.push(node("Cast", "", "akidb/mask_cast", &[mask_input], &[MASK], vec![int_attr("to", DataType::INT32 as i64)]));
     let mut order: Vec<usize> = blocks.keys().copied().collect();
     order.sort_unstable();
+    let mut packed_weights = Vec::new();
     for (i, n) in nodes.into_iter().enumerate().filter(|(i, _)| live[*i]) {
-        match blocks.get(&i) {
+        match blocks.get_mut(&i) {
+            Some(Block { packed: Some(p), scale, output, .. }) => {
+                let number = order.binary_search(&i).unwrap_or_default();
+                let (weights, bias) = (p.weights.name.clone(), p.bias.name.clone());
+                packed_weights.push(std::mem::take(&mut p.weights));
+                packed_weights.push(std::mem::take(&mut p.bias));
+                out.push(node(
+                    "Attention",
+                    "com.microsoft",
+                    &format!("akidb/attention_{number}"),
+                    &[&p.input, &weights, &bias, MASK],
+                    &[output],
+                    vec![int_attr("num_heads", num_heads as i64), float_attr("scale", *scale)],
+                ))
+            }
             Some(b) => {
                 let number = order.binary_search(&i).unwrap_or_default();
                 out.push(node(
@@ -363,6 +496,17 @@ pub fn fuse_attention(
         }
     }
     graph.node = out;
+    // The separate projection weights are no longer read by any node.
+    if !packed_weights.is_empty() {
+        let used: HashSet<&str> = graph
+            .node
+            .iter()
+            .flat_map(|n| n.input.iter().map(String::as_str))
+            .chain(graph.output.iter().map(|o| o.name.as_str()))
+            .collect();
+        graph.initializer.retain(|t| used.contains(t.name.as_str()));
+        graph.initializer.extend(packed_weights);
+    }
     if !model.opset_import.iter().any(|o| o.domain == "com.microsoft") {
         let mut opset = OperatorSetIdProto::new();
         opset.domain = "com.microsoft".to_string();
@@ -487,8 +631,9 @@ mod tests {
 
     #[test]
     fn a_padding_mask_block_is_fused_into_one_node() {
-        let r =
-            fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask").unwrap().expect("the block matches");
+        let r = fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask", true)
+            .unwrap()
+            .expect("the block matches");
         assert_eq!(r.fused, 1);
         let nodes = &r.model.graph.as_ref().unwrap().node;
         let mha: Vec<&NodeProto> = nodes.iter().filter(|n| n.op_type == "MultiHeadAttention").collect();
@@ -503,18 +648,77 @@ mod tests {
         assert_eq!(again.graph.node.len(), nodes.len());
     }
 
+    fn initializer(name: &str, dims: &[i64], values: &[f32]) -> TensorProto {
+        let mut t = TensorProto::new();
+        t.name = name.to_string();
+        t.data_type = DataType::FLOAT as i32;
+        t.dims = dims.to_vec();
+        t.float_data = values.to_vec();
+        t
+    }
+
+    /// The block of [`attention_graph`] with Q, K and V projected from `h` by 2×2 weights.
+    fn projected_graph() -> ModelProto {
+        let mut model = attention_graph(Mask::Padding);
+        let graph = model.graph.as_mut().unwrap();
+        for n in graph.node.iter_mut().filter(|n| n.op_type == "Reshape" && n.input[0] == "x") {
+            let side = &n.output[0][..1];
+            n.input[0] = format!("{side}_proj");
+        }
+        for (i, side) in ["q", "k", "v"].iter().enumerate() {
+            let base = 10.0 * i as f32;
+            graph.node.insert(0, op("MatMul", &["h", &format!("w{side}")], &format!("{side}_mm")));
+            graph.node.insert(1, op("Add", &[&format!("{side}_mm"), &format!("b{side}")], &format!("{side}_proj")));
+            graph.initializer.push(initializer(
+                &format!("w{side}"),
+                &[2, 2],
+                &[base, base + 1.0, base + 2.0, base + 3.0],
+            ));
+            graph.initializer.push(initializer(&format!("b{side}"), &[2], &[base + 4.0, base + 5.0]));
+        }
+        graph.input = vec![value_info("h"), value_info("attention_mask")];
+        model
+    }
+
+    #[test]
+    fn projections_of_one_input_are_packed_into_one_attention_node() {
+        let r = fuse_attention(projected_graph(), 2, "attention_mask", true).unwrap().expect("the block matches");
+        let graph = r.model.graph.as_ref().unwrap();
+        let fused: Vec<&NodeProto> = graph.node.iter().filter(|n| n.domain == "com.microsoft").collect();
+        assert_eq!(fused.len(), 1);
+        assert_eq!(fused[0].op_type, "Attention");
+        let weights = "akidb/attention_0/qkv_weight";
+        assert_eq!(fused[0].input, ["h", weights, "akidb/attention_0/qkv_bias", MASK]);
+        assert_eq!(fused[0].output, ["y"]);
+        assert!(!graph.node.iter().any(|n| n.op_type == "MatMul"), "the three projections are gone");
+        let names: Vec<&str> = graph.initializer.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, [weights, "akidb/attention_0/qkv_bias"], "the separate weights are dropped");
+        let w = &graph.initializer[0];
+        assert_eq!(w.dims, [2, 6]);
+        // Row by row: Wq's row, then Wk's, then Wv's.
+        let expected = [0.0, 1.0, 10.0, 11.0, 20.0, 21.0, 2.0, 3.0, 12.0, 13.0, 22.0, 23.0];
+        assert_eq!(tensor_floats(w).unwrap(), expected);
+        assert_eq!(tensor_floats(&graph.initializer[1]).unwrap(), [4.0, 5.0, 14.0, 15.0, 24.0, 25.0]);
+
+        // Without packing, the same block is one MultiHeadAttention over the projections.
+        let r = fuse_attention(projected_graph(), 2, "attention_mask", false).unwrap().expect("the block matches");
+        let graph = r.model.graph.as_ref().unwrap();
+        assert!(graph.node.iter().any(|n| n.op_type == "MultiHeadAttention"));
+        assert_eq!(graph.node.iter().filter(|n| n.op_type == "MatMul").count(), 3);
+    }
+
     #[test]
     fn a_causal_plus_padding_mask_is_not_fused() {
         for mask in [Mask::CausalTriangle, Mask::CausalPositions] {
-            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask").unwrap().is_none());
+            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask", true).unwrap().is_none());
         }
     }
 
     #[test]
     fn a_bias_not_derived_from_the_mask_is_not_fused() {
-        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x").unwrap().is_none());
+        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x", true).unwrap().is_none());
         let mut model = attention_graph(Mask::Padding);
         model.graph.as_mut().unwrap().input.push(value_info("other_mask"));
-        assert!(fuse_attention(model, 2, "other_mask").unwrap().is_none());
+        assert!(fuse_attention(model, 2, "other_mask", true).unwrap().is_none());
     }
 }

@@ -242,7 +242,10 @@ fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
                 .collect()
         };
         server.run(load, shutdown_signal()).await.with_context(|| format!("serving {names}"))
-    })
+    })?;
+    // The inference threads may still hold the sessions: write their profiles (--profile) now.
+    akidb::runtime::finish_profiling();
+    Ok(())
 }
 
 fn read_stdin_lines() -> Result<Vec<String>> {

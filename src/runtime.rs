@@ -178,6 +178,9 @@ pub struct SessionOptions {
     pub coreml: CoreMlOptions,
     /// Measure CoreML against the CPU again under `auto` instead of reading the cached decision.
     pub remeasure_device: bool,
+    /// Write ONNX Runtime's profile (Chrome trace JSON) of the serving session to this file when
+    /// the session ends (see [`finish_profiling`]).
+    pub profile: Option<std::path::PathBuf>,
 }
 
 impl Default for SessionOptions {
@@ -188,17 +191,81 @@ impl Default for SessionOptions {
             threads: None,
             coreml: CoreMlOptions::default(),
             remeasure_device: false,
+            profile: None,
         }
     }
 }
 
 /// A transformer session: token ids in, hidden states out.
 pub struct Session {
-    inner: Mutex<OrtSession>,
+    inner: std::sync::Arc<Mutex<OrtSession>>,
     token_type_ids: bool,
     output: String,
     provider: Provider,
+    /// Where this session's profile goes when it ends, if profiling.
+    profile: Option<std::path::PathBuf>,
 }
+
+/// Sessions that profile, so [`finish_profiling`] can end them where no drop runs (a server
+/// that exits with its inference thread still holding the session).
+static PROFILING: Mutex<Vec<(std::sync::Weak<Mutex<OrtSession>>, std::path::PathBuf)>> = Mutex::new(Vec::new());
+
+/// Ends profiling of `session` and moves ONNX Runtime's file (named by its prefix and the start
+/// time) to `target`. Every profiled session writes there as it ends, so the one ended last —
+/// the one that served — is what the file holds.
+fn end_profiling(session: &mut OrtSession, target: &Path) {
+    match session.end_profiling() {
+        Ok(written) if !written.is_empty() => match std::fs::rename(&written, target) {
+            Ok(()) => tracing::info!("wrote ONNX Runtime's profile to {}", target.display()),
+            Err(e) => tracing::warn!("could not move the profile {written} to {}: {e}", target.display()),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!("could not end ONNX Runtime profiling: {e}"),
+    }
+}
+
+/// Ends profiling of every live profiled session, writing their profiles (for `akidb serve`,
+/// whose inference thread may still own its session when the process exits).
+pub fn finish_profiling() {
+    // The registry stays locked throughout: a session being dropped on another thread meanwhile
+    // waits in its `Drop` (still alive, so `upgrade` finds it) and then sees it was ended here.
+    let mut registry = PROFILING.lock();
+    for (session, target) in registry.drain(..) {
+        if let Some(session) = session.upgrade() {
+            end_profiling(&mut session.lock(), &target);
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let Some(target) = &self.profile else { return };
+        let mut registry = PROFILING.lock();
+        let Some(at) = registry.iter().position(|(s, _)| std::ptr::eq(s.as_ptr(), std::sync::Arc::as_ptr(&self.inner)))
+        else {
+            return; // finish_profiling ended it already
+        };
+        registry.swap_remove(at);
+        drop(registry);
+        end_profiling(&mut self.inner.lock(), target);
+    }
+}
+
+/// What ONNX Runtime does with its own graph optimizations when a session is made.
+#[derive(Debug, Clone, Default)]
+pub enum Optimization {
+    /// All of them, at every start.
+    #[default]
+    Full,
+    /// All of them, and the optimized graph is saved to this file with its weights beside it in
+    /// [`OPTIMIZED_WEIGHTS`] (page-aligned, so a later load maps them instead of copying).
+    SaveTo(std::path::PathBuf),
+    /// None: the file is a graph ONNX Runtime optimized before (see `fusion`).
+    Done,
+}
+
+/// The weights file beside a saved optimized graph.
+pub const OPTIMIZED_WEIGHTS: &str = "model.weights";
 
 pub fn coreml_available() -> bool {
     init().is_ok() && ep::CoreML::is_available().unwrap_or(false)
@@ -207,15 +274,29 @@ pub fn coreml_available() -> bool {
 impl Session {
     /// Loads `path`, or `model` (its rewritten bytes) when given; `path` still names it in errors.
     pub fn load(path: &Path, model: Option<&[u8]>, options: &SessionOptions) -> Result<Self, RuntimeError> {
+        Self::load_with(path, model, options, &Optimization::Full)
+    }
+
+    /// [`Session::load`], with ONNX Runtime's graph optimizations as `optimization` says.
+    pub fn load_with(
+        path: &Path,
+        model: Option<&[u8]>,
+        options: &SessionOptions,
+        optimization: &Optimization,
+    ) -> Result<Self, RuntimeError> {
         let runtime = runtime()?;
         let provider = choose_provider(options.device, coreml_available())?;
         if options.device == Device::Auto && provider == Provider::Cpu {
             tracing::debug!("CoreML is not available in the linked ONNX Runtime; running on the CPU");
         }
         let load_err = |e: ort::Error| RuntimeError::Load { path: path.display().to_string(), message: e.to_string() };
+        let level = match optimization {
+            Optimization::Done => GraphOptimizationLevel::Disable,
+            _ => GraphOptimizationLevel::All,
+        };
         let mut builder = OrtSession::builder(&runtime.env)
             .map_err(load_err)?
-            .with_optimization_level(GraphOptimizationLevel::All)
+            .with_optimization_level(level)
             .map_err(|e| load_err(e.into()))?
             // Without this, ONNX Runtime's automatic device policy may pick an EP on its own.
             .with_auto_device(AutoDevicePolicy::PreferCPU)
@@ -224,6 +305,31 @@ impl Session {
             .map_err(|e| load_err(e.into()))?;
         if let Some(threads) = options.threads {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
+        }
+        if let Optimization::SaveTo(file) = optimization {
+            builder = builder
+                // Saving warns that the graph is specific to this machine, which its cache key
+                // already says (`fusion`): not a user's concern.
+                .with_log_level(ort::logging::LogLevel::Error)
+                .map_err(|e| load_err(e.into()))?
+                .with_optimized_model_path(file)
+                .map_err(|e| load_err(e.into()))?
+                .with_config_entry("session.optimized_model_external_initializers_file_name", OPTIMIZED_WEIGHTS)
+                .map_err(|e| load_err(e.into()))?
+                .with_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+                .map_err(|e| load_err(e.into()))?
+                // The MatMul weights as the CPU kernels repack them: a later load maps them too
+                // instead of packing ~40 MB again (the saved form is specific to this CPU).
+                .with_config_entry("session.save_external_prepacked_constant_initializers", "1")
+                .map_err(|e| load_err(e.into()))?;
+        }
+        if let Some(target) = &options.profile {
+            // ONNX Runtime appends the start time to this prefix; a per-session prefix keeps
+            // sessions started in the same second apart.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let prefix = format!("{}.{}-{n}", target.display(), std::process::id());
+            builder = builder.with_profiling(prefix).map_err(|e| load_err(e.into()))?;
         }
         if provider == Provider::CoreMl {
             // ONNX Runtime reports CoreML's partitioning (nodes on CoreML vs the CPU) at info level
@@ -265,11 +371,16 @@ impl Session {
                 message: "model has no outputs".into(),
             })?;
         tracing::debug!(?inputs, %output, provider = provider.as_str(), "ONNX session ready");
+        let inner = std::sync::Arc::new(Mutex::new(session));
+        if let Some(target) = &options.profile {
+            PROFILING.lock().push((std::sync::Arc::downgrade(&inner), target.clone()));
+        }
         Ok(Self {
-            inner: Mutex::new(session),
+            inner,
             token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
             output,
             provider,
+            profile: options.profile.clone(),
         })
     }
 

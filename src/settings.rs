@@ -73,6 +73,9 @@ pub struct ModelArgs {
     /// With --device auto, measure CoreML against the CPU again instead of using the cached decision [default: false]
     #[arg(long, env = "AKIDB_REMEASURE_DEVICE", num_args = 0..=1, default_missing_value = "true")]
     pub remeasure_device: Option<bool>,
+    /// Write ONNX Runtime's profile of the serving session (Chrome trace JSON: every node's time per run) to this file on exit; see docs/performance.md
+    #[arg(long, env = "AKIDB_PROFILE")]
+    pub profile: Option<PathBuf>,
     #[command(flatten)]
     pub coreml: CoreMlArgs,
 }
@@ -360,6 +363,7 @@ impl ModelArgs {
                     cache_dir: c.cache_dir.clone().or_else(default_coreml_cache_dir),
                 },
                 remeasure_device: self.remeasure_device.unwrap_or(d.session.remeasure_device),
+                profile: self.profile.clone().or(d.session.profile),
             },
             max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),

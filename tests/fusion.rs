@@ -54,8 +54,15 @@ fn a_verified_fused_graph_is_cached_and_reused() {
     let modified = std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap();
     let again = fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap();
     assert_eq!(again.fused, 2);
-    assert_eq!(names(cache.path()), entries, "the cached graph is reused, nothing new written");
+    // The cached graph is reused as it is; ONNX Runtime's optimized form of it is saved beside it.
+    let now = names(cache.path());
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now[0], entries[0]);
+    assert!(now[1].starts_with(entries[0].trim_end_matches(".onnx")) && now[1].contains(".opt-"), "{now:?}");
     assert_eq!(std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap(), modified);
+    let third = fusion::load(&model, HEADS, &options, &tokenizer(), Some(cache.path())).unwrap();
+    assert_eq!(third.fused, 2);
+    assert_eq!(names(cache.path()), now, "the optimized graph is reused");
 }
 
 #[test]
@@ -63,11 +70,16 @@ fn a_broken_fused_graph_is_rejected_and_the_verdict_remembered() {
     let cache = tempfile::tempdir().unwrap();
     let model = snapshot().join("onnx/model.onnx");
     let options = SessionOptions::default();
-    let mut rewritten = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask").unwrap().expect("fuses");
+    let mut rewritten =
+        fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask", true).unwrap().expect("fuses");
     // The key-padding mask dropped: a graph that loads and runs, but lets real tokens attend to
     // padding, which only the padded texts of a mixed-length batch show.
-    for node in rewritten.model.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "MultiHeadAttention") {
-        node.input[4] = String::new();
+    for node in rewritten.model.graph.as_mut().unwrap().node.iter_mut() {
+        match node.op_type.as_str() {
+            "MultiHeadAttention" => node.input[4] = String::new(),
+            "Attention" => node.input[3] = String::new(),
+            _ => {}
+        }
     }
     let entry = CacheEntry::new(cache.path(), &model, HEADS).unwrap();
     let loaded = fusion::adopt(&model, rewritten, &options, &tokenizer(), &entry, true).unwrap();
@@ -81,7 +93,7 @@ fn a_broken_fused_graph_is_rejected_and_the_verdict_remembered() {
     assert_eq!(next.fused, 0);
 
     // The same check accepts the correct graph.
-    let good = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask").unwrap().expect("fuses");
+    let good = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask", true).unwrap().expect("fuses");
     let other = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(other.path(), &model, HEADS).unwrap();
     assert_eq!(fusion::adopt(&model, good, &options, &tokenizer(), &entry, true).unwrap().fused, 2);

@@ -143,14 +143,18 @@ fn fused_heads_are_verified_on_their_logits() {
     let model = repo.file("onnx/model.onnx").unwrap();
     let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), 64).unwrap();
     let options = SessionOptions::default();
-    let fuse = || fuse_attention(read_model(&model).unwrap(), 2, "attention_mask").unwrap().expect("fuses");
+    let fuse = || fuse_attention(read_model(&model).unwrap(), 2, "attention_mask", true).unwrap().expect("fuses");
     let cache = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(cache.path(), &model, 2).unwrap();
     assert_eq!(fusion::adopt(&model, fuse(), &options, &tokenizer, &entry, true).unwrap().fused, 2);
 
     let mut broken = fuse();
-    for node in broken.model.graph.as_mut().unwrap().node.iter_mut().filter(|n| n.op_type == "MultiHeadAttention") {
-        node.input[4] = String::new();
+    for node in broken.model.graph.as_mut().unwrap().node.iter_mut() {
+        match node.op_type.as_str() {
+            "MultiHeadAttention" => node.input[4] = String::new(),
+            "Attention" => node.input[3] = String::new(),
+            _ => {}
+        }
     }
     let other = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(other.path(), &model, 2).unwrap();

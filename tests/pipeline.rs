@@ -182,12 +182,14 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
     let path = common::hf_home().join(
         "hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4/onnx/model.onnx",
     );
-    assert!(fuse_attention(read_model(&path).unwrap(), 2, "no_such_input").unwrap().is_none());
+    assert!(fuse_attention(read_model(&path).unwrap(), 2, "no_such_input", true).unwrap().is_none());
     let original = read_model(&path).unwrap();
     let nodes = original.graph.node.len();
-    let r = fuse_attention(original, 2, "attention_mask").unwrap().expect("tiny model fuses");
+    let r = fuse_attention(original, 2, "attention_mask", true).unwrap().expect("tiny model fuses");
     assert_eq!(r.fused, 2);
     let graph = r.model.graph.as_ref().unwrap();
-    assert_eq!(graph.node.iter().filter(|n| n.op_type == "MultiHeadAttention").count(), 2);
+    let fused = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
+    assert_eq!(fused("Attention") + fused("MultiHeadAttention"), 2);
+    assert_eq!(fused("Attention"), 2, "Q, K and V are packed");
     assert!(graph.node.len() < nodes, "the unfused attention nodes are gone");
 }
