@@ -2,7 +2,7 @@
 //! request per query), and the Python path (`scripts/bench_rerank_peer.py`: onnxruntime +
 //! tokenizers) on the same pairs, in interleaved rounds; prints each round and the median ratios.
 //!
-//!     source scripts/bench-venv.sh && bench_venv_ensure "$PWD"     # the peer's venv
+//!     cargo run --release --example bench -- setup                  # the peer's venv, target/bench-venv
 //!     cargo run --release --example rerank -- --python target/bench-venv/bin/python
 
 use std::{path::PathBuf, process::Command, time::Instant};

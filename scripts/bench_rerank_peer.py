@@ -12,7 +12,8 @@ timed passes; the best is reported as one JSON line:
 With --check REFERENCE.jsonl ({"query","text","logit"} rows) it first checks its own logits
 against the reference (max difference, exits 1 above 1e-3), so the peer is known to be right.
 
-Needs onnxruntime, tokenizers and numpy (scripts/bench-venv.sh installs them).
+Needs onnxruntime, tokenizers and numpy (`cargo run --release --example bench -- setup` makes
+target/bench-venv with them).
 """
 
 from __future__ import annotations

@@ -78,10 +78,14 @@ impl Control {
 }
 
 fn fake(budget: Budget) -> Control {
+    fake_model(budget, ModelInfo { id: "test/fake".into(), dimension: 2, max_seq_length: 64, ..Default::default() })
+}
+
+fn fake_model(budget: Budget, info: ModelInfo) -> Control {
     let (started_tx, started) = mpsc::channel();
     let (gate, gate_rx) = mpsc::channel();
     let fake = Arc::new(Fake {
-        info: ModelInfo { id: "test/fake".into(), dimension: 2, max_seq_length: 64, ..Default::default() },
+        info,
         budget,
         batches: Mutex::new(Vec::new()),
         started: Mutex::new(started_tx),
@@ -133,6 +137,17 @@ impl Backend for Fake {
             Ok(Step::Panic) => panic!("the fake backend panicked"),
         }
         Ok(batch.iter().map(|t| vec![t.ids[0] as f32, t.len() as f32]).collect())
+    }
+
+    /// Per token `[tag, position]`, after the same gate; a batch of these is tagged negative.
+    fn forward_tokens(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError> {
+        let tags: Vec<u32> = batch.iter().map(|t| t.ids[0] + 1000).collect();
+        self.batches.lock().push(tags.clone());
+        let _ = self.started.lock().send(tags);
+        if let Ok(Step::Fail) = self.gate.lock().recv() {
+            return Err(BackendError::Inference("the fake failed this batch".into()));
+        }
+        Ok(batch.iter().map(|t| (0..t.len()).flat_map(|p| [t.ids[0] as f32, p as f32]).collect()).collect())
     }
 
     fn health(&self) -> Result<(), BackendError> {
@@ -424,4 +439,73 @@ async fn a_loader_that_panics_or_fails_ends_the_server_with_the_cause() {
     assert!(err.to_string().contains("panicked") && err.to_string().contains("weights are corrupt"), "{err}");
     let err = run_with_loader(|| Err("no such model".to_string())).await.expect_err("the server must stop");
     assert_eq!(err.to_string(), "no such model");
+}
+
+/// Each model has its own queue: a reranker's query is answered while the embedder's batch is
+/// still running, and its scores are the model's activation over its logits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_model_has_its_own_queue_and_requests_pick_their_model() {
+    let mut embedder = fake(Budget::new(64, 128));
+    let info = ModelInfo {
+        id: "test/reranker".into(),
+        kind: crate::config::Kind::CrossEncoder,
+        labels: vec!["LABEL_0".into()],
+        activation: Some(crate::config::Activation::Sigmoid),
+        dimension: 2,
+        max_seq_length: 64,
+        ..Default::default()
+    };
+    let mut reranker = fake_model(Budget::new(64, 128), info);
+    reranker.open();
+    let state = AppState::new(ServerConfig::default());
+    state.install(vec![embedder.fake.clone(), reranker.fake.clone()], Duration::from_secs(3600));
+    let app = router(state);
+    let bulk = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(1, 16, 7))).await })
+    };
+    assert_eq!(embedder.next_batch(), vec![1; 8], "the embedder's batch is running (and held)");
+
+    let body = serde_json::json!({ "query": "3", "texts": ["w", "w w"] });
+    let (status, _, ranked) = call(&app, "POST", "/rerank", Some(body)).await;
+    assert_eq!(status, StatusCode::OK, "{ranked}");
+    // The pair's first token is the query's tag (3): every score is sigmoid(3).
+    let want = 1.0 / (1.0 + (-3f64).exp());
+    assert!(ranked.as_array().unwrap().iter().all(|r| (r["score"].as_f64().unwrap() - want).abs() < 1e-6), "{ranked}");
+    let body = serde_json::json!({ "query": "3", "texts": ["w"], "model": "test/fake" });
+    let (status, _, error) = call(&app, "POST", "/rerank", Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{error}");
+    assert!(error["error"].as_str().unwrap().contains("'test/fake' is an embedding model"), "{error}");
+
+    embedder.open();
+    let (status, _, body) = bulk.await.unwrap();
+    assert_eq!((status, body.as_array().map(Vec::len)), (StatusCode::OK, Some(16)));
+    assert!(embedder.fake.batches.lock().iter().flatten().all(|&t| t == 1), "no reranking work on the embedder");
+}
+
+/// A batch computes one kind of output: per-token requests (`/embed_all`) and pooled ones wait
+/// for their own calls, and each gets what it asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooled_and_per_token_requests_never_share_a_call() {
+    let mut control = fake(Budget::new(64, 128));
+    let (s, _) = scheduler(&control, 1_000_000);
+    let first = submit(&s, &control, &texts(1, 1, 1));
+    assert_eq!(control.next_batch(), vec![1]);
+    let inputs: Vec<Input> = texts(2, 2, 1).into_iter().map(Input::Single).collect();
+    let tokens = control.fake.tokenize(&inputs).unwrap();
+    let ticket = s.admit(4).unwrap();
+    let per_token = s.submit(tokens, Output::Tokens, false, ticket, None);
+    let pooled = submit(&s, &control, &texts(3, 1, 1));
+    control.step(Step::Go);
+    let second = control.next_batch();
+    control.step(Step::Go);
+    let third = control.next_batch();
+    control.step(Step::Go);
+    let mut calls = vec![second, third];
+    calls.sort();
+    assert_eq!(calls, vec![vec![3], vec![1002, 1002]], "one call each, never mixed");
+    assert_eq!(first.await.unwrap(), vec![vec![1.0, 2.0]]);
+    assert_eq!(pooled.await.unwrap(), vec![vec![3.0, 2.0]]);
+    assert_eq!(per_token.await.unwrap(), vec![vec![2.0, 0.0, 2.0, 1.0]; 2]);
+    control.open();
 }
