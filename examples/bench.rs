@@ -164,7 +164,7 @@ impl Server {
             .context("target/release/akidb is missing: cargo build --release")?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--port", "0"]).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
-        if let Some(m) = &model.model {
+        for m in &model.model {
             cmd.args(["--model", m]);
         }
         if let Some(t) = model.threads {
