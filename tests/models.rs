@@ -109,6 +109,45 @@ fn kinds_labels_activation_and_max_length_come_from_the_models_own_files() {
     assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-6 && p[2] > p[1] && p[1] > p[0]);
 }
 
+/// The classic hub layout of older sentence-transformers CrossEncoders: only config.json, with
+/// the activation under `sbert_ce_default_activation_function`; and what is refused.
+#[test]
+fn classic_cross_encoder_layouts_and_unknown_activations() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, value: Value| std::fs::write(dir.path().join(name), value.to_string()).unwrap();
+    let config = |extra: Value| {
+        let mut c = json!({
+            "architectures": ["BertForSequenceClassification"], "hidden_size": 384,
+            "num_attention_heads": 12, "max_position_embeddings": 512, "id2label": {"0": "LABEL_0"},
+        });
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let load = || ModelConfig::load(&ModelRepo::open(dir.path().to_str().unwrap(), None).unwrap());
+
+    write("config.json", config(json!({"sbert_ce_default_activation_function": "torch.nn.modules.linear.Identity"})));
+    let c = load().unwrap();
+    assert_eq!((c.kind, c.max_seq_length), (Kind::CrossEncoder, 512));
+    assert_eq!(c.head.unwrap().activation, Activation::Identity);
+
+    // Several labels without a named activation: a classifier with softmax; labels in id order.
+    write("config.json", config(json!({"id2label": {"1": "b", "0": "a", "2": "c"}})));
+    let head = load().unwrap().head.unwrap();
+    assert_eq!((head.labels, head.activation), (vec!["a".to_string(), "b".into(), "c".into()], Activation::Softmax));
+
+    // A sentence-transformers CrossEncoder names its activation; one akidb cannot apply is an error.
+    write("config.json", config(json!({})));
+    write("config_sentence_transformers.json", json!({"model_type": "CrossEncoder", "activation_fn": "my.CustomAct"}));
+    let err = load().unwrap_err().to_string();
+    assert!(err.contains("unsupported activation_fn 'my.CustomAct'"), "{err}");
+
+    // No head at all: an embedder, as before.
+    std::fs::remove_file(dir.path().join("config_sentence_transformers.json")).unwrap();
+    write("config.json", json!({"architectures": ["BertModel"], "hidden_size": 384}));
+    let c = load().unwrap();
+    assert!(c.kind == Kind::Embedder && c.head.is_none());
+}
+
 #[test]
 fn pairs_are_one_sequence_with_type_ids_and_longest_first_truncation() {
     hf_env();
