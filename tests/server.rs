@@ -267,7 +267,7 @@ async fn concurrent_single_text_clients_are_batched_together() {
             .unwrap_or_else(|| panic!("{prefix} not in metrics"))
     };
     let rounds = value("akidb_batch_requests_count");
-    let single = value("akidb_batch_requests_bucket{le=\"1.0\"}");
+    let single = value("akidb_batch_requests_bucket{le=\"1.0\",");
     let served = value("akidb_batch_requests_sum");
     assert!(served >= 128.0, "all 128 requests went through the queue ({served})");
     assert!(rounds > single, "no round merged more than one request: {rounds} rounds, {single} single");

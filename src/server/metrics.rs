@@ -24,10 +24,32 @@ pub struct RouteLabels {
     pub route: String,
 }
 
+/// The inference-side metrics carry the model they are about: with several models in one
+/// server, each has its own queue, batches and latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+type PerModel<M> = Family<ModelLabels, M, fn() -> M>;
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub request_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
+    batch_requests: PerModel<Histogram>,
+    batch_texts: PerModel<Histogram>,
+    inference_duration: PerModel<Histogram>,
+    queue_depth: PerModel<Gauge>,
+    queued_tokens: PerModel<Gauge>,
+    dropped_texts: PerModel<Counter>,
+    tokens: PerModel<Counter>,
+    texts: PerModel<Counter>,
+}
+
+/// One model's series of the per-model metrics (handles onto the same values `/metrics` shows).
+#[derive(Clone)]
+pub struct ModelMetrics {
     pub batch_requests: Histogram,
     pub batch_texts: Histogram,
     pub inference_duration: Histogram,
@@ -43,34 +65,42 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 15))
 }
 
+fn requests_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 9))
+}
+
+fn texts_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("akidb");
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration =
             Family::<RouteLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        let batch_requests = Histogram::new(exponential_buckets(1.0, 2.0, 9));
-        let batch_texts = Histogram::new(exponential_buckets(1.0, 2.0, 10));
-        let inference_duration = latency_histogram();
-        let queue_depth = Gauge::default();
-        let queued_tokens = Gauge::default();
-        let dropped_texts = Counter::default();
-        let tokens = Counter::default();
-        let texts = Counter::default();
+        let batch_requests = PerModel::new_with_constructor(requests_histogram as fn() -> Histogram);
+        let batch_texts = PerModel::new_with_constructor(texts_histogram as fn() -> Histogram);
+        let inference_duration = PerModel::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let queue_depth = PerModel::new_with_constructor(Gauge::default as fn() -> Gauge);
+        let queued_tokens = PerModel::new_with_constructor(Gauge::default as fn() -> Gauge);
+        let dropped_texts = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
+        let tokens = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
+        let texts = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", request_duration.clone());
         registry.register("batch_requests", "Requests sharing one inference call", batch_requests.clone());
         registry.register("batch_size", "Texts per inference call", batch_texts.clone());
         registry.register("inference_duration_seconds", "Time of one inference call", inference_duration.clone());
         registry.register("queue_depth", "Requests admitted and not yet answered", queue_depth.clone());
-        registry.register("queued_tokens", "Tokens admitted and not yet embedded", queued_tokens.clone());
+        registry.register("queued_tokens", "Tokens admitted and not yet computed", queued_tokens.clone());
         registry.register(
             "dropped_texts",
             "Texts never computed because their request was abandoned (client gone, timed out)",
             dropped_texts.clone(),
         );
-        registry.register("tokens", "Tokens embedded", tokens.clone());
-        registry.register("texts", "Texts embedded", texts.clone());
+        registry.register("tokens", "Tokens computed", tokens.clone());
+        registry.register("texts", "Texts (and pairs) computed", texts.clone());
         Self {
             registry,
             requests,
@@ -93,10 +123,19 @@ impl Metrics {
         self.request_duration.get_or_create(&RouteLabels { route: route.to_string() }).observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_batch(&self, texts: usize, requests: usize, elapsed: Duration) {
-        self.batch_texts.observe(texts as f64);
-        self.batch_requests.observe(requests as f64);
-        self.inference_duration.observe(elapsed.as_secs_f64());
+    /// `model`'s series, created (at zero) if new.
+    pub fn model(&self, model: &str) -> ModelMetrics {
+        let labels = ModelLabels { model: model.to_string() };
+        ModelMetrics {
+            batch_requests: self.batch_requests.get_or_create(&labels).clone(),
+            batch_texts: self.batch_texts.get_or_create(&labels).clone(),
+            inference_duration: self.inference_duration.get_or_create(&labels).clone(),
+            queue_depth: self.queue_depth.get_or_create(&labels).clone(),
+            queued_tokens: self.queued_tokens.get_or_create(&labels).clone(),
+            dropped_texts: self.dropped_texts.get_or_create(&labels).clone(),
+            tokens: self.tokens.get_or_create(&labels).clone(),
+            texts: self.texts.get_or_create(&labels).clone(),
+        }
     }
 
     pub fn render(&self) -> String {
@@ -104,5 +143,13 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl ModelMetrics {
+    pub fn observe_batch(&self, texts: usize, requests: usize, elapsed: Duration) {
+        self.batch_texts.observe(texts as f64);
+        self.batch_requests.observe(requests as f64);
+        self.inference_duration.observe(elapsed.as_secs_f64());
     }
 }

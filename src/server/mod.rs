@@ -173,8 +173,8 @@ impl AppState {
                     SchedulerError::Stopped => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
                     SchedulerError::Inference(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
                 })?;
-            self.metrics.tokens.inc_by(total_tokens as u64);
-            self.metrics.texts.inc_by(text_count as u64);
+            model.scheduler.metrics().tokens.inc_by(total_tokens as u64);
+            model.scheduler.metrics().texts.inc_by(text_count as u64);
             Ok(Embeddings { vectors, total_tokens })
         };
         match self.config.request_timeout {

@@ -28,7 +28,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::{
     backend::{Backend, Output},
-    metrics::Metrics,
+    metrics::{Metrics, ModelMetrics},
 };
 use crate::{batching::Budget, pooling, tokenize::Tokens};
 
@@ -61,7 +61,7 @@ pub struct SchedulerConfig {
 
 /// State the worker shares with handlers and `/health`.
 struct Shared {
-    metrics: Arc<Metrics>,
+    metrics: ModelMetrics,
     max_queued_tokens: usize,
     stall_floor: Duration,
     queued_tokens: AtomicUsize,
@@ -138,7 +138,7 @@ impl Scheduler {
         let (tx, rx) = mpsc::channel();
         let small = config.budget.max_tokens;
         let shared = Arc::new(Shared {
-            metrics,
+            metrics: metrics.model(&backend.info().id),
             max_queued_tokens: config.max_queued_tokens.max(1),
             stall_floor: config.stall_floor,
             queued_tokens: AtomicUsize::new(0),
@@ -233,6 +233,11 @@ impl Scheduler {
             }
         }
         Ok(())
+    }
+
+    /// This model's series of the metrics.
+    pub fn metrics(&self) -> &ModelMetrics {
+        &self.shared.metrics
     }
 
     pub fn queued_tokens(&self) -> usize {

@@ -185,12 +185,22 @@ fn submit(
     s.submit(tokens, Output::Rows, false, ticket, None)
 }
 
+/// `name` summed over its series (each model has its own).
 fn metric(metrics: &Metrics, name: &str) -> f64 {
-    metrics
-        .render()
+    let text = metrics.render();
+    let values: Vec<f64> = text
         .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labels) => labels.split_once('}')?.1,
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.parse().ok()
+        })
+        .collect();
+    assert!(!values.is_empty(), "{name} not in /metrics");
+    values.iter().sum()
 }
 
 #[tokio::test]
@@ -361,8 +371,8 @@ async fn past_the_request_timeout_the_answer_is_504_and_the_rest_is_dropped() {
     let (status, _, _) = call(&app, "POST", "/embed", Some(embed_body(2, 1, 1))).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(control.tags_seen().iter().filter(|&&t| t == 1).count(), 8, "56 texts were never computed");
-    let metrics = state.metrics.render();
-    assert!(metrics.contains("akidb_dropped_texts_total 56"), "{metrics}");
+    assert_eq!(metric(&state.metrics, "akidb_dropped_texts_total"), 56.0);
+    assert!(state.metrics.render().contains("akidb_dropped_texts_total{model=\"test/fake\"} 56"));
 }
 
 // The test thread blocks on the fake's channels; the routes run on the other worker.
@@ -459,7 +469,7 @@ async fn each_model_has_its_own_queue_and_requests_pick_their_model() {
     reranker.open();
     let state = AppState::new(ServerConfig::default());
     state.install(vec![embedder.fake.clone(), reranker.fake.clone()], Duration::from_secs(3600));
-    let app = router(state);
+    let app = router(state.clone());
     let bulk = {
         let app = app.clone();
         tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(1, 16, 7))).await })
@@ -481,6 +491,10 @@ async fn each_model_has_its_own_queue_and_requests_pick_their_model() {
     let (status, _, body) = bulk.await.unwrap();
     assert_eq!((status, body.as_array().map(Vec::len)), (StatusCode::OK, Some(16)));
     assert!(embedder.fake.batches.lock().iter().flatten().all(|&t| t == 1), "no reranking work on the embedder");
+    // Each model's metrics are its own series.
+    let text = state.metrics.render();
+    assert!(text.contains("akidb_texts_total{model=\"test/reranker\"} 2"), "{text}");
+    assert!(text.contains("akidb_texts_total{model=\"test/fake\"} 16"), "{text}");
 }
 
 /// A batch computes one kind of output: per-token requests (`/embed_all`) and pooled ones wait
