@@ -8,6 +8,7 @@
 //!     target/release/examples/bench latency            # one text: in process, over HTTP, Python in process
 //!     target/release/examples/bench clients            # 16 one-text HTTP clients vs akidb in process; server RSS
 //!     target/release/examples/bench mixed              # bulk indexing + interactive queries against one server
+//!     target/release/examples/bench rerank             # pairs/s: cross-encoder in process, over HTTP, Python
 //!
 //! The Python peer is `scripts/bench_peer.py` in `target/bench-venv` (made by `bench setup`, or
 //! by any subcommand that needs it): onnxruntime at the version akidb links, tokenizers, numpy,
@@ -29,7 +30,7 @@ use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
 #[derive(Parser)]
-#[command(about = "akidb benchmarks: corpus, latency, clients, mixed, all (interleaved rounds, ratios)")]
+#[command(about = "akidb benchmarks: corpus, latency, clients, mixed, rerank, all (interleaved rounds, ratios)")]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -48,6 +49,9 @@ struct Cli {
     /// Seconds per HTTP load phase
     #[arg(long, global = true, default_value_t = 8)]
     seconds: u64,
+    /// The cross-encoder of the rerank table
+    #[arg(long, global = true, default_value = "akidb-test/tiny-cross-encoder")]
+    reranker: String,
     /// Model flags and AKIDB_* variables as for `akidb embed` (also passed to the server)
     #[command(flatten)]
     model: ModelArgs,
@@ -65,7 +69,9 @@ enum Cmd {
     Clients,
     /// One client posting 256-text requests back to back beside a one-text query every 0.2 s
     Mixed,
-    /// corpus, latency, clients and mixed
+    /// Reranking pairs/s: the cross-encoder in process, over HTTP (`/rerank`), and the Python path
+    Rerank,
+    /// corpus, latency, clients, mixed and rerank
     All,
 }
 
@@ -481,6 +487,105 @@ async fn mixed(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+// --- reranking -------------------------------------------------------------------------------
+
+/// Queries (the first words of the corpus' first lines) each with 64 passages (corpus lines).
+fn rerank_groups(cli: &Cli) -> Result<Vec<(String, Vec<String>)>> {
+    let text = std::fs::read_to_string(&cli.corpus)?;
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    anyhow::ensure!(lines.len() >= 64, "{} has fewer than 64 texts", cli.corpus.display());
+    Ok((0..8)
+        .map(|q| {
+            let query = lines[q].split_whitespace().take(8).collect::<Vec<_>>().join(" ");
+            (query, (0..64).map(|p| lines[(q * 7 + p) % lines.len()].to_string()).collect())
+        })
+        .collect())
+}
+
+/// Pairs/s of the cross-encoder: tokenize the pairs, run them in akidb's length-sorted,
+/// token-budgeted batches, sigmoid; the best of three passes.
+fn rerank_in_process(embedder: &Embedder, pairs: &[akidb::tokenize::Input]) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let tokens = embedder.tokenize_inputs(pairs)?;
+        let logits = embedder.embed_tokens(&tokens, false)?;
+        std::hint::black_box(logits.iter().map(|l| 1.0 / (1.0 + (-l[0]).exp())).sum::<f32>());
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(pairs.len() as f64 / best)
+}
+
+/// Pairs/s over HTTP: one `/rerank` request per query, one after the other; the best of three.
+async fn rerank_http(http: &reqwest::Client, url: &str, groups: &[(String, Vec<String>)]) -> Result<f64> {
+    let pairs: usize = groups.iter().map(|(_, p)| p.len()).sum();
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        let started = Instant::now();
+        for (query, texts) in groups {
+            let r = http.post(format!("{url}/rerank")).json(&json!({ "query": query, "texts": texts })).send().await?;
+            anyhow::ensure!(r.status().is_success(), "/rerank answered {}", r.status());
+            r.bytes().await?;
+        }
+        best = best.min(started.elapsed().as_secs_f64());
+    }
+    Ok(pairs as f64 / best)
+}
+
+fn rerank(cli: &Cli) -> Result<()> {
+    let groups = rerank_groups(cli)?;
+    let pairs: Vec<akidb::tokenize::Input> = groups
+        .iter()
+        .flat_map(|(q, ps)| ps.iter().map(move |p| akidb::tokenize::Input::Pair(q.clone(), p.clone())))
+        .collect();
+    let dir = tempfile::tempdir()?;
+    let pairs_file = dir.path().join("pairs.json");
+    let as_json: Vec<[&str; 2]> =
+        groups.iter().flat_map(|(q, ps)| ps.iter().map(move |p| [q.as_str(), p.as_str()])).collect();
+    std::fs::write(&pairs_file, serde_json::to_vec(&as_json)?)?;
+    let reference = root().join("../shared/reference/tiny-cross-encoder.dev.jsonl");
+
+    let model = ModelArgs { model: vec![cli.reranker.clone()], ..cli.model.clone() };
+    let embedder = Embedder::load(&model.options()).with_context(|| format!("loading {}", cli.reranker))?;
+    anyhow::ensure!(embedder.info().kind == akidb::config::Kind::CrossEncoder, "{} is no cross-encoder", cli.reranker);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let http = reqwest::Client::new();
+    let server = Server::start(&model)?;
+    rt.block_on(server.ready(&http))?;
+    let (mut to_python, mut http_share) = (Vec::new(), Vec::new());
+    for round in 0..cli.rounds.max(1) {
+        let akidb = rerank_in_process(&embedder, &pairs)?;
+        let mut args = vec!["--model", cli.reranker.as_str(), "--pairs"];
+        let pairs_arg = pairs_file.display().to_string();
+        args.push(&pairs_arg);
+        let check = reference.display().to_string();
+        if round == 0 && cli.reranker == "akidb-test/tiny-cross-encoder" && reference.exists() {
+            args.extend(["--check", check.as_str()]);
+        }
+        let out = Command::new(venv_python())
+            .arg(root().join("scripts/bench_rerank_peer.py"))
+            .args(&args)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/bench_rerank_peer.py")?;
+        anyhow::ensure!(out.status.success(), "bench_rerank_peer.py failed");
+        let python: Value = serde_json::from_slice(&out.stdout).context("the peer's JSON")?;
+        let python = num(&python, "pairs_per_s");
+        let over_http = rt.block_on(rerank_http(&http, &server.url, &groups))?;
+        to_python.push(akidb / python);
+        http_share.push(over_http / akidb);
+        let row = json!({"table": "rerank", "round": round, "pairs": pairs.len(), "akidb_pairs_per_s": akidb,
+                         "http_pairs_per_s": over_http, "python_pairs_per_s": python});
+        record(&row);
+        eprintln!("{row}");
+    }
+    println!("\n### Reranking ({}, {} pairs, {} rounds)\n", cli.reranker, pairs.len(), cli.rounds.max(1));
+    println!("| akidb in process / Python (onnxruntime + tokenizers) | akidb over HTTP / in process |");
+    println!("|---|---|");
+    println!("| {:.2}× | {:.0}% |", median(to_python), 100.0 * median(http_share));
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if std::env::var_os("HF_HOME").is_none() {
@@ -491,9 +596,12 @@ fn main() -> Result<()> {
         setup()?;
         return Ok(());
     }
-    let needs_peer = matches!(cli.command, Cmd::Corpus | Cmd::Latency | Cmd::All);
+    let needs_peer = matches!(cli.command, Cmd::Corpus | Cmd::Latency | Cmd::Rerank | Cmd::All);
     if needs_peer {
         setup()?;
+    }
+    if cli.command == Cmd::Rerank {
+        return rerank(&cli);
     }
     let options = cli.model.options();
     let embedder = Embedder::load(&options).with_context(|| format!("loading {}", options.model))?;
@@ -504,12 +612,13 @@ fn main() -> Result<()> {
             Cmd::Latency => rt.block_on(latency(&cli, &embedder)),
             Cmd::Clients => rt.block_on(clients(&cli, &embedder)),
             Cmd::Mixed => rt.block_on(mixed(&cli)),
+            Cmd::Rerank => rerank(&cli),
             Cmd::Setup | Cmd::All => Ok(()),
         }
     };
     match cli.command {
         Cmd::All => {
-            for cmd in [Cmd::Corpus, Cmd::Latency, Cmd::Clients, Cmd::Mixed] {
+            for cmd in [Cmd::Corpus, Cmd::Latency, Cmd::Clients, Cmd::Mixed, Cmd::Rerank] {
                 run(cmd)?;
             }
         }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Python peer of `cargo run --release --example rerank`: a cross-encoder the usual Python way.
+"""The Python peer of `bench rerank` (examples/bench.rs): a cross-encoder the usual Python way.
 
 onnxruntime (InferenceSession, CPUExecutionProvider, ORT_ENABLE_ALL) + tokenizers (pairs encoded as
 one sequence, truncated longest-first to the model's max length: sentence_bert_config.json's
