@@ -122,29 +122,20 @@ impl Tokenizer {
     /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the
     /// tokenizers crate's rayon pool. A query must not queue in that pool behind a bulk request's texts.
     pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, TokenizeError> {
-        let encodings = if texts.len() <= SEQUENTIAL_UP_TO {
-            texts.iter().map(|t| self.inner.encode_fast(t.as_ref(), true)).collect::<Result<Vec<_>, _>>()
-        } else {
-            self.inner.encode_batch_fast(texts.iter().map(AsRef::as_ref).collect::<Vec<&str>>(), true)
-        }
-        .map_err(|e| TokenizeError::Encode(e.to_string()))?;
-        Ok(encodings
-            .into_iter()
-            .map(|e| Tokens {
-                truncated: !e.get_overflowing().is_empty(),
-                ids: e.get_ids().to_vec(),
-                type_ids: e.get_type_ids().to_vec(),
-            })
-            .collect())
+        self.encode_all(texts.iter().map(|t| EncodeInput::from(t.as_ref())).collect())
     }
 
     /// Like [`Tokenizer::encode`] for texts and (query, passage) pairs; pairs are truncated
     /// longest-first to the model's maximum, as sentence-transformers' CrossEncoder does.
     pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Tokens>, TokenizeError> {
+        self.encode_all(inputs.iter().map(Input::encode_input).collect())
+    }
+
+    fn encode_all(&self, inputs: Vec<EncodeInput<'_>>) -> Result<Vec<Tokens>, TokenizeError> {
         let encodings = if inputs.len() <= SEQUENTIAL_UP_TO {
-            inputs.iter().map(|i| self.inner.encode_fast(i.encode_input(), true)).collect::<Result<Vec<_>, _>>()
+            inputs.into_iter().map(|i| self.inner.encode_fast(i, true)).collect::<Result<Vec<_>, _>>()
         } else {
-            self.inner.encode_batch_fast(inputs.iter().map(Input::encode_input).collect(), true)
+            self.inner.encode_batch_fast(inputs, true)
         }
         .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         Ok(encodings

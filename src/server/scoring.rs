@@ -309,8 +309,7 @@ pub async fn predict(
     let req: PredictRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let (inputs, batch) = predict_inputs(req.inputs)?;
     let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
-    let info = model.backend.info();
-    let (labels, activation) = (info.labels.clone(), info.activation);
+    let (labels, activation) = (&model.backend.info().labels, model.backend.info().activation);
     let out = state.run(model, inputs, Output::Rows, false, req.truncate.unwrap_or(true)).await?;
     let mut all: Vec<Vec<Prediction>> = out
         .vectors
