@@ -2,7 +2,7 @@
 //! interleaved round by round (A B C, A B C, …) and reported as the median of the per-round
 //! ratios, because the machines this runs on are shared and noisy.
 //!
-//!     cargo build --release --examples
+//!     cargo build --release --bins --examples
 //!     target/release/examples/bench all                # every table below, one after the other
 //!     target/release/examples/bench corpus --rounds 3  # akidb vs Python (plain and optimizer-fused) + compute floor
 //!     target/release/examples/bench latency            # one text: in process, over HTTP, Python in process
@@ -167,7 +167,7 @@ impl Server {
             .and_then(Path::parent)
             .map(|d| d.join("akidb"))
             .filter(|p| p.exists())
-            .context("target/release/akidb is missing: cargo build --release")?;
+            .context("target/release/akidb is missing: cargo build --release --bins --examples")?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--port", "0"]).env("RUST_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
         for m in &model.model {
@@ -224,6 +224,18 @@ impl Drop for Server {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let _ = self.child.wait();
     }
+}
+
+/// The server's `akidb_batch_size` histogram so far, all models: (texts, inference calls).
+async fn batch_sizes(http: &reqwest::Client, url: &str) -> Result<(f64, f64)> {
+    let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
+    let total = |name: &str| {
+        text.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    Ok((total("akidb_batch_size_sum"), total("akidb_batch_size_count")))
 }
 
 async fn post(http: &reqwest::Client, url: &str, inputs: Value) -> Result<Duration> {
@@ -394,10 +406,15 @@ async fn clients(cli: &Cli, embedder: &Embedder) -> Result<()> {
     server.ready(&http).await?;
     load(&http, &server.url, &cli.text, cli.clients, 1).await?; // warm-up
     let (mut served, mut own, mut ratio, mut p50s, mut p99s) = (vec![], vec![], vec![], vec![], vec![]);
+    let mut per_call = vec![];
     for round in 1..=cli.rounds {
+        let before = batch_sizes(&http, &server.url).await?;
         let (rate, p50, p99) = load(&http, &server.url, &cli.text, cli.clients, cli.seconds).await?;
+        let after = batch_sizes(&http, &server.url).await?;
+        let texts_per_call = (after.0 - before.0) / (after.1 - before.1).max(1.0);
+        per_call.push(texts_per_call);
         let inproc = in_process_rate(embedder, &cli.text, cli.clients, cli.seconds as f64)?;
-        eprintln!("bench clients round {round}: {rate:.0} req/s over HTTP (p50 {p50:.1} ms, p99 {p99:.1} ms); {inproc:.0} texts/s in process");
+        eprintln!("bench clients round {round}: {rate:.0} req/s over HTTP (p50 {p50:.1} ms, p99 {p99:.1} ms, {texts_per_call:.1} texts per inference call); {inproc:.0} texts/s in process");
         record(
             &json!({"impl": "akidb", "mode": "clients", "clients": cli.clients, "req_per_s": rate, "p50_ms": p50, "p99_ms": p99, "in_process_texts_per_s": inproc}),
         );
@@ -409,13 +426,14 @@ async fn clients(cli: &Cli, embedder: &Embedder) -> Result<()> {
     }
     let (rss, peak) = server.rss();
     println!("\n### {} one-text HTTP clients ({} rounds of {} s)\n", cli.clients, cli.rounds, cli.seconds);
-    println!("| over HTTP | p50 / p99 | akidb in process, batches of {} | HTTP / in process (median of rounds) | server RSS after the load (peak) |", cli.clients);
-    println!("|---|---|---|---|---|");
+    println!("| over HTTP | p50 / p99 | texts per inference call (server) | akidb in process, batches of {} | HTTP / in process (median of rounds) | server RSS after the load (peak) |", cli.clients);
+    println!("|---|---|---|---|---|---|");
     println!(
-        "| {:.0} req/s | {:.1} / {:.1} ms | {:.0} texts/s | **{:.0}%** | {rss:.0} MiB ({peak:.0} MiB) |",
+        "| {:.0} req/s | {:.1} / {:.1} ms | {:.1} | {:.0} texts/s | **{:.0}%** | {rss:.0} MiB ({peak:.0} MiB) |",
         median(served),
         median(p50s),
         median(p99s),
+        median(&per_call),
         median(own),
         100.0 * median(&ratio)
     );
