@@ -31,6 +31,8 @@ pub enum ConfigError {
     UnknownDimension,
     #[error("{path}: unsupported activation_fn '{name}'; akidb supports Sigmoid, Softmax, Tanh and Identity")]
     UnsupportedActivation { path: PathBuf, name: String },
+    #[error("{path}: default_prompt_name '{name}' is not one of its prompts")]
+    UnknownDefaultPrompt { path: PathBuf, name: String },
 }
 
 /// What a model computes, which decides the routes that can use it.
@@ -152,6 +154,13 @@ pub struct ModelConfig {
     pub kind: Kind,
     /// `Some` for cross-encoders and classifiers.
     pub head: Option<Head>,
+    /// Named texts put before an input (`query: `, `passage: `), from
+    /// `config_sentence_transformers.json`: e5, bge and nomic models are trained with them.
+    pub prompts: std::collections::BTreeMap<String, String>,
+    /// The prompt sentence-transformers applies when none is named.
+    pub default_prompt_name: Option<String>,
+    /// Whether the prompt's tokens count in pooling (the pooling config's `include_prompt`).
+    pub include_prompt: bool,
 }
 
 #[derive(Deserialize)]
@@ -176,6 +185,7 @@ struct PoolingConfig {
     pooling_mode_weightedmean_tokens: bool,
     #[serde(default)]
     pooling_mode_lasttoken: bool,
+    include_prompt: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +207,9 @@ struct TransformerConfig {
 struct SentenceTransformersConfig {
     model_type: Option<String>,
     activation_fn: Option<String>,
+    #[serde(default)]
+    prompts: std::collections::BTreeMap<String, String>,
+    default_prompt_name: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -242,10 +255,12 @@ impl ModelConfig {
             .unwrap_or_else(|| "1_Pooling".to_string());
 
         let pooling_file = format!("{pooling_dir}/config.json");
-        let (pooling, pooled_dim) = match optional_json::<PoolingConfig>(repo, &pooling_file)? {
-            Some((path, cfg)) => (pooling_mode(&path, &cfg)?, cfg.word_embedding_dimension),
+        let (pooling, pooled_dim, include_prompt) = match optional_json::<PoolingConfig>(repo, &pooling_file)? {
+            Some((path, cfg)) => {
+                (pooling_mode(&path, &cfg)?, cfg.word_embedding_dimension, cfg.include_prompt.unwrap_or(true))
+            }
             // sentence-transformers wraps a plain transformer with mean pooling.
-            None => (Pooling::Mean, None),
+            None => (Pooling::Mean, None, true),
         };
 
         let transformer = optional_json::<TransformerConfig>(repo, "config.json")?.map(|(_, c)| c);
@@ -267,7 +282,15 @@ impl ModelConfig {
         let max_seq_length = max_positions.map_or(max_seq_length, |p| max_seq_length.min(p)).max(2);
 
         let num_attention_heads = transformer.as_ref().and_then(|c| c.num_attention_heads);
-        let st = optional_json::<SentenceTransformersConfig>(repo, "config_sentence_transformers.json")?;
+        let mut st = optional_json::<SentenceTransformersConfig>(repo, "config_sentence_transformers.json")?;
+        let prompts = st.as_mut().map(|(_, c)| std::mem::take(&mut c.prompts)).unwrap_or_default();
+        let default_prompt_name = st.as_ref().and_then(|(_, c)| c.default_prompt_name.clone());
+        if let (Some(name), Some((path, _))) = (&default_prompt_name, &st) {
+            // sentence-transformers refuses such a model too.
+            if !prompts.contains_key(name) {
+                return Err(ConfigError::UnknownDefaultPrompt { path: path.clone(), name: name.clone() });
+            }
+        }
         let head = head(transformer.as_ref(), sbert.as_ref(), st)?;
         let kind = match &head {
             None => Kind::Embedder,
@@ -275,7 +298,17 @@ impl ModelConfig {
             Some(_) => Kind::Classifier,
         };
         let dimension = transformer.and_then(|c| c.hidden_size).or(pooled_dim).ok_or(ConfigError::UnknownDimension)?;
-        Ok(Self { max_seq_length, pooling, dimension, num_attention_heads, kind, head })
+        Ok(Self {
+            max_seq_length,
+            pooling,
+            dimension,
+            num_attention_heads,
+            kind,
+            head,
+            prompts,
+            default_prompt_name,
+            include_prompt,
+        })
     }
 
     /// Width of one output row: the vector's dimension, or the number of labels.

@@ -13,7 +13,7 @@ use crate::{
     hub::{HubError, ModelRepo},
     pooling,
     runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
-    tokenize::{Batch, Input, Token, TokenizeError, Tokenizer, Tokens},
+    tokenize::{Batch, Input, Side, Token, TokenizeError, Tokenizer, Tokens},
 };
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -34,6 +34,17 @@ pub enum EmbedError {
     DimensionMismatch { model: String, got: usize, expected: usize },
     #[error("{model} is {is}; {what} needs {needs}")]
     WrongKind { model: String, is: &'static str, what: &'static str, needs: &'static str },
+    #[error("{model} has no prompt named '{name}' ({known})")]
+    UnknownPrompt { model: String, name: String, known: String },
+}
+
+/// How inputs become tokens beyond the model's own settings: TEI's `truncation_direction` and
+/// sentence-transformers' `prompt_name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EncodeOptions {
+    pub side: Side,
+    /// One of the model's prompts, put before each text; `None` for the model's default prompt, if any.
+    pub prompt_name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -83,6 +94,26 @@ pub struct ModelInfo {
     pub onnx_runtime_version: String,
     /// Attention blocks replaced by ONNX Runtime's fused kernel.
     pub fused_attention: usize,
+    /// The model's named prompts (see [`EncodeOptions::prompt_name`]).
+    pub prompts: std::collections::BTreeMap<String, String>,
+    pub default_prompt_name: Option<String>,
+}
+
+impl ModelInfo {
+    /// The text of the prompt `name`, or of the model's default prompt when `name` is `None`.
+    pub fn prompt(&self, name: Option<&str>) -> Result<Option<&str>, EmbedError> {
+        match name.or(self.default_prompt_name.as_deref()) {
+            None => Ok(None),
+            Some(name) => self.prompts.get(name).map(|p| Some(p.as_str())).ok_or_else(|| {
+                let known = if self.prompts.is_empty() {
+                    "it has no prompts".to_string()
+                } else {
+                    format!("it has {}", self.prompts.keys().cloned().collect::<Vec<_>>().join(", "))
+                };
+                EmbedError::UnknownPrompt { model: self.id.clone(), name: name.to_string(), known }
+            }),
+        }
+    }
 }
 
 pub struct Embeddings {
@@ -204,6 +235,8 @@ impl Embedder {
             provider: session.provider().as_str(),
             onnx_runtime_version: crate::runtime::init()?.to_string(),
             fused_attention,
+            prompts: config.prompts.clone(),
+            default_prompt_name: config.default_prompt_name.clone(),
         };
         tracing::debug!(elapsed = ?started.elapsed(), "session ready");
         let embedder = Self { info, config, tokenizer, session, decision, budget };
@@ -250,13 +283,63 @@ impl Embedder {
         self.budget
     }
 
-    pub fn tokenize<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, EmbedError> {
-        Ok(self.tokenizer.encode(texts)?)
+    /// Texts with the model's default prompt, if it has one.
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>, EmbedError> {
+        self.tokenize_texts(texts, &EncodeOptions::default())
+    }
+
+    /// Texts with a named prompt (or the default one), cut at `options.side` when too long.
+    pub fn tokenize_texts<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        options: &EncodeOptions,
+    ) -> Result<Vec<Tokens>, EmbedError> {
+        match self.info.prompt(options.prompt_name.as_deref())?.filter(|p| !p.is_empty()) {
+            None => Ok(self.tokenizer.encode_texts(texts, options.side)?),
+            Some(prompt) => {
+                let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{}", t.as_ref())).collect();
+                let mut tokens = self.tokenizer.encode_texts(&prompted, options.side)?;
+                self.pool_without_prompt(prompt, tokens.iter_mut())?;
+                Ok(tokens)
+            }
+        }
     }
 
     /// Texts and (query, passage) pairs; pairs are truncated longest-first to the maximum length.
-    pub fn tokenize_inputs(&self, inputs: &[Input]) -> Result<Vec<Tokens>, EmbedError> {
-        Ok(self.tokenizer.encode_inputs(inputs)?)
+    /// A prompt goes before each text (not before pairs, which cross-encoders score as they come).
+    pub fn tokenize_inputs(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, EmbedError> {
+        let Some(prompt) = self.info.prompt(options.prompt_name.as_deref())?.filter(|p| !p.is_empty()) else {
+            return Ok(self.tokenizer.encode_inputs(inputs, options.side)?);
+        };
+        let prompted: Vec<Input> = inputs
+            .iter()
+            .map(|input| match input {
+                Input::Single(text) => Input::Single(format!("{prompt}{text}")),
+                pair => pair.clone(),
+            })
+            .collect();
+        let mut tokens = self.tokenizer.encode_inputs(&prompted, options.side)?;
+        let singles = tokens.iter_mut().zip(inputs).filter(|(_, i)| matches!(i, Input::Single(_))).map(|(t, _)| t);
+        self.pool_without_prompt(prompt, singles)?;
+        Ok(tokens)
+    }
+
+    /// A model that pools without its prompt (`include_prompt: false`) skips the prompt's tokens,
+    /// counted as sentence-transformers counts them.
+    fn pool_without_prompt<'a>(
+        &self,
+        prompt: &str,
+        tokens: impl Iterator<Item = &'a mut Tokens>,
+    ) -> Result<(), EmbedError> {
+        let pools_tokens = matches!(self.config.pooling, Pooling::Mean | Pooling::MeanSqrtLen | Pooling::Max);
+        if self.config.include_prompt || !pools_tokens || self.config.head.is_some() {
+            return Ok(());
+        }
+        let skip = self.tokenizer.prompt_length(prompt)?;
+        for t in tokens {
+            t.pool_from = skip.min(t.len());
+        }
+        Ok(())
     }
 
     /// `/tokenize`: every token of `text` with its character span, untruncated.
@@ -318,8 +401,18 @@ impl Embedder {
     }
 
     /// Texts longer than the model's maximum are truncated, as sentence-transformers does.
-    pub fn embed<S: AsRef<str> + Sync>(&self, texts: &[S], normalize: bool) -> Result<Embeddings, EmbedError> {
-        let tokens = self.tokenize(texts)?;
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S], normalize: bool) -> Result<Embeddings, EmbedError> {
+        self.embed_with(texts, normalize, &EncodeOptions::default())
+    }
+
+    /// [`Embedder::embed`] with a named prompt, or cutting the start of long texts.
+    pub fn embed_with<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        normalize: bool,
+        options: &EncodeOptions,
+    ) -> Result<Embeddings, EmbedError> {
+        let tokens = self.tokenize_texts(texts, options)?;
         let total_tokens = tokens.iter().map(Tokens::len).sum();
         let vectors = self.embed_tokens(&tokens, normalize)?;
         Ok(Embeddings { vectors, total_tokens })
@@ -357,7 +450,10 @@ impl Output {
 fn forward(session: &Session, batch: &Batch, output: Output) -> Result<Vec<Vec<f32>>, RuntimeError> {
     let mask = batch.attention_mask.view();
     match output {
-        Output::Pooled(pooling) => session.run(batch, |hidden| pooling::pool(hidden, mask, pooling)),
+        Output::Pooled(pooling) => {
+            let pooled = batch.pool_mask.as_ref().map_or(mask, |m| m.view());
+            session.run(batch, |hidden| pooling::pool(hidden, pooled, pooling))
+        }
         Output::Logits => session
             .run(batch, |logits: ndarray::ArrayView2<'_, f32>| logits.outer_iter().map(|row| row.to_vec()).collect()),
         Output::Tokens => session.run(batch, |hidden: ndarray::ArrayView3<'_, f32>| {

@@ -22,4 +22,4 @@ pub mod server;
 pub mod settings;
 pub mod tokenize;
 
-pub use embedder::{Embedder, EmbedderOptions, Embeddings, ModelInfo, DEFAULT_MODEL};
+pub use embedder::{EmbedError, Embedder, EmbedderOptions, Embeddings, EncodeOptions, ModelInfo, DEFAULT_MODEL};

@@ -10,8 +10,8 @@ use akidb::{
     protocol::{EmbedResponse, IndexedEmbedding, Usage},
     server::{shutdown_signal, Server},
     settings::{ConfigFile, ModelArgs, ServerArgs},
-    tokenize::Input,
-    Embedder,
+    tokenize::{Input, Side},
+    Embedder, EncodeOptions,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -96,11 +96,36 @@ struct EmbedArgs {
     /// Return raw pooled vectors instead of unit-length ones
     #[arg(long)]
     no_normalize: bool,
+    /// Put one of the model's prompts (config_sentence_transformers.json) before each text, e.g.
+    /// `query` [default: the model's default prompt, if any]
+    #[arg(long, value_name = "NAME")]
+    prompt_name: Option<String>,
+    /// Which end of a text longer than the model's maximum is cut
+    #[arg(long, value_enum, default_value_t = Cut::Right)]
+    truncation_direction: Cut,
     /// Log what was loaded (model, revision, execution provider) to stderr
     #[arg(long, short)]
     verbose: bool,
     #[command(flatten)]
     corpus: CorpusArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Cut {
+    /// Keep the first tokens, as sentence-transformers does
+    Right,
+    /// Keep the last tokens
+    Left,
+}
+
+impl EmbedArgs {
+    fn encode_options(&self) -> EncodeOptions {
+        let side = match self.truncation_direction {
+            Cut::Right => Side::Right,
+            Cut::Left => Side::Left,
+        };
+        EncodeOptions { side, prompt_name: self.prompt_name.clone() }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -185,7 +210,7 @@ fn rerank(args: RerankArgs, file: &ConfigFile) -> Result<()> {
     }
     let embedder = load_kind(&args.model, args.verbose, file, "rerank", &[Kind::CrossEncoder])?;
     let inputs: Vec<Input> = texts.iter().map(|t| Input::Pair(args.query.clone(), t.clone())).collect();
-    let tokens = embedder.tokenize_inputs(&inputs)?;
+    let tokens = embedder.tokenize_inputs(&inputs, &EncodeOptions::default())?;
     let logits = embedder.embed_tokens(&tokens, false)?;
     let scores: Vec<f32> = logits
         .into_iter()
@@ -288,7 +313,9 @@ fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     // Flag mistakes are reported before the model is loaded.
     akidb::corpus::plan(&args.corpus)?;
     let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
-    akidb::corpus::run(&embedder, &args.corpus, !args.no_normalize)?;
+    // An unknown prompt is reported before any output is opened.
+    embedder.info().prompt(args.prompt_name.as_deref())?;
+    akidb::corpus::run(&embedder, &args.corpus, !args.no_normalize, &args.encode_options())?;
     Ok(())
 }
 
@@ -296,13 +323,14 @@ fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     if args.corpus.requested() {
         return embed_corpus(args, file);
     }
+    let encode = args.encode_options();
     let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
     if texts.is_empty() {
         bail!("nothing to embed: pass texts as arguments or one per line on stdin");
     }
     let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
     let started = Instant::now();
-    let out = embedder.embed(&texts, !args.no_normalize)?;
+    let out = embedder.embed_with(&texts, !args.no_normalize, &encode)?;
     let duration_ms = started.elapsed().as_millis() as u64;
 
     let stdout = std::io::stdout();

@@ -56,6 +56,15 @@ impl From<String> for Input {
     }
 }
 
+/// Which end of an over-long input is cut: the end (sentence-transformers' way) or the start
+/// (TEI's `truncation_direction: "Left"`, for texts whose last words matter most).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Side {
+    #[default]
+    Right,
+    Left,
+}
+
 /// One token as `/tokenize` shows it; `start`/`stop` are character offsets into its text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Token {
@@ -73,6 +82,8 @@ pub struct Tokens {
     pub type_ids: Vec<u32>,
     /// The text was longer than the model's maximum and was cut.
     pub truncated: bool,
+    /// Leading tokens left out of pooling: a prompt the model pools without (`include_prompt: false`).
+    pub pool_from: usize,
 }
 
 impl Tokens {
@@ -90,6 +101,8 @@ pub struct Batch {
     pub input_ids: Array2<i64>,
     pub attention_mask: Array2<i64>,
     pub token_type_ids: Array2<i64>,
+    /// The tokens pooling counts, where it differs from `attention_mask` (see [`Tokens::pool_from`]).
+    pub pool_mask: Option<Array2<i64>>,
 }
 
 /// Cloned where a session may have to be rebuilt later (its fused graph is checked on a probe batch).
@@ -98,6 +111,8 @@ pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     /// The same without truncation, made on first use: `/tokenize` shows every token.
     untruncated: std::sync::OnceLock<tokenizers::Tokenizer>,
+    /// The same cutting the start of long inputs, made on first use.
+    left: std::sync::OnceLock<tokenizers::Tokenizer>,
     pad_id: i64,
 }
 
@@ -116,26 +131,43 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self { inner, untruncated: std::sync::OnceLock::new(), pad_id })
+        Ok(Self { inner, untruncated: std::sync::OnceLock::new(), left: std::sync::OnceLock::new(), pad_id })
     }
 
     /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the
     /// tokenizers crate's rayon pool. A query must not queue in that pool behind a bulk request's texts.
-    pub fn encode<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Result<Vec<Tokens>, TokenizeError> {
-        self.encode_all(texts.iter().map(|t| EncodeInput::from(t.as_ref())).collect())
+    pub fn encode<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>, TokenizeError> {
+        self.encode_texts(texts, Side::Right)
+    }
+
+    /// [`Tokenizer::encode`], cutting long texts at `side`.
+    pub fn encode_texts<S: AsRef<str>>(&self, texts: &[S], side: Side) -> Result<Vec<Tokens>, TokenizeError> {
+        self.encode_all(texts.iter().map(|t| EncodeInput::from(t.as_ref())).collect(), side)
     }
 
     /// Like [`Tokenizer::encode`] for texts and (query, passage) pairs; pairs are truncated
     /// longest-first to the model's maximum, as sentence-transformers' CrossEncoder does.
-    pub fn encode_inputs(&self, inputs: &[Input]) -> Result<Vec<Tokens>, TokenizeError> {
-        self.encode_all(inputs.iter().map(Input::encode_input).collect())
+    pub fn encode_inputs(&self, inputs: &[Input], side: Side) -> Result<Vec<Tokens>, TokenizeError> {
+        self.encode_all(inputs.iter().map(Input::encode_input).collect(), side)
     }
 
-    fn encode_all(&self, inputs: Vec<EncodeInput<'_>>) -> Result<Vec<Tokens>, TokenizeError> {
+    fn encode_all(&self, inputs: Vec<EncodeInput<'_>>, side: Side) -> Result<Vec<Tokens>, TokenizeError> {
+        let tokenizer = match side {
+            Side::Right => &self.inner,
+            Side::Left => self.left.get_or_init(|| {
+                let mut t = self.inner.clone();
+                if let Some(mut params) = t.get_truncation().cloned() {
+                    params.direction = TruncationDirection::Left;
+                    // The parameters were valid with the other direction, so they are with this one.
+                    let _ = t.with_truncation(Some(params));
+                }
+                t
+            }),
+        };
         let encodings = if inputs.len() <= SEQUENTIAL_UP_TO {
-            inputs.into_iter().map(|i| self.inner.encode_fast(i, true)).collect::<Result<Vec<_>, _>>()
+            inputs.into_iter().map(|i| tokenizer.encode_fast(i, true)).collect::<Result<Vec<_>, _>>()
         } else {
-            self.inner.encode_batch_fast(inputs, true)
+            tokenizer.encode_batch_fast(inputs, true)
         }
         .map_err(|e| TokenizeError::Encode(e.to_string()))?;
         Ok(encodings
@@ -144,8 +176,16 @@ impl Tokenizer {
                 truncated: !e.get_overflowing().is_empty(),
                 ids: e.get_ids().to_vec(),
                 type_ids: e.get_type_ids().to_vec(),
+                pool_from: 0,
             })
             .collect())
+    }
+
+    /// How many leading tokens a prompt takes, counted as sentence-transformers does: the prompt
+    /// alone with special tokens, less the closing one.
+    pub fn prompt_length(&self, prompt: &str) -> Result<usize, TokenizeError> {
+        let encoding = self.inner.encode_fast(prompt, true).map_err(|e| TokenizeError::Encode(e.to_string()))?;
+        Ok(encoding.get_ids().len().saturating_sub(1))
     }
 
     /// Every token of `text`, untruncated, with its character span (`None` for special tokens).
@@ -196,6 +236,13 @@ impl Tokenizer {
                 token_type_ids[[row, col]] = i64::from(ty);
             }
         }
-        Batch { input_ids, attention_mask, token_type_ids }
+        let pool_mask = items.iter().any(|t| t.pool_from > 0).then(|| {
+            let mut mask = attention_mask.clone();
+            for (row, tokens) in items.iter().enumerate() {
+                mask.row_mut(row).iter_mut().take(tokens.pool_from).for_each(|m| *m = 0);
+            }
+            mask
+        });
+        Batch { input_ids, attention_mask, token_type_ids, pool_mask }
     }
 }

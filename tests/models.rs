@@ -11,7 +11,7 @@ use akidb::{
     config::{Activation, Kind, ModelConfig},
     hub::ModelRepo,
     server::ServerConfig,
-    tokenize::{Input, Tokenizer},
+    tokenize::{Input, Side, Tokenizer},
 };
 use common::{cosine, hf_env, hf_home, server::TestServer, shared_dir, TINY};
 use serde_json::{json, Value};
@@ -155,7 +155,10 @@ fn pairs_are_one_sequence_with_type_ids_and_longest_first_truncation() {
     let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), 64).unwrap();
     let long = "word ".repeat(200);
     let tokens = tokenizer
-        .encode_inputs(&[Input::Pair("a short query".into(), long.clone()), Input::Pair(long, "tiny".into())])
+        .encode_inputs(
+            &[Input::Pair("a short query".into(), long.clone()), Input::Pair(long, "tiny".into())],
+            Side::Right,
+        )
         .unwrap();
     for t in &tokens {
         assert_eq!(t.len(), 64, "cut to the model's maximum");
@@ -265,6 +268,77 @@ async fn cohere_rerank_shape_with_top_n_and_documents() {
     let (s, v) = post("/v1/rerank", json!({"query": query, "documents": ["a", "b"]})).await;
     assert_eq!(s, 200, "{v}");
     assert!(v["results"][0].get("document").is_none() && v["results"].as_array().unwrap().len() == 2);
+}
+
+/// `n` words the BERT vocabulary holds whole (one token each), so any token cut is a word cut.
+fn one_token_words(n: usize) -> Vec<&'static str> {
+    const WORDS: [&str; 10] =
+        ["apple", "river", "stone", "green", "house", "music", "table", "water", "light", "dream"];
+    (0..n).map(|i| WORDS[(i * 7 + i / 10) % WORDS.len()]).collect()
+}
+
+async fn rerank_score(query: &str, text: &str, extra: Value) -> f64 {
+    let mut body = json!({"query": query, "texts": [text], "raw_scores": true});
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    let (s, v) = post("/rerank", body).await;
+    assert_eq!(s, 200, "{v}");
+    f(&v[0]["score"])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohere_v2_rerank_and_its_token_cap() {
+    let (query, rows) = rerank_groups().remove(0);
+    let documents: Vec<Value> = rows.iter().map(|r| r["text"].clone()).collect();
+    let (s, v1) = post("/v1/rerank", json!({"query": query, "documents": documents, "top_n": 2})).await;
+    assert_eq!(s, 200, "{v1}");
+    let (s, v2) =
+        post("/v2/rerank", json!({"model": "tiny-cross-encoder", "query": query, "documents": documents, "top_n": 2}))
+            .await;
+    assert_eq!(s, 200, "{v2}");
+    assert_eq!(v2["results"], v1["results"], "the same ranking as v1");
+    assert_eq!(v2["meta"]["api_version"]["version"], "2");
+    let (_, again) = post("/v2/rerank", json!({"query": query, "documents": ["a"]})).await;
+    assert!(v2["id"].is_string() && again["id"].is_string() && v2["id"] != again["id"], "{v2} {again}");
+
+    // max_tokens_per_doc cuts each document after that many tokens.
+    let words = one_token_words(40);
+    let (_, t) =
+        post("/tokenize", json!({"inputs": words.join(" "), "add_special_tokens": false, "model": CROSS})).await;
+    assert_eq!(t[0].as_array().unwrap().len(), 40, "one token per word");
+    let (s, capped) =
+        post("/v2/rerank", json!({"query": "water", "documents": [words.join(" ")], "max_tokens_per_doc": 10})).await;
+    assert_eq!(s, 200, "{capped}");
+    let want = rerank_score("water", &words[..10].join(" "), json!({"raw_scores": false})).await;
+    assert!((f(&capped["results"][0]["relevance_score"]) - want).abs() <= 1e-5, "{capped} vs {want}");
+    let whole = rerank_score("water", &words.join(" "), json!({"raw_scores": false})).await;
+    assert!((want - whole).abs() > 1e-6, "the cap changed the score");
+    let (s, v) = post("/v2/rerank", json!({"query": "q", "documents": ["a"], "max_tokens_per_doc": 0})).await;
+    assert_error(s, &v, 422, "max_tokens_per_doc must be at least 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_and_predict_cut_either_end() {
+    // [CLS] water [SEP] + 60 words + [SEP] = the cross-encoder's 64.
+    let words = one_token_words(100);
+    let long = words.join(" ");
+    let right = rerank_score("water", &long, json!({})).await;
+    let left = rerank_score("water", &long, json!({"truncation_direction": "Left"})).await;
+    assert!((right - rerank_score("water", &words[..60].join(" "), json!({})).await).abs() <= 1e-5);
+    assert!((left - rerank_score("water", &words[40..].join(" "), json!({})).await).abs() <= 1e-5);
+    assert!((left - right).abs() > 1e-6);
+
+    // [CLS] + 62 words + [SEP] for the classifier.
+    let logits = |v: &Value| -> Vec<f64> {
+        let mut p: Vec<(String, f64)> =
+            v.as_array().unwrap().iter().map(|p| (p["label"].as_str().unwrap().to_string(), f(&p["score"]))).collect();
+        p.sort_by(|a, b| a.0.cmp(&b.0));
+        p.into_iter().map(|(_, s)| s).collect()
+    };
+    let (s, cut) = post("/predict", json!({"inputs": long, "raw_scores": true, "truncation_direction": "left"})).await;
+    assert_eq!(s, 200, "{cut}");
+    let (_, tail) = post("/predict", json!({"inputs": words[38..].join(" "), "raw_scores": true})).await;
+    let (a, b) = (logits(&cut), logits(&tail));
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() <= 1e-5), "{cut} vs {tail}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,6 +585,7 @@ async fn openapi_document_covers_every_route_and_validates() {
         ("/api/embed", "post"),
         ("/rerank", "post"),
         ("/v1/rerank", "post"),
+        ("/v2/rerank", "post"),
         ("/predict", "post"),
         ("/tokenize", "post"),
         ("/decode", "post"),

@@ -17,7 +17,7 @@ pub use input::{Id, InputError, InputFormat, InputSpec, Record};
 pub use output::{OutputError, OutputFormat, OutputSpec};
 pub use progress::Summary;
 
-use crate::embedder::{EmbedError, Embedder};
+use crate::embedder::{EmbedError, Embedder, EncodeOptions};
 
 /// Texts embedded together: enough for length-sorted batches with little padding, small enough
 /// that memory does not depend on the corpus.
@@ -119,7 +119,12 @@ pub fn plan(args: &CorpusArgs) -> Result<(InputSpec, OutputFormat), CorpusError>
 
 /// Embeds the corpus described by `args`. On a bad record (without `--skip-invalid`) or any
 /// failure, every row before it is already written and resumable.
-pub fn run(embedder: &Embedder, args: &CorpusArgs, normalize: bool) -> Result<Summary, CorpusError> {
+pub fn run(
+    embedder: &Embedder,
+    args: &CorpusArgs,
+    normalize: bool,
+    encode: &EncodeOptions,
+) -> Result<Summary, CorpusError> {
     let (input, output_format) = plan(args)?;
     let output = OutputSpec {
         path: args.output.clone().unwrap_or_else(|| PathBuf::from("-")),
@@ -155,7 +160,7 @@ pub fn run(embedder: &Embedder, args: &CorpusArgs, normalize: bool) -> Result<Su
         let stop = window.fill(&rx, &mut summary.skipped);
         if !window.records.is_empty() {
             let texts: Vec<&str> = window.records.iter().map(|r| r.text.as_str()).collect();
-            let embedded = match embedder.embed(&texts, normalize) {
+            let embedded = match embedder.embed_with(&texts, normalize, encode) {
                 Ok(e) => e,
                 Err(e) => break Err(e.into()),
             };

@@ -5,9 +5,9 @@
 
 use crate::{
     batching::Budget,
-    embedder::ModelInfo,
+    embedder::{EncodeOptions, ModelInfo},
     tokenize::{Input, Token, Tokens},
-    Embedder,
+    EmbedError, Embedder,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -19,6 +19,9 @@ pub enum BackendError {
     Inference(String),
     #[error("backend unhealthy: {0}")]
     Unhealthy(String),
+    /// The request asked for something this model does not have (an unknown prompt).
+    #[error("{0}")]
+    Options(String),
     /// The backend cannot do this at all (a fake without a tokenizer, logits without tokens).
     #[error("{0}")]
     Unsupported(String),
@@ -37,7 +40,7 @@ pub trait Backend: Send + Sync + 'static {
     fn info(&self) -> &ModelInfo;
     /// Limits of one inference call; the scheduler cuts batches within them.
     fn budget(&self) -> Budget;
-    fn tokenize(&self, inputs: &[Input]) -> Result<Vec<Tokens>, BackendError>;
+    fn tokenize(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, BackendError>;
     /// One row per member of the batch, in order: pooled, unnormalized vectors for an embedder;
     /// logits for a cross-encoder or classifier.
     fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError>;
@@ -74,8 +77,11 @@ impl Backend for Embedder {
         Embedder::budget(self)
     }
 
-    fn tokenize(&self, inputs: &[Input]) -> Result<Vec<Tokens>, BackendError> {
-        self.tokenize_inputs(inputs).map_err(|e| BackendError::Tokenize(e.to_string()))
+    fn tokenize(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, BackendError> {
+        self.tokenize_inputs(inputs, options).map_err(|e| match e {
+            EmbedError::UnknownPrompt { .. } => BackendError::Options(e.to_string()),
+            e => BackendError::Tokenize(e.to_string()),
+        })
     }
 
     fn forward(&self, batch: &[&Tokens]) -> Result<Vec<Vec<f32>>, BackendError> {

@@ -142,8 +142,15 @@ pub fn parse_json<T: DeserializeOwned>(
             ApiError::bad_request(format!("could not read the request body: {rejection}"))
         }
     })?;
-    serde_json::from_slice(&bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {e}")),
+    // The path names the offending field (`truncation_direction: unknown variant …`).
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let (path, result) = match serde_path_to_error::deserialize(&mut de) {
+        Ok(value) => (".".to_string(), de.end().map(|()| value)),
+        Err(e) => (e.path().to_string(), Err(e.into_inner())),
+    };
+    result.map_err(|e| match e.classify() {
+        serde_json::error::Category::Data if path == "." => ApiError::unprocessable(format!("invalid request: {e}")),
+        serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {path}: {e}")),
         _ => ApiError::bad_request(format!("malformed JSON: {e}")),
     })
 }

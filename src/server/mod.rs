@@ -34,6 +34,7 @@ use tokio::{net::TcpListener, sync::Semaphore};
 pub use self::backend::{Backend, BackendError, Output};
 pub use self::config::ServerConfig;
 pub use self::error::{ApiError, Flavor};
+pub(crate) use self::routes::Encode;
 use self::{
     metrics::Metrics,
     registry::{Model, Registry},
@@ -123,8 +124,9 @@ impl AppState {
         inputs: Vec<Input>,
         output: Output,
         normalize: bool,
-        truncate: bool,
+        encode: Encode,
     ) -> Result<Embeddings, ApiError> {
+        let Encode { truncate, options } = encode;
         if inputs.is_empty() {
             return Err(ApiError::unprocessable("inputs must not be empty"));
         }
@@ -151,13 +153,16 @@ impl AppState {
             let bytes: usize = inputs.iter().map(Input::bytes).sum();
             // Small requests tokenize in place; large ones off the async workers.
             let tokens = if bytes < 4096 {
-                backend.tokenize(&inputs)
+                backend.tokenize(&inputs, &options)
             } else {
-                tokio::task::spawn_blocking(move || backend.tokenize(&inputs)).await.map_err(|e| {
+                tokio::task::spawn_blocking(move || backend.tokenize(&inputs, &options)).await.map_err(|e| {
                     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}"))
                 })?
             }
-            .map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            .map_err(|e| match e {
+                BackendError::Options(m) => ApiError::unprocessable(m).param("prompt_name"),
+                e => ApiError::unprocessable(e.to_string()),
+            })?;
             if !truncate {
                 if let Some(index) = tokens.iter().position(|t| t.truncated) {
                     return Err(ApiError::unprocessable(format!(
@@ -229,6 +234,8 @@ fn model_info(model: &Model) -> serde_json::Value {
         "activation": info.activation,
         "max_input_length": info.max_seq_length,
         "pooling": info.pooling,
+        "prompts": (!info.prompts.is_empty()).then_some(&info.prompts),
+        "default_prompt_name": info.default_prompt_name,
         // The provider serving now: after a CoreML run-time failure, the CPU.
         "execution_provider": device.as_ref().map_or(info.provider, |d| d.provider.as_str()),
         "device": device,
@@ -372,6 +379,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/embed", post(routes::ollama_embed))
         .route("/rerank", post(scoring::rerank))
         .route("/v1/rerank", post(scoring::cohere_rerank))
+        .route("/v2/rerank", post(scoring::cohere_rerank_v2))
         .route("/predict", post(scoring::predict))
         .route("/tokenize", post(tokens::tokenize))
         .route("/decode", post(tokens::decode))

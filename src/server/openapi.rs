@@ -145,6 +145,7 @@ pub fn ids_schema() -> Schema {
         routes::ollama_embed,
         scoring::rerank,
         scoring::cohere_rerank,
+        scoring::cohere_rerank_v2,
         scoring::predict,
         tokens::tokenize,
         tokens::decode,

@@ -22,9 +22,10 @@ use super::{
 };
 use crate::{
     config::Kind,
+    embedder::EncodeOptions,
     pooling,
     protocol::{EmbedResponse, Usage},
-    tokenize::Input,
+    tokenize::{Input, Side},
 };
 
 pub(crate) type Body = Result<Bytes, BytesRejection>;
@@ -70,6 +71,41 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// TEI's `truncation_direction`: which end of a too-long input is cut.
+#[derive(Deserialize, ToSchema, Clone, Copy, Default, Debug)]
+pub enum TruncationDirection {
+    /// Cut the start: keep the last tokens.
+    #[serde(alias = "left")]
+    Left,
+    /// Cut the end, as sentence-transformers does.
+    #[default]
+    #[serde(alias = "right")]
+    Right,
+}
+
+/// What a request asks of tokenization: refuse or cut long inputs, from which end, with which prompt.
+#[derive(Debug, Clone)]
+pub(crate) struct Encode {
+    pub truncate: bool,
+    pub options: EncodeOptions,
+}
+
+impl Default for Encode {
+    fn default() -> Self {
+        Self { truncate: true, options: EncodeOptions::default() }
+    }
+}
+
+impl Encode {
+    pub fn new(truncate: Option<bool>, direction: Option<TruncationDirection>, prompt_name: Option<String>) -> Self {
+        let side = match direction.unwrap_or_default() {
+            TruncationDirection::Left => Side::Left,
+            TruncationDirection::Right => Side::Right,
+        };
+        Self { truncate: truncate.unwrap_or(true), options: EncodeOptions { side, prompt_name } }
+    }
+}
+
 fn singles(texts: Vec<String>) -> Vec<Input> {
     texts.into_iter().map(Input::Single).collect()
 }
@@ -89,6 +125,17 @@ pub struct NativeRequest {
     normalize: Option<bool>,
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// Which end of a too-long input is cut [default: Right]
+    truncation_direction: Option<TruncationDirection>,
+    /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
+    /// [default: the model's default prompt, if any]
+    prompt_name: Option<String>,
+}
+
+impl NativeRequest {
+    fn encode(&self) -> Encode {
+        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
+    }
 }
 
 /// The native API.
@@ -101,11 +148,10 @@ pub async fn native_embed(
 ) -> Result<Json<EmbedResponse>, ApiError> {
     let started = Instant::now();
     let req: NativeRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let encode = req.encode();
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /api/v1/embed", EMBEDDER)?;
-    let out = state
-        .run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true))
-        .await?;
+    let out = state.run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), encode).await?;
     Ok(Json(EmbedResponse {
         model: model.name.clone(),
         embeddings: out.vectors,
@@ -124,8 +170,19 @@ pub struct TeiRequest {
     normalize: Option<bool>,
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// Which end of a too-long input is cut [default: Right]
+    truncation_direction: Option<TruncationDirection>,
+    /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
+    /// [default: the model's default prompt, if any]
+    prompt_name: Option<String>,
     /// A served model [default: the first embedding model]
     model: Option<String>,
+}
+
+impl TeiRequest {
+    fn encode(&self) -> Encode {
+        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
+    }
 }
 
 /// text-embeddings-inference's route.
@@ -137,11 +194,10 @@ pub async fn tei_embed(
     body: Body,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let encode = req.encode();
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed", EMBEDDER)?;
-    let out = state
-        .run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), req.truncate.unwrap_or(true))
-        .await?;
+    let out = state.run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), encode).await?;
     Ok(Json(out.vectors))
 }
 
@@ -154,10 +210,11 @@ pub async fn embed_all(
     body: Body,
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let encode = req.encode();
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed_all", EMBEDDER)?;
     let dim = model.backend.info().dimension.max(1);
-    let out = state.run(model, singles(texts), Output::Tokens, false, req.truncate.unwrap_or(true)).await?;
+    let out = state.run(model, singles(texts), Output::Tokens, false, encode).await?;
     Ok(Json(out.vectors.into_iter().map(|flat| flat.chunks(dim).map(<[f32]>::to_vec).collect()).collect()))
 }
 
@@ -174,8 +231,19 @@ pub struct SimilarityRequest {
     inputs: SimilarityInputs,
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// Which end of a too-long input is cut [default: Right]
+    truncation_direction: Option<TruncationDirection>,
+    /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
+    /// [default: the model's default prompt, if any]
+    prompt_name: Option<String>,
     /// A served model [default: the first embedding model]
     model: Option<String>,
+}
+
+impl SimilarityRequest {
+    fn encode(&self) -> Encode {
+        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
+    }
 }
 
 /// Cosine similarity of `source_sentence` to each of `sentences`, in order.
@@ -187,13 +255,14 @@ pub async fn similarity(
     body: Body,
 ) -> Result<Json<Vec<f32>>, ApiError> {
     let req: SimilarityRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let encode = req.encode();
     if req.inputs.sentences.is_empty() {
         return Err(ApiError::unprocessable("inputs.sentences must not be empty").param("inputs.sentences"));
     }
     let model = state.pick(req.model.as_deref(), "POST /similarity", EMBEDDER)?;
     let mut inputs = vec![Input::Single(req.inputs.source_sentence)];
     inputs.extend(singles(req.inputs.sentences));
-    let out = state.run(model, inputs, Output::Rows, true, req.truncate.unwrap_or(true)).await?;
+    let out = state.run(model, inputs, Output::Rows, true, encode).await?;
     let (source, others) = out.vectors.split_first().ok_or_else(|| ApiError::unprocessable("no vectors"))?;
     Ok(Json(others.iter().map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum()).collect()))
 }
@@ -220,7 +289,7 @@ pub async fn ollama_embed(
     let req: OllamaRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.input, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
-    let out = state.run(model, singles(texts), Output::Rows, true, req.truncate.unwrap_or(true)).await?;
+    let out = state.run(model, singles(texts), Output::Rows, true, Encode::new(req.truncate, None, None)).await?;
     Ok(Json(json!({
         "model": model.name,
         "embeddings": out.vectors,
@@ -278,7 +347,7 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
         }
     };
     // Shortened vectors are re-normalized after truncation, so normalize only then.
-    let out = state.run(model, singles(texts), Output::Rows, dimensions.is_none(), true).await?;
+    let out = state.run(model, singles(texts), Output::Rows, dimensions.is_none(), Encode::default()).await?;
     let data: Vec<Value> = out
         .vectors
         .into_iter()

@@ -27,7 +27,7 @@ use super::{
 };
 use crate::{
     batching::Budget,
-    embedder::ModelInfo,
+    embedder::{EncodeOptions, ModelInfo},
     server::metrics::Metrics,
     tokenize::{Input, Tokens},
 };
@@ -105,7 +105,7 @@ impl Backend for Fake {
         self.budget
     }
 
-    fn tokenize(&self, inputs: &[Input]) -> Result<Vec<Tokens>, BackendError> {
+    fn tokenize(&self, inputs: &[Input], _options: &EncodeOptions) -> Result<Vec<Tokens>, BackendError> {
         self.tokenized.fetch_add(inputs.len(), Ordering::Relaxed);
         inputs
             .iter()
@@ -122,7 +122,7 @@ impl Backend for Fake {
                 let mut ids: Vec<u32> = std::iter::once(tag).chain(words.map(|_| 7)).collect();
                 let truncated = ids.len() > self.info.max_seq_length;
                 ids.truncate(self.info.max_seq_length);
-                Ok(Tokens { type_ids: vec![0; ids.len()], ids, truncated })
+                Ok(Tokens { type_ids: vec![0; ids.len()], ids, truncated, pool_from: 0 })
             })
             .collect()
     }
@@ -180,7 +180,7 @@ fn submit(
     texts: &[String],
 ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> {
     let inputs: Vec<Input> = texts.iter().cloned().map(Input::Single).collect();
-    let tokens = control.fake.tokenize(&inputs).expect("fake tokens");
+    let tokens = control.fake.tokenize(&inputs, &EncodeOptions::default()).expect("fake tokens");
     let ticket = s.admit(tokens.iter().map(Tokens::len).sum()).expect("admitted");
     s.submit(tokens, Output::Rows, false, ticket, None)
 }
@@ -506,7 +506,7 @@ async fn pooled_and_per_token_requests_never_share_a_call() {
     let first = submit(&s, &control, &texts(1, 1, 1));
     assert_eq!(control.next_batch(), vec![1]);
     let inputs: Vec<Input> = texts(2, 2, 1).into_iter().map(Input::Single).collect();
-    let tokens = control.fake.tokenize(&inputs).unwrap();
+    let tokens = control.fake.tokenize(&inputs, &EncodeOptions::default()).unwrap();
     let ticket = s.admit(4).unwrap();
     let per_token = s.submit(tokens, Output::Tokens, false, ticket, None);
     let pooled = submit(&s, &control, &texts(3, 1, 1));

@@ -1,21 +1,25 @@
 //! The routes of cross-encoders and classifiers: TEI's `/rerank` and `/predict`, and the
-//! Cohere/Jina `/v1/rerank` that LangChain, LlamaIndex, LiteLLM and Dify call. Scores are the
+//! Cohere/Jina `/v1/rerank` (and Cohere's `/v2/rerank`) that LangChain, LlamaIndex, LiteLLM and Dify call. Scores are the
 //! model's activation over its logits (see [`crate::config::Activation`]) unless raw scores are asked.
 
 use std::time::Instant;
 
-use axum::{extract::State, http::HeaderMap, Json};
+use axum::{
+    extract::State,
+    http::{HeaderMap, StatusCode},
+    Json,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    backend::Output,
+    backend::{Backend, Output},
     error::{parse_json, ApiError, Flavor},
     openapi::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
     registry::Model,
-    routes::{kind, Body},
-    AppState,
+    routes::{kind, Body, TruncationDirection},
+    AppState, Encode,
 };
 use crate::{config::Kind, tokenize::Input};
 
@@ -27,10 +31,10 @@ async fn pair_scores(
     query: &str,
     texts: &[String],
     raw: bool,
-    truncate: bool,
+    encode: Encode,
 ) -> Result<(Vec<f32>, usize), ApiError> {
     let inputs = texts.iter().map(|t| Input::Pair(query.to_string(), t.clone())).collect();
-    let out = state.run(model, inputs, Output::Rows, false, truncate).await?;
+    let out = state.run(model, inputs, Output::Rows, false, encode).await?;
     let activation = model.backend.info().activation;
     let scores = out
         .vectors
@@ -68,6 +72,8 @@ pub struct RerankRequest {
     return_text: bool,
     /// Cut pairs longer than the model's maximum (longest first) instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// Which end of a too-long pair's longer text is cut [default: Right]
+    truncation_direction: Option<TruncationDirection>,
     /// A served cross-encoder [default: the first one]
     model: Option<String>,
 }
@@ -94,8 +100,8 @@ pub async fn rerank(
         return Err(ApiError::unprocessable("texts must not be empty").param("texts"));
     }
     let model = state.pick(req.model.as_deref(), "POST /rerank", RERANKER)?;
-    let (scores, _) =
-        pair_scores(&state, model, &req.query, &req.texts, req.raw_scores, req.truncate.unwrap_or(true)).await?;
+    let encode = Encode::new(req.truncate, req.truncation_direction, None);
+    let (scores, _) = pair_scores(&state, model, &req.query, &req.texts, req.raw_scores, encode).await?;
     let mut texts: Vec<Option<String>> = req.texts.into_iter().map(Some).collect();
     Ok(Json(
         ranked(&scores)
@@ -124,6 +130,8 @@ pub struct CohereRerankRequest {
     /// Include each document in its result [default: false]
     #[serde(default)]
     return_documents: bool,
+    /// Cut each document after this many tokens [default: no cap beyond the model's maximum]
+    max_tokens_per_doc: Option<i64>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -188,10 +196,73 @@ pub async fn cohere_rerank(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<CohereRerankResponse>, ApiError> {
-    cohere(state, headers, body).await.map_err(|e| e.flavor(Flavor::OpenAi))
+    cohere(state, headers, body, "POST /v1/rerank").await.map(Json).map_err(|e| e.flavor(Flavor::OpenAi))
 }
 
-async fn cohere(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<CohereRerankResponse>, ApiError> {
+/// `POST /v2/rerank`'s answer: v1's, with the `id` and `meta` Cohere's v2 clients read.
+#[derive(Serialize, ToSchema)]
+pub struct CohereRerankV2Response {
+    id: String,
+    #[serde(flatten)]
+    ranked: CohereRerankResponse,
+    meta: CohereMeta,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CohereMeta {
+    api_version: CohereApiVersion,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CohereApiVersion {
+    version: &'static str,
+}
+
+/// Cohere's v2 reranking API (`cohere.ClientV2().rerank`, LiteLLM's `cohere/` models): v1's request
+/// and answer, with an `id` and `meta`.
+#[utoipa::path(post, path = "/v2/rerank", tag = "Cohere", request_body = CohereRerankRequest,
+    responses((status = 200, description = "Documents by relevance, highest first", body = CohereRerankV2Response), OpenAiFailures))]
+pub async fn cohere_rerank_v2(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<CohereRerankV2Response>, ApiError> {
+    let ranked = cohere(state, headers, body, "POST /v2/rerank").await.map_err(|e| e.flavor(Flavor::OpenAi))?;
+    Ok(Json(CohereRerankV2Response {
+        id: request_id(),
+        ranked,
+        meta: CohereMeta { api_version: CohereApiVersion { version: "2" } },
+    }))
+}
+
+/// Unique within a process and unlikely to repeat across restarts: time and a counter.
+fn request_id() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{n:x}")
+}
+
+/// Each document cut after its first `n` tokens (special tokens aside), as Cohere's
+/// `max_tokens_per_doc` asks; pairs are then cut to the model's maximum as usual.
+fn cap_tokens(backend: &dyn Backend, docs: Vec<String>, n: usize) -> Result<Vec<String>, ApiError> {
+    docs.into_iter()
+        .map(|doc| {
+            let tokens = backend.tokens(&doc, false).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            match tokens.get(n.saturating_sub(1)).and_then(|t| t.stop) {
+                Some(stop) if tokens.len() > n => Ok(doc.chars().take(stop).collect()),
+                _ => Ok(doc),
+            }
+        })
+        .collect()
+}
+
+async fn cohere(
+    state: AppState,
+    headers: HeaderMap,
+    body: Body,
+    route: &str,
+) -> Result<CohereRerankResponse, ApiError> {
     let started = Instant::now();
     let req: CohereRerankRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let docs = documents(req.documents)?;
@@ -203,8 +274,27 @@ async fn cohere(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
         Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX).min(docs.len()),
         Some(n) => return Err(ApiError::unprocessable(format!("top_n must be at least 1, not {n}")).param("top_n")),
     };
-    let model = state.pick(req.model.as_deref(), "POST /v1/rerank", RERANKER)?;
-    let (scores, total_tokens) = pair_scores(&state, model, &req.query, &docs, false, true).await?;
+    if let Some(n) = req.max_tokens_per_doc.filter(|&n| n < 1) {
+        return Err(ApiError::unprocessable(format!("max_tokens_per_doc must be at least 1, not {n}"))
+            .param("max_tokens_per_doc"));
+    }
+    let model = state.pick(req.model.as_deref(), route, RERANKER)?;
+    let docs = match req.max_tokens_per_doc {
+        Some(n) if (n as usize) < model.backend.info().max_seq_length => {
+            let backend = model.backend.clone();
+            let bytes: usize = docs.iter().map(String::len).sum();
+            let cap = move || cap_tokens(backend.as_ref(), docs, n as usize);
+            if bytes < 4096 {
+                cap()?
+            } else {
+                tokio::task::spawn_blocking(cap).await.map_err(|e| {
+                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}"))
+                })??
+            }
+        }
+        _ => docs,
+    };
+    let (scores, total_tokens) = pair_scores(&state, model, &req.query, &docs, false, Encode::default()).await?;
     let mut docs: Vec<Option<String>> = docs.into_iter().map(Some).collect();
     let results = ranked(&scores)
         .into_iter()
@@ -216,7 +306,7 @@ async fn cohere(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
         })
         .collect();
     tracing::debug!(elapsed = ?started.elapsed(), "reranked");
-    Ok(Json(CohereRerankResponse { results, model: model.name.clone(), usage: RerankUsage { total_tokens } }))
+    Ok(CohereRerankResponse { results, model: model.name.clone(), usage: RerankUsage { total_tokens } })
 }
 
 /// `POST /predict`.
@@ -231,6 +321,8 @@ pub struct PredictRequest {
     raw_scores: bool,
     /// Cut inputs longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
+    /// Which end of a too-long input is cut [default: Right]
+    truncation_direction: Option<TruncationDirection>,
     /// A served classifier or cross-encoder [default: the first classifier, else the first cross-encoder]
     model: Option<String>,
 }
@@ -310,7 +402,8 @@ pub async fn predict(
     let (inputs, batch) = predict_inputs(req.inputs)?;
     let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
     let (labels, activation) = (&model.backend.info().labels, model.backend.info().activation);
-    let out = state.run(model, inputs, Output::Rows, false, req.truncate.unwrap_or(true)).await?;
+    let encode = Encode::new(req.truncate, req.truncation_direction, None);
+    let out = state.run(model, inputs, Output::Rows, false, encode).await?;
     let mut all: Vec<Vec<Prediction>> = out
         .vectors
         .into_iter()

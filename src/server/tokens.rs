@@ -44,6 +44,9 @@ pub struct TokenizeRequest {
     inputs: Value,
     /// Add the model's special tokens ([CLS], [SEP], …) [default: true]
     add_special_tokens: Option<bool>,
+    /// One of the model's prompts, put before each text as the embedding routes do; spans then
+    /// count from the prompt's start [default: the model's default prompt, if any]
+    prompt_name: Option<String>,
     /// A served model [default: the first model]
     model: Option<String>,
 }
@@ -69,6 +72,13 @@ pub async fn tokenize(
         ));
     }
     let backend = state.pick(req.model.as_deref(), "POST /tokenize", ANY)?.backend.clone();
+    let prompt = backend
+        .info()
+        .prompt(req.prompt_name.as_deref())
+        .map_err(|e| ApiError::unprocessable(e.to_string()).param("prompt_name"))?
+        .unwrap_or_default();
+    let texts: Vec<String> =
+        if prompt.is_empty() { texts } else { texts.into_iter().map(|t| format!("{prompt}{t}")).collect() };
     let special = req.add_special_tokens.unwrap_or(true);
     let bytes = texts.iter().map(String::len).sum();
     let tokens = tokenizer_work(bytes, move || texts.iter().map(|t| backend.tokens(t, special)).collect()).await?;
