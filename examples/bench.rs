@@ -526,7 +526,7 @@ fn rerank_in_process(embedder: &Embedder, pairs: &[akidb::tokenize::Input]) -> R
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let started = Instant::now();
-        let tokens = embedder.tokenize_inputs(pairs)?;
+        let tokens = embedder.tokenize_inputs(pairs, &akidb::EncodeOptions::default())?;
         let logits = embedder.embed_tokens(&tokens, false)?;
         std::hint::black_box(logits.iter().map(|l| 1.0 / (1.0 + (-l[0]).exp())).sum::<f32>());
         best = best.min(started.elapsed().as_secs_f64());

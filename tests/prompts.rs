@@ -7,7 +7,7 @@ mod common;
 use std::{path::Path, process::Command, sync::OnceLock};
 
 use akidb::server::ServerConfig;
-use common::{cosine, hf_home, max_abs_diff, server::TestServer, TINY};
+use common::{cosine, hf_home, max_abs_diff, server::TestServer};
 use serde_json::{json, Value};
 
 /// Words the test model's (uncased BERT) vocabulary holds whole: one token each, so a cut at any
