@@ -229,12 +229,7 @@ impl Drop for Server {
 /// The server's `akidb_batch_size` histogram so far, all models: (texts, inference calls).
 async fn batch_sizes(http: &reqwest::Client, url: &str) -> Result<(f64, f64)> {
     let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
-    let total = |name: &str| {
-        text.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let total = |name: &str| akidb::server::metrics::total(&text, name).unwrap_or(0.0);
     Ok((total("akidb_batch_size_sum"), total("akidb_batch_size_count")))
 }
 

@@ -75,19 +75,7 @@ async fn bulk_client(client: reqwest::Client, url: String, requests: usize, size
 
 /// `name` summed over its series (each model has its own).
 fn metric(text: &str, name: &str) -> f64 {
-    let values: Vec<f64> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labels) => labels.split_once('}')?.1,
-                None => rest,
-            };
-            rest.strip_prefix(' ')?.parse().ok()
-        })
-        .collect();
-    assert!(!values.is_empty(), "{name} not in /metrics");
-    values.iter().sum()
+    akidb::server::metrics::total(text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Mean duration of the inference calls made since `before` (a `/metrics` snapshot).

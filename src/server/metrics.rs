@@ -13,6 +13,23 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// `name` summed over its series in Prometheus text (each model has its own); `None` when no
+/// series has it. For what reads `/metrics` back: the benchmark and the tests.
+pub fn total(text: &str, name: &str) -> Option<f64> {
+    let values: Vec<f64> = text
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let rest = match rest.strip_prefix('{') {
+                Some(labels) => labels.split_once('}')?.1,
+                None => rest,
+            };
+            rest.strip_prefix(' ')?.parse().ok()
+        })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub route: String,

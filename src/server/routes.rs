@@ -10,8 +10,8 @@ use axum::{
     Json,
 };
 use base64::Engine as _;
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
@@ -277,26 +277,36 @@ pub struct OllamaRequest {
     truncate: Option<bool>,
 }
 
+/// Ollama's answer; durations in nanoseconds, as Ollama reports them.
+#[derive(Serialize, ToSchema)]
+pub struct OllamaResponse {
+    model: String,
+    embeddings: Vec<Vec<f32>>,
+    total_duration: u64,
+    load_duration: u64,
+    prompt_eval_count: usize,
+}
+
 /// Ollama's route (vectors are unit length there too).
 #[utoipa::path(post, path = "/api/embed", tag = "Ollama", request_body = OllamaRequest,
-    responses((status = 200, description = "Ollama's embed response", body = Object), Failures))]
+    responses((status = 200, description = "Ollama's embed response", body = OllamaResponse), Failures))]
 pub async fn ollama_embed(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OllamaResponse>, ApiError> {
     let started = Instant::now();
     let req: OllamaRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let texts = texts(req.input, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
     let out = state.run(model, singles(texts), Output::Rows, true, Encode::new(req.truncate, None, None)).await?;
-    Ok(Json(json!({
-        "model": model.name,
-        "embeddings": out.vectors,
-        "total_duration": started.elapsed().as_nanos() as u64,
-        "load_duration": 0,
-        "prompt_eval_count": out.total_tokens,
-    })))
+    Ok(Json(OllamaResponse {
+        model: model.name.clone(),
+        embeddings: out.vectors,
+        total_duration: started.elapsed().as_nanos() as u64,
+        load_duration: 0,
+        prompt_eval_count: out.total_tokens,
+    }))
 }
 
 /// `POST /v1/embeddings`.
@@ -312,18 +322,50 @@ pub struct OpenAiRequest {
     dimensions: Option<i64>,
 }
 
+/// OpenAI's embeddings list.
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiResponse {
+    /// Always `list`.
+    object: &'static str,
+    data: Vec<OpenAiEmbedding>,
+    model: String,
+    usage: OpenAiUsage,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiEmbedding {
+    /// Always `embedding`.
+    object: &'static str,
+    index: usize,
+    embedding: OpenAiVector,
+}
+
+/// Numbers, or with `encoding_format: base64` the little-endian f32 bytes in base64.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OpenAiVector {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OpenAiUsage {
+    prompt_tokens: usize,
+    total_tokens: usize,
+}
+
 /// OpenAI's API, errors in OpenAI's shape.
 #[utoipa::path(post, path = "/v1/embeddings", tag = "OpenAI", request_body = OpenAiRequest,
-    responses((status = 200, description = "OpenAI's embeddings list", body = Object), OpenAiFailures))]
+    responses((status = 200, description = "OpenAI's embeddings list", body = OpenAiResponse), OpenAiFailures))]
 pub async fn openai_embeddings(
     State(state): State<AppState>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OpenAiResponse>, ApiError> {
     openai(state, headers, body).await.map_err(|e| e.flavor(Flavor::OpenAi))
 }
 
-async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<Value>, ApiError> {
+async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<OpenAiResponse>, ApiError> {
     let req: OpenAiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
@@ -348,7 +390,7 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
     };
     // Shortened vectors are re-normalized after truncation, so normalize only then.
     let out = state.run(model, singles(texts), Output::Rows, dimensions.is_none(), Encode::default()).await?;
-    let data: Vec<Value> = out
+    let data = out
         .vectors
         .into_iter()
         .enumerate()
@@ -359,17 +401,17 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
             }
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+                OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
             } else {
-                json!(v)
+                OpenAiVector::Float(v)
             };
-            json!({ "object": "embedding", "index": index, "embedding": embedding })
+            OpenAiEmbedding { object: "embedding", index, embedding }
         })
         .collect();
-    Ok(Json(json!({
-        "object": "list",
-        "data": data,
-        "model": model.name,
-        "usage": { "prompt_tokens": out.total_tokens, "total_tokens": out.total_tokens },
-    })))
+    Ok(Json(OpenAiResponse {
+        object: "list",
+        data,
+        model: model.name.clone(),
+        usage: OpenAiUsage { prompt_tokens: out.total_tokens, total_tokens: out.total_tokens },
+    }))
 }

@@ -187,20 +187,7 @@ fn submit(
 
 /// `name` summed over its series (each model has its own).
 fn metric(metrics: &Metrics, name: &str) -> f64 {
-    let text = metrics.render();
-    let values: Vec<f64> = text
-        .lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(name)?;
-            let rest = match rest.strip_prefix('{') {
-                Some(labels) => labels.split_once('}')?.1,
-                None => rest,
-            };
-            rest.strip_prefix(' ')?.parse().ok()
-        })
-        .collect();
-    assert!(!values.is_empty(), "{name} not in /metrics");
-    values.iter().sum()
+    super::metrics::total(&metrics.render(), name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 #[tokio::test]

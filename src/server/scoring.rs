@@ -401,7 +401,8 @@ pub async fn predict(
     let req: PredictRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let (inputs, batch) = predict_inputs(req.inputs)?;
     let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
-    let (labels, activation) = (&model.backend.info().labels, model.backend.info().activation);
+    let info = model.backend.info();
+    let (labels, activation) = (&info.labels, info.activation);
     let encode = Encode::new(req.truncate, req.truncation_direction, None);
     let out = state.run(model, inputs, Output::Rows, false, encode).await?;
     let mut all: Vec<Vec<Prediction>> = out
