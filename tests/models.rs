@@ -270,6 +270,59 @@ async fn cohere_rerank_shape_with_top_n_and_documents() {
     assert!(v["results"][0].get("document").is_none() && v["results"].as_array().unwrap().len() == 2);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_lists_for_openai_and_ollama_clients() {
+    let (s, body) = get("/v1/models").await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["object"], "list");
+    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, [TINY, CROSS, CLASSIFIER], "every model, in the order served");
+    for m in v["data"].as_array().unwrap() {
+        assert_eq!(m["object"], "model");
+        assert_eq!(m["owned_by"], "akidb-test");
+        assert!(m["created"].as_u64().unwrap() > 1_700_000_000, "{m}");
+    }
+    // Any name that selects a model retrieves it, the Hub id with its slash too.
+    for name in [CROSS, "tiny-cross-encoder", "tiny-cross-encoder:latest"] {
+        let (s, body) = get(&format!("/v1/models/{name}")).await;
+        assert_eq!(s, 200, "{name}: {body}");
+        assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["id"], CROSS);
+    }
+    let (s, body) = get("/v1/models/gpt-4").await;
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s, 404, "{body}");
+    assert_eq!(v["error"]["type"], "invalid_request_error", "OpenAI's error shape: {v}");
+    assert!(v["error"]["message"].as_str().unwrap().contains("'gpt-4' is not served here"), "{v}");
+
+    let (s, body) = get("/api/tags").await;
+    assert_eq!(s, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    let names: Vec<&str> = v["models"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
+    assert_eq!(names, [format!("{TINY}:latest"), format!("{CROSS}:latest"), format!("{CLASSIFIER}:latest")]);
+    assert_eq!(v["models"][1]["details"]["family"], "cross-encoder");
+    // What Ollama clients send back selects the model.
+    let (s, v) = post("/api/embed", json!({"model": names[0], "input": "hello"})).await;
+    assert_eq!(s, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_legacy_embeddings_route() {
+    let (s, v) = post("/api/embeddings", json!({"model": "tiny-bert-cls:latest", "prompt": "green river"})).await;
+    assert_eq!(s, 200, "{v}");
+    let (_, raw) = post("/api/v1/embed", json!({"inputs": ["green river"], "normalize": false})).await;
+    let got: Vec<f32> = v["embedding"].as_array().unwrap().iter().map(|x| f(x) as f32).collect();
+    let want: Vec<f32> = raw["embeddings"][0].as_array().unwrap().iter().map(|x| f(x) as f32).collect();
+    assert_eq!(got.len(), 32);
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() <= 1e-6), "unnormalized, as Ollama answers there");
+    let (s, v) = post("/api/embeddings", json!({"prompt": ""})).await;
+    assert_eq!((s, v), (200, json!({"embedding": []})), "an empty prompt: an empty vector");
+    let (s, v) = post("/api/embeddings", json!({"model": CROSS, "prompt": "x"})).await;
+    assert_error(s, &v, 422, "needs an embedding model");
+    let (s, v) = post("/api/embeddings", json!({"input": "x"})).await;
+    assert_error(s, &v, 422, "missing field `prompt`");
+}
+
 /// `n` words the BERT vocabulary holds whole (one token each), so any token cut is a word cut.
 fn one_token_words(n: usize) -> Vec<&'static str> {
     const WORDS: [&str; 10] =
@@ -583,6 +636,10 @@ async fn openapi_document_covers_every_route_and_validates() {
         ("/similarity", "post"),
         ("/v1/embeddings", "post"),
         ("/api/embed", "post"),
+        ("/api/embeddings", "post"),
+        ("/api/tags", "get"),
+        ("/v1/models", "get"),
+        ("/v1/models/{model}", "get"),
         ("/rerank", "post"),
         ("/v1/rerank", "post"),
         ("/v2/rerank", "post"),

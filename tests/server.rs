@@ -416,6 +416,8 @@ client = OpenAI(base_url=base + "/v1", api_key="sk-test")
 default = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts)          # base64 on the wire
 floats = client.embeddings.create(model="sentence-transformers/all-MiniLM-L6-v2", input=texts[0], encoding_format="float")
 short = client.embeddings.create(model="all-MiniLM-L6-v2", input=texts[:2], dimensions=64)
+listed = [m.id for m in client.models.list()]
+one = client.models.retrieve("all-MiniLM-L6-v2")
 try:
     client.embeddings.create(model="text-embedding-3-small", input="x")
     wrong = None
@@ -427,6 +429,8 @@ print(json.dumps({
     "short": [len(d.embedding) for d in short.data],
     "usage": default.usage.total_tokens,
     "wrong_model": wrong,
+    "listed": listed,
+    "retrieved": [one.id, one.object, one.owned_by],
 }))
 "#;
     let texts: Vec<&str> = rows.iter().take(4).map(|(t, _)| t.as_str()).collect();
@@ -445,4 +449,6 @@ print(json.dumps({
     assert_eq!(v["short"], json!([64, 64]));
     assert!(v["usage"].as_u64().unwrap() > 0);
     assert_eq!(v["wrong_model"], "NotFoundError");
+    assert_eq!(v["listed"], json!([MINILM]));
+    assert_eq!(v["retrieved"], json!([MINILM, "model", "sentence-transformers"]));
 }

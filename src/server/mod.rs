@@ -3,6 +3,7 @@
 //! before the models are loaded so `/health` can say 503 until every warm-up run is done.
 
 pub mod backend;
+mod catalog;
 mod config;
 mod conn;
 mod error;
@@ -377,6 +378,10 @@ pub fn router(state: AppState) -> Router {
         .route("/embed_all", post(routes::embed_all))
         .route("/similarity", post(routes::similarity))
         .route("/api/embed", post(routes::ollama_embed))
+        .route("/api/embeddings", post(routes::ollama_embeddings))
+        .route("/api/tags", get(catalog::ollama_tags))
+        .route("/v1/models", get(catalog::list_models))
+        .route("/v1/models/{*model}", get(catalog::get_model))
         .route("/rerank", post(scoring::rerank))
         .route("/v1/rerank", post(scoring::cohere_rerank))
         .route("/v2/rerank", post(scoring::cohere_rerank_v2))

@@ -13,7 +13,7 @@ use utoipa::{
     IntoResponses, OpenApi, ToSchema,
 };
 
-use super::{routes, scoring, tokens};
+use super::{catalog, routes, scoring, tokens};
 
 /// TEI's error body, on every route outside `/v1/`.
 #[derive(Serialize, ToSchema)]
@@ -143,6 +143,10 @@ pub fn ids_schema() -> Schema {
         routes::similarity,
         routes::openai_embeddings,
         routes::ollama_embed,
+        routes::ollama_embeddings,
+        catalog::ollama_tags,
+        catalog::list_models,
+        catalog::get_model,
         scoring::rerank,
         scoring::cohere_rerank,
         scoring::cohere_rerank_v2,

@@ -21,8 +21,10 @@ impl Model {
         self.backend.info().kind
     }
 
-    /// The id, its last path part (`all-MiniLM-L6-v2`) and the served name all select it.
+    /// The id, its last path part (`all-MiniLM-L6-v2`) and the served name all select it, with
+    /// or without the `:latest` tag Ollama clients add.
     fn answers_to(&self, requested: &str) -> bool {
+        let requested = requested.strip_suffix(":latest").unwrap_or(requested);
         let id = &self.backend.info().id;
         let short = id.trim_end_matches('/').rsplit('/').next().unwrap_or(id);
         requested == id || requested == short || requested == self.name
@@ -31,11 +33,25 @@ impl Model {
 
 pub struct Registry {
     models: Vec<Model>,
+    /// When the models were ready, in Unix seconds: OpenAI's model `created`.
+    pub ready_at: u64,
 }
 
 impl Registry {
     pub fn new(models: Vec<Model>) -> Self {
-        Self { models }
+        let ready_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self { models, ready_at }
+    }
+
+    /// The model called `name` (see [`Model::answers_to`]); 404 naming what is served.
+    pub fn find(&self, name: &str) -> Result<&Model, ApiError> {
+        self.models.iter().find(|m| m.answers_to(name)).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("model '{name}' is not served here; this server serves {}", self.listing()),
+            )
+            .param("model")
+        })
     }
 
     pub fn models(&self) -> &[Model] {
@@ -49,13 +65,7 @@ impl Registry {
         let needs = kinds.iter().map(|k| k.described()).collect::<Vec<_>>().join(" or ");
         match requested {
             Some(name) => {
-                let model = self.models.iter().find(|m| m.answers_to(name)).ok_or_else(|| {
-                    ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        format!("model '{name}' is not served here; this server serves {}", self.listing()),
-                    )
-                    .param("model")
-                })?;
+                let model = self.find(name)?;
                 if kinds.contains(&model.kind()) {
                     Ok(model)
                 } else {

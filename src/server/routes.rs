@@ -309,6 +309,38 @@ pub async fn ollama_embed(
     }))
 }
 
+/// `POST /api/embeddings`, Ollama's first embedding route.
+#[derive(Deserialize, ToSchema)]
+pub struct OllamaLegacyRequest {
+    model: Option<String>,
+    /// One text.
+    prompt: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct OllamaLegacyResponse {
+    embedding: Vec<f32>,
+}
+
+/// The route older Ollama clients call (LangChain's and LlamaIndex's first Ollama integrations):
+/// one text, and, as Ollama answers there, an unnormalized vector; an empty prompt gets an empty
+/// one.
+#[utoipa::path(post, path = "/api/embeddings", tag = "Ollama", request_body = OllamaLegacyRequest,
+    responses((status = 200, description = "The text's vector", body = OllamaLegacyResponse), Failures))]
+pub async fn ollama_embeddings(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Json<OllamaLegacyResponse>, ApiError> {
+    let req: OllamaLegacyRequest = parse_json(&headers, body, state.config.payload_limit)?;
+    let model = state.pick(req.model.as_deref(), "POST /api/embeddings", EMBEDDER)?;
+    if req.prompt.is_empty() {
+        return Ok(Json(OllamaLegacyResponse { embedding: Vec::new() }));
+    }
+    let mut out = state.run(model, singles(vec![req.prompt]), Output::Rows, false, Encode::default()).await?;
+    Ok(Json(OllamaLegacyResponse { embedding: out.vectors.pop().unwrap_or_default() }))
+}
+
 /// `POST /v1/embeddings`.
 #[derive(Deserialize, ToSchema)]
 pub struct OpenAiRequest {
