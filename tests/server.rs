@@ -229,6 +229,25 @@ async fn bad_input_gets_the_right_status_and_json_and_the_server_keeps_serving()
     let e = floats(&v["data"][0]["embedding"]);
     assert_eq!(e.len(), 8);
     assert!((common::norm(&e) - 1.0).abs() < 1e-5);
+    // TEI's and the native route's `dimensions`: the first dimensions of the raw vector, normalized
+    // only when asked.
+    let (_, raw) = post(&server.url("/embed"), json!({"inputs": "a", "normalize": false})).await;
+    let raw = floats(&raw[0]);
+    for normalize in [true, false] {
+        let (s, v) = post(&server.url("/embed"), json!({"inputs": "a", "dimensions": 8, "normalize": normalize})).await;
+        assert_eq!(s, 200, "{v}");
+        let (_, native) =
+            post(&server.url("/api/v1/embed"), json!({"inputs": "a", "dimensions": 8, "normalize": normalize})).await;
+        let (tei, native) = (floats(&v[0]), floats(&native["embeddings"][0]));
+        assert_eq!(tei, native);
+        let scale = if normalize { common::norm(&raw[..8]) as f32 } else { 1.0 };
+        assert!(tei.iter().zip(&raw[..8]).all(|(a, b)| (a - b / scale).abs() < 1e-5), "{tei:?}");
+    }
+    for route in ["/embed", "/api/v1/embed"] {
+        let (s, v) = post(&server.url(route), json!({"inputs": "a", "dimensions": 0})).await;
+        assert_eq!(s, 422, "{v}");
+        assert!(v["error"].as_str().unwrap().contains("between 1 and the model's 32"), "{v}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,6 +106,28 @@ impl Encode {
     }
 }
 
+/// A requested `dimensions` within the model's: Matryoshka models are trained so that a vector's
+/// first dimensions make a good vector by themselves.
+fn dimensions(requested: Option<i64>, dimension: usize) -> Result<Option<usize>, String> {
+    match requested {
+        None => Ok(None),
+        Some(d) if d >= 1 && (d as usize) <= dimension => Ok(Some(d as usize)),
+        Some(d) => Err(format!("dimensions must be between 1 and the model's {dimension}, not {d}")),
+    }
+}
+
+/// Cuts each vector to `d` dimensions, normalizing after the cut (a cut unit vector is shorter).
+fn shorten(vectors: &mut [Vec<f32>], d: Option<usize>, normalize: bool) {
+    if let Some(d) = d {
+        for v in vectors {
+            v.truncate(d);
+            if normalize {
+                pooling::normalize(v);
+            }
+        }
+    }
+}
+
 fn singles(texts: Vec<String>) -> Vec<Input> {
     texts.into_iter().map(Input::Single).collect()
 }
@@ -123,6 +145,8 @@ pub struct NativeRequest {
     inputs: Value,
     /// Unit-length vectors [default: true]
     normalize: Option<bool>,
+    /// Only the first this many dimensions (Matryoshka models), normalized after the cut [default: all]
+    dimensions: Option<i64>,
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
@@ -151,7 +175,11 @@ pub async fn native_embed(
     let encode = req.encode();
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /api/v1/embed", EMBEDDER)?;
-    let out = state.run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), encode).await?;
+    let cut = dimensions(req.dimensions, model.backend.info().dimension)
+        .map_err(|m| ApiError::unprocessable(m).param("dimensions"))?;
+    let normalize = req.normalize.unwrap_or(true);
+    let mut out = state.run(model, singles(texts), Output::Rows, normalize && cut.is_none(), encode).await?;
+    shorten(&mut out.vectors, cut, normalize);
     Ok(Json(EmbedResponse {
         model: model.name.clone(),
         embeddings: out.vectors,
@@ -168,6 +196,9 @@ pub struct TeiRequest {
     inputs: Value,
     /// Unit-length vectors (`/embed` only) [default: true]
     normalize: Option<bool>,
+    /// Only the first this many dimensions (`/embed` only; Matryoshka models), normalized after
+    /// the cut [default: all]
+    dimensions: Option<i64>,
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
@@ -197,7 +228,11 @@ pub async fn tei_embed(
     let encode = req.encode();
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed", EMBEDDER)?;
-    let out = state.run(model, singles(texts), Output::Rows, req.normalize.unwrap_or(true), encode).await?;
+    let cut = dimensions(req.dimensions, model.backend.info().dimension)
+        .map_err(|m| ApiError::unprocessable(m).param("dimensions"))?;
+    let normalize = req.normalize.unwrap_or(true);
+    let mut out = state.run(model, singles(texts), Output::Rows, normalize && cut.is_none(), encode).await?;
+    shorten(&mut out.vectors, cut, normalize);
     Ok(Json(out.vectors))
 }
 
@@ -409,28 +444,15 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
     };
     let texts = texts(req.input, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /v1/embeddings", EMBEDDER)?;
-    let dimension = model.backend.info().dimension;
-    let dimensions = match req.dimensions {
-        None => None,
-        Some(d) if d >= 1 && (d as usize) <= dimension => Some(d as usize),
-        Some(d) => {
-            return Err(ApiError::bad_request(format!(
-                "dimensions must be between 1 and the model's {dimension}, not {d}"
-            ))
-            .param("dimensions"))
-        }
-    };
-    // Shortened vectors are re-normalized after truncation, so normalize only then.
-    let out = state.run(model, singles(texts), Output::Rows, dimensions.is_none(), Encode::default()).await?;
+    let cut = dimensions(req.dimensions, model.backend.info().dimension)
+        .map_err(|m| ApiError::bad_request(m).param("dimensions"))?;
+    let mut out = state.run(model, singles(texts), Output::Rows, cut.is_none(), Encode::default()).await?;
+    shorten(&mut out.vectors, cut, true);
     let data = out
         .vectors
         .into_iter()
         .enumerate()
-        .map(|(index, mut v)| {
-            if let Some(d) = dimensions {
-                v.truncate(d);
-                pooling::normalize(&mut v);
-            }
+        .map(|(index, v)| {
             let embedding = if base64 {
                 let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
                 OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
