@@ -170,7 +170,16 @@ async fn at_the_connection_cap_a_client_is_served_as_soon_as_a_slot_frees() {
 
 // --- fuzzing: arbitrary bodies on every route -------------------------------------------------
 
-const ROUTES: [&str; 5] = ["/api/v1/embed", "/v1/embeddings", "/embed", "/api/embed", "/embeddings"];
+const ROUTES: [&str; 8] = [
+    "/api/v1/embed",
+    "/v1/embeddings",
+    "/embed",
+    "/api/embed",
+    "/embeddings",
+    "/api/embeddings",
+    "/embed_all",
+    "/tokenize",
+];
 
 fn json_value() -> impl Strategy<Value = Value> {
     let leaf = prop_oneof![
@@ -187,7 +196,7 @@ fn json_value() -> impl Strategy<Value = Value> {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
             prop::collection::hash_map(
-                "(inputs|input|model|normalize|truncate|encoding_format|dimensions|[a-z]{1,8})",
+                "(inputs|input|model|normalize|truncate|truncation_direction|prompt_name|prompt|encoding_format|dimensions|[a-z]{1,8})",
                 inner,
                 0..6
             )
@@ -203,6 +212,9 @@ fn request_body() -> impl Strategy<Value = Value> {
         (json_value(), prop::option::of(json_value())).prop_map(|(v, m)| json!({"inputs": v, "model": m})),
         (json_value(), json_value()).prop_map(|(v, d)| json!({"input": v, "dimensions": d, "model": "tiny-bert-cls"})),
         prop::collection::vec(any::<String>(), 1..6).prop_map(|t| json!({"inputs": t, "input": t})),
+        (prop::collection::vec(any::<String>(), 1..4), json_value(), json_value(), json_value()).prop_map(
+            |(t, d, p, n)| json!({"inputs": t, "prompt": t, "dimensions": d, "prompt_name": p, "truncation_direction": n})
+        ),
     ]
 }
 

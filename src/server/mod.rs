@@ -584,7 +584,7 @@ mod tests {
     #[tokio::test]
     async fn unknown_routes_and_methods_are_json_errors() {
         let app = router(AppState::new(ServerConfig::default()));
-        let (s, v) = call(app.clone(), axum::http::Request::get("/v1/models/x").body(Body::empty()).unwrap()).await;
+        let (s, v) = call(app.clone(), axum::http::Request::get("/v1/completions").body(Body::empty()).unwrap()).await;
         assert_eq!(s, StatusCode::NOT_FOUND);
         assert_eq!(v["error"]["code"], "not_found");
         let (s, v) = call(app, axum::http::Request::get("/api/v1/embed").body(Body::empty()).unwrap()).await;
