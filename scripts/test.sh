@@ -37,4 +37,7 @@ echo "test.sh: cargo clippy --all-targets --locked -- -D warnings" >&2
 cargo clippy --all-targets --locked -- -D warnings
 
 # The tests read ../shared/hf through hf-hub, offline, unless HF_HOME says otherwise.
-exec cargo test --locked "$@"
+# --release: the release-tarball test builds the release binary anyway, so the tests share its
+# optimized dependencies instead of compiling every dependency a second time (a fifth less time
+# from a clean clone), and timings in tests are those of the shipped build.
+exec cargo test --release --locked "$@"
