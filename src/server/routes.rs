@@ -30,6 +30,9 @@ use crate::{
 
 pub(crate) type Body = Result<Bytes, BytesRejection>;
 
+/// Where token ids usually come from: LangChain's `OpenAIEmbeddings` sends tiktoken ids unless told not to.
+const TOKEN_IDS_HINT: &str = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))";
+
 /// A string or an array of strings, with a message that says which element is wrong.
 pub(crate) fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
     match value {
@@ -40,11 +43,11 @@ pub(crate) fn texts(value: Value, field: &'static str) -> Result<Vec<String>, Ap
             .map(|(i, item)| match item {
                 Value::String(s) => Ok(s),
                 Value::Number(_) => Err(ApiError::unprocessable(format!(
-                    "{field}[{i}] is a number: token-id inputs are not supported, send text"
+                    "{field}[{i}] is a number: token-id inputs are not supported, send text{TOKEN_IDS_HINT}"
                 ))
                 .param(field)),
                 Value::Array(_) => Err(ApiError::unprocessable(format!(
-                    "{field}[{i}] is an array: token-id inputs are not supported, send text"
+                    "{field}[{i}] is an array: token-id inputs are not supported, send text{TOKEN_IDS_HINT}"
                 ))
                 .param(field)),
                 other => Err(ApiError::unprocessable(format!("{field}[{i}] must be a string, not {}", kind(&other)))
