@@ -294,15 +294,12 @@ impl Embedder {
         texts: &[S],
         options: &EncodeOptions,
     ) -> Result<Vec<Tokens>, EmbedError> {
-        match self.info.prompt(options.prompt_name.as_deref())?.filter(|p| !p.is_empty()) {
-            None => Ok(self.tokenizer.encode_texts(texts, options.side)?),
-            Some(prompt) => {
-                let prompted: Vec<String> = texts.iter().map(|t| format!("{prompt}{}", t.as_ref())).collect();
-                let mut tokens = self.tokenizer.encode_texts(&prompted, options.side)?;
-                self.pool_without_prompt(prompt, tokens.iter_mut())?;
-                Ok(tokens)
-            }
+        // Without a prompt the texts are encoded where they are, uncopied.
+        if self.info.prompt(options.prompt_name.as_deref())?.is_none_or(str::is_empty) {
+            return Ok(self.tokenizer.encode_texts(texts, options.side)?);
         }
+        let inputs: Vec<Input> = texts.iter().map(|t| Input::Single(t.as_ref().to_string())).collect();
+        self.tokenize_inputs(&inputs, options)
     }
 
     /// Texts and (query, passage) pairs; pairs are truncated longest-first to the maximum length.

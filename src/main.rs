@@ -101,8 +101,8 @@ struct EmbedArgs {
     #[arg(long, value_name = "NAME")]
     prompt_name: Option<String>,
     /// Which end of a text longer than the model's maximum is cut
-    #[arg(long, value_enum, default_value_t = Cut::Right)]
-    truncation_direction: Cut,
+    #[arg(long, value_enum, default_value_t = Side::Right)]
+    truncation_direction: Side,
     /// Log what was loaded (model, revision, execution provider) to stderr
     #[arg(long, short)]
     verbose: bool,
@@ -110,21 +110,9 @@ struct EmbedArgs {
     corpus: CorpusArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Cut {
-    /// Keep the first tokens, as sentence-transformers does
-    Right,
-    /// Keep the last tokens
-    Left,
-}
-
 impl EmbedArgs {
     fn encode_options(&self) -> EncodeOptions {
-        let side = match self.truncation_direction {
-            Cut::Right => Side::Right,
-            Cut::Left => Side::Left,
-        };
-        EncodeOptions { side, prompt_name: self.prompt_name.clone() }
+        EncodeOptions { side: self.truncation_direction, prompt_name: self.prompt_name.clone() }
     }
 }
 

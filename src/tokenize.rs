@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use ndarray::Array2;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokenizers::{EncodeInput, TruncationDirection, TruncationParams, TruncationStrategy};
 
 /// Up to this many texts are tokenized on the calling thread (see [`Tokenizer::encode`]).
@@ -56,12 +56,17 @@ impl From<String> for Input {
     }
 }
 
-/// Which end of an over-long input is cut: the end (sentence-transformers' way) or the start
-/// (TEI's `truncation_direction: "Left"`, for texts whose last words matter most).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which end of an over-long input is cut: TEI's `truncation_direction` (`"Left"`, `"Right"`,
+/// lowercase too) and `akidb embed --truncation-direction`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
+#[schema(as = TruncationDirection)]
 pub enum Side {
+    /// Cut the end: keep the first tokens, as sentence-transformers does.
     #[default]
+    #[serde(alias = "right")]
     Right,
+    /// Cut the start: keep the last tokens.
+    #[serde(alias = "left")]
     Left,
 }
 

@@ -74,18 +74,6 @@ pub(crate) fn kind(v: &Value) -> &'static str {
     }
 }
 
-/// TEI's `truncation_direction`: which end of a too-long input is cut.
-#[derive(Deserialize, ToSchema, Clone, Copy, Default, Debug)]
-pub enum TruncationDirection {
-    /// Cut the start: keep the last tokens.
-    #[serde(alias = "left")]
-    Left,
-    /// Cut the end, as sentence-transformers does.
-    #[default]
-    #[serde(alias = "right")]
-    Right,
-}
-
 /// What a request asks of tokenization: refuse or cut long inputs, from which end, with which prompt.
 #[derive(Debug, Clone)]
 pub(crate) struct Encode {
@@ -93,19 +81,17 @@ pub(crate) struct Encode {
     pub options: EncodeOptions,
 }
 
-impl Default for Encode {
-    fn default() -> Self {
-        Self { truncate: true, options: EncodeOptions::default() }
+impl Encode {
+    pub fn new(truncate: Option<bool>, side: Option<Side>, prompt_name: Option<String>) -> Self {
+        let options = EncodeOptions { side: side.unwrap_or_default(), prompt_name };
+        Self { truncate: truncate.unwrap_or(true), options }
     }
 }
 
-impl Encode {
-    pub fn new(truncate: Option<bool>, direction: Option<TruncationDirection>, prompt_name: Option<String>) -> Self {
-        let side = match direction.unwrap_or_default() {
-            TruncationDirection::Left => Side::Left,
-            TruncationDirection::Right => Side::Right,
-        };
-        Self { truncate: truncate.unwrap_or(true), options: EncodeOptions { side, prompt_name } }
+/// Long inputs cut at the end, the model's default prompt: what routes without these fields get.
+impl Default for Encode {
+    fn default() -> Self {
+        Self::new(None, None, None)
     }
 }
 
@@ -153,16 +139,10 @@ pub struct NativeRequest {
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
-    truncation_direction: Option<TruncationDirection>,
+    truncation_direction: Option<Side>,
     /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
     /// [default: the model's default prompt, if any]
     prompt_name: Option<String>,
-}
-
-impl NativeRequest {
-    fn encode(&self) -> Encode {
-        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
-    }
 }
 
 /// The native API.
@@ -175,7 +155,7 @@ pub async fn native_embed(
 ) -> Result<Json<EmbedResponse>, ApiError> {
     let started = Instant::now();
     let req: NativeRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let encode = req.encode();
+    let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /api/v1/embed", EMBEDDER)?;
     let cut = dimensions(req.dimensions, model.backend.info().dimension)
@@ -205,18 +185,12 @@ pub struct TeiRequest {
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
-    truncation_direction: Option<TruncationDirection>,
+    truncation_direction: Option<Side>,
     /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
     /// [default: the model's default prompt, if any]
     prompt_name: Option<String>,
     /// A served model [default: the first embedding model]
     model: Option<String>,
-}
-
-impl TeiRequest {
-    fn encode(&self) -> Encode {
-        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
-    }
 }
 
 /// text-embeddings-inference's route.
@@ -228,7 +202,7 @@ pub async fn tei_embed(
     body: Body,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let encode = req.encode();
+    let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed", EMBEDDER)?;
     let cut = dimensions(req.dimensions, model.backend.info().dimension)
@@ -248,7 +222,7 @@ pub async fn embed_all(
     body: Body,
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
     let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let encode = req.encode();
+    let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
     let texts = texts(req.inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed_all", EMBEDDER)?;
     let dim = model.backend.info().dimension.max(1);
@@ -270,18 +244,12 @@ pub struct SimilarityRequest {
     /// Cut texts longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
-    truncation_direction: Option<TruncationDirection>,
+    truncation_direction: Option<Side>,
     /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
     /// [default: the model's default prompt, if any]
     prompt_name: Option<String>,
     /// A served model [default: the first embedding model]
     model: Option<String>,
-}
-
-impl SimilarityRequest {
-    fn encode(&self) -> Encode {
-        Encode::new(self.truncate, self.truncation_direction, self.prompt_name.clone())
-    }
 }
 
 /// Cosine similarity of `source_sentence` to each of `sentences`, in order.
@@ -293,7 +261,7 @@ pub async fn similarity(
     body: Body,
 ) -> Result<Json<Vec<f32>>, ApiError> {
     let req: SimilarityRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let encode = req.encode();
+    let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
     if req.inputs.sentences.is_empty() {
         return Err(ApiError::unprocessable("inputs.sentences must not be empty").param("inputs.sentences"));
     }

@@ -4,24 +4,24 @@
 
 use std::time::Instant;
 
-use axum::{
-    extract::State,
-    http::{HeaderMap, StatusCode},
-    Json,
-};
+use axum::{extract::State, http::HeaderMap, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
 use super::{
-    backend::{Backend, Output},
+    backend::{Backend, BackendError, Output},
     error::{parse_json, ApiError, Flavor},
     openapi::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
     registry::Model,
-    routes::{kind, Body, TruncationDirection},
+    routes::{kind, Body},
+    tokens::tokenizer_work,
     AppState, Encode,
 };
-use crate::{config::Kind, tokenize::Input};
+use crate::{
+    config::Kind,
+    tokenize::{Input, Side},
+};
 
 /// Scores of each pair (query, text), in input order: the first logit through the model's
 /// activation, or the raw logit.
@@ -73,7 +73,7 @@ pub struct RerankRequest {
     /// Cut pairs longer than the model's maximum (longest first) instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long pair's longer text is cut [default: Right]
-    truncation_direction: Option<TruncationDirection>,
+    truncation_direction: Option<Side>,
     /// A served cross-encoder [default: the first one]
     model: Option<String>,
 }
@@ -245,10 +245,10 @@ fn request_id() -> String {
 
 /// Each document cut after its first `n` tokens (special tokens aside), as Cohere's
 /// `max_tokens_per_doc` asks; pairs are then cut to the model's maximum as usual.
-fn cap_tokens(backend: &dyn Backend, docs: Vec<String>, n: usize) -> Result<Vec<String>, ApiError> {
+fn cap_tokens(backend: &dyn Backend, docs: Vec<String>, n: usize) -> Result<Vec<String>, BackendError> {
     docs.into_iter()
         .map(|doc| {
-            let tokens = backend.tokens(&doc, false).map_err(|e| ApiError::unprocessable(e.to_string()))?;
+            let tokens = backend.tokens(&doc, false)?;
             match tokens.get(n.saturating_sub(1)).and_then(|t| t.stop) {
                 Some(stop) if tokens.len() > n => Ok(doc.chars().take(stop).collect()),
                 _ => Ok(doc),
@@ -283,14 +283,7 @@ async fn cohere(
         Some(n) if (n as usize) < model.backend.info().max_seq_length => {
             let backend = model.backend.clone();
             let bytes: usize = docs.iter().map(String::len).sum();
-            let cap = move || cap_tokens(backend.as_ref(), docs, n as usize);
-            if bytes < 4096 {
-                cap()?
-            } else {
-                tokio::task::spawn_blocking(cap).await.map_err(|e| {
-                    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("tokenizer task failed: {e}"))
-                })??
-            }
+            tokenizer_work(bytes, move || cap_tokens(backend.as_ref(), docs, n as usize)).await?
         }
         _ => docs,
     };
@@ -322,7 +315,7 @@ pub struct PredictRequest {
     /// Cut inputs longer than the model's maximum instead of refusing them [default: true]
     truncate: Option<bool>,
     /// Which end of a too-long input is cut [default: Right]
-    truncation_direction: Option<TruncationDirection>,
+    truncation_direction: Option<Side>,
     /// A served classifier or cross-encoder [default: the first classifier, else the first cross-encoder]
     model: Option<String>,
 }

@@ -18,7 +18,7 @@ use crate::{config::Kind, tokenize::Token};
 const ANY: &[Kind] = &[Kind::Embedder, Kind::CrossEncoder, Kind::Classifier];
 
 /// Runs `f` on the blocking pool when the request is large, in place otherwise.
-async fn tokenizer_work<T: Send + 'static>(
+pub(crate) async fn tokenizer_work<T: Send + 'static>(
     bytes: usize,
     f: impl FnOnce() -> Result<T, BackendError> + Send + 'static,
 ) -> Result<T, ApiError> {
