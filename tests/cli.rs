@@ -5,13 +5,7 @@ mod common;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use common::{cosine, hf_home, reference, MINILM, TINY};
-
-fn akidb() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_akidb"));
-    cmd.env("HF_HOME", hf_home()).env("HF_HUB_OFFLINE", "1").env_remove("AKIDB_EMBEDDING_MODEL").env_remove("RUST_LOG");
-    cmd
-}
+use common::{akidb, copy_tiny_to, cosine, hf_home, reference, MINILM, TINY};
 
 fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
     let mut child =
@@ -133,23 +127,6 @@ fn offline_with_an_empty_cache_is_one_clear_line() {
 fn invalid_model_id_is_one_clear_line() {
     let out = akidb().args(["embed", "--model", "not a/valid/id", "x"]).output().unwrap();
     assert_clean_error(&out, "neither a local directory nor a Hugging Face repo id");
-}
-
-fn copy_tiny_to(dir: &std::path::Path) {
-    let snapshot = hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots");
-    let src = std::fs::read_dir(&snapshot).unwrap().next().unwrap().unwrap().path();
-    for rel in [
-        "config.json",
-        "tokenizer.json",
-        "sentence_bert_config.json",
-        "modules.json",
-        "1_Pooling/config.json",
-        "onnx/model.onnx",
-    ] {
-        let to = dir.join(rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(src.join(rel), to).unwrap();
-    }
 }
 
 #[test]

@@ -14,19 +14,9 @@ use std::{
 
 use arrow_array::{Array, FixedSizeListArray, Float32Array, Int64Array, RecordBatch, StringArray, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
-use common::{cosine, hf_home, reference, MINILM, TINY};
+use common::{akidb, cosine, hf_home, reference, MINILM, TINY};
 use parquet::arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter};
 use serde_json::Value;
-
-fn akidb() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_akidb"));
-    cmd.env("HF_HOME", hf_home())
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("AKIDB_EMBEDDING_MODEL")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null());
-    cmd
-}
 
 fn embed(model: &str, args: &[&str]) -> Output {
     akidb().args(["embed", "--model", model]).args(args).output().expect("run akidb")

@@ -13,7 +13,7 @@ use akidb::{
     server::ServerConfig,
     tokenize::{Input, Side, Tokenizer},
 };
-use common::{cosine, hf_env, hf_home, server::TestServer, shared_dir, TINY};
+use common::{cosine, hf_env, hf_home, one_token_words, server::TestServer, shared_dir, TINY};
 use serde_json::{json, Value};
 
 const CROSS: &str = "akidb-test/tiny-cross-encoder";
@@ -321,13 +321,6 @@ async fn ollama_legacy_embeddings_route() {
     assert_error(s, &v, 422, "needs an embedding model");
     let (s, v) = post("/api/embeddings", json!({"input": "x"})).await;
     assert_error(s, &v, 422, "missing field `prompt`");
-}
-
-/// `n` words the BERT vocabulary holds whole (one token each), so any token cut is a word cut.
-fn one_token_words(n: usize) -> Vec<&'static str> {
-    const WORDS: [&str; 10] =
-        ["apple", "river", "stone", "green", "house", "music", "table", "water", "light", "dream"];
-    (0..n).map(|i| WORDS[(i * 7 + i / 10) % WORDS.len()]).collect()
 }
 
 async fn rerank_score(query: &str, text: &str, extra: Value) -> f64 {

@@ -4,34 +4,17 @@
 
 mod common;
 
-use std::{path::Path, process::Command, sync::OnceLock};
+use std::{path::Path, sync::OnceLock};
 
 use akidb::server::ServerConfig;
-use common::{cosine, hf_home, max_abs_diff, server::TestServer};
+use common::{akidb, copy_tiny_to, cosine, max_abs_diff, one_token_words, server::TestServer};
 use serde_json::{json, Value};
-
-/// Words the test model's (uncased BERT) vocabulary holds whole: one token each, so a cut at any
-/// token is a cut between words.
-const WORDS: [&str; 10] = ["apple", "river", "stone", "green", "house", "music", "table", "water", "light", "dream"];
 
 /// A copy of the tiny model with `config_sentence_transformers.json` = `st` and, when given, its
 /// pooling config replaced.
 fn model_dir(st: Value, pooling: Option<Value>) -> tempfile::TempDir {
-    let snapshot = hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots");
-    let src = std::fs::read_dir(&snapshot).unwrap().next().unwrap().unwrap().path();
     let dir = tempfile::tempdir().unwrap();
-    for rel in [
-        "config.json",
-        "tokenizer.json",
-        "sentence_bert_config.json",
-        "modules.json",
-        "1_Pooling/config.json",
-        "onnx/model.onnx",
-    ] {
-        let to = dir.path().join(rel);
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(src.join(rel), to).unwrap();
-    }
+    copy_tiny_to(dir.path());
     std::fs::write(dir.path().join("config_sentence_transformers.json"), st.to_string()).unwrap();
     if let Some(p) = pooling {
         std::fs::write(dir.path().join("1_Pooling/config.json"), p.to_string()).unwrap();
@@ -175,7 +158,7 @@ async fn a_model_that_pools_without_its_prompt_leaves_the_prompt_tokens_out() {
 
 /// A text of `n` one-token words, and the same words as a list.
 fn words(n: usize) -> (String, Vec<&'static str>) {
-    let w: Vec<&str> = (0..n).map(|i| WORDS[(i * 7 + i / 10) % WORDS.len()]).collect();
+    let w = one_token_words(n);
     (w.join(" "), w)
 }
 
@@ -210,12 +193,6 @@ async fn truncation_direction_left_keeps_the_last_tokens() {
 }
 
 // ---- the binary ----
-
-fn akidb() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_akidb"));
-    cmd.env("HF_HOME", hf_home()).env("HF_HUB_OFFLINE", "1").env_remove("AKIDB_EMBEDDING_MODEL").env_remove("RUST_LOG");
-    cmd
-}
 
 fn cli_vectors(model: &Path, args: &[&str]) -> Vec<Vec<f32>> {
     let out = akidb().args(["embed", "--model"]).arg(model).args(args).output().expect("run akidb");

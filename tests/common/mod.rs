@@ -3,7 +3,8 @@
 
 pub mod server;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Once;
 
 pub const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -71,4 +72,42 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
 /// CI runs with `CI=true`: there a test whose tool is missing fails instead of skipping.
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The real binary against the shared cache, offline, with no model or log level from the caller's
+/// environment and no stdin unless a test gives one.
+pub fn akidb() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_akidb"));
+    cmd.env("HF_HOME", hf_home())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("AKIDB_EMBEDDING_MODEL")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// The tiny model's files copied into `dir`: a local-directory model a test may change.
+pub fn copy_tiny_to(dir: &Path) {
+    let snapshot = hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots");
+    let src = std::fs::read_dir(&snapshot).unwrap().next().unwrap().unwrap().path();
+    for rel in [
+        "config.json",
+        "tokenizer.json",
+        "sentence_bert_config.json",
+        "modules.json",
+        "1_Pooling/config.json",
+        "onnx/model.onnx",
+    ] {
+        let to = dir.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(src.join(rel), to).unwrap();
+    }
+}
+
+/// `n` words the test models' (uncased BERT) vocabulary holds whole: one token each, so a cut at
+/// any token is a cut between words.
+pub fn one_token_words(n: usize) -> Vec<&'static str> {
+    const WORDS: [&str; 10] =
+        ["apple", "river", "stone", "green", "house", "music", "table", "water", "light", "dream"];
+    (0..n).map(|i| WORDS[(i * 7 + i / 10) % WORDS.len()]).collect()
 }
