@@ -57,7 +57,7 @@ impl CacheEntry {
         let path_key = format!("{:016x}", h.finish());
         let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let rewrite = (graph::REWRITE_VERSION, pack_qkv());
+        let rewrite = (graph::REWRITE_VERSION, format!("{:?}", attention_op()));
         (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION, rewrite).hash(&mut h);
         let key = format!("{:016x}", h.finish());
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
@@ -235,11 +235,25 @@ fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
     Ok(hash)
 }
 
-/// Whether Q, K and V projections are packed into one `Attention` node (the default, measured
-/// faster) or left to a `MultiHeadAttention` node: `AKIDB_PACK_QKV=0` keeps the latter, for
-/// comparing the two (docs/performance.md).
-fn pack_qkv() -> bool {
-    std::env::var("AKIDB_PACK_QKV").map_or(true, |v| v != "0" && v != "false")
+/// Which kernel a fused attention block runs on: akidb's own where it was measured fastest (see
+/// `kernel::measured_faster`), else ONNX Runtime's `Attention` over packed Q/K/V.
+/// `AKIDB_ATTENTION=akidb|packed|multihead` chooses, for comparing them (docs/performance.md).
+pub fn attention_op() -> graph::AttentionOp {
+    match std::env::var("AKIDB_ATTENTION").as_deref() {
+        Ok("akidb") => graph::AttentionOp::Akidb,
+        Ok("packed") => graph::AttentionOp::Packed,
+        Ok("multihead") => graph::AttentionOp::MultiHead,
+        other => {
+            if let Ok(v) = other {
+                tracing::warn!("AKIDB_ATTENTION={v:?} is none of akidb, packed, multihead; using the default");
+            }
+            if crate::kernel::measured_faster() {
+                graph::AttentionOp::Akidb
+            } else {
+                graph::AttentionOp::Packed
+            }
+        }
+    }
 }
 
 /// The session of the verified fused graph of `onnx_path` when ONNX Runtime's optimization of it
@@ -295,7 +309,7 @@ pub fn load(
     }
     let started = std::time::Instant::now();
     let model = match graph::read_model(onnx_path)
-        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", pack_qkv()))
+        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", attention_op()))
     {
         Ok(Some(rewritten)) => rewritten,
         Ok(None) => return original(),

@@ -41,6 +41,19 @@ pub enum GraphError {
     Write { path: String, message: String },
 }
 
+/// Which node a matched attention block becomes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttentionOp {
+    /// `com.microsoft.MultiHeadAttention` over the three projections.
+    MultiHead,
+    /// `com.microsoft.Attention` over the Q, K and V weights packed into one GEMM.
+    Packed,
+    /// The packed GEMM as a `MatMul`, then akidb's own attention kernel (`kernel`), which skips
+    /// padded keys and keeps each head's scores in cache. Blocks whose head size it has no kernel
+    /// for become `Packed`.
+    Akidb,
+}
+
 /// The rewritten model, and how many attention blocks were fused.
 pub struct Rewritten {
     pub model: ModelProto,
@@ -392,17 +405,18 @@ const MASK: &str = "akidb/key_padding_mask";
 pub const REWRITE_VERSION: u32 = 2;
 
 /// Fuses every attention block it recognises; `None` when there is none (the model is then used
-/// as it is). `mask_input` names the graph's attention-mask input. With `pack_qkv`, a block whose
-/// Q, K and V are projections of one input by constant weights becomes one
-/// `com.microsoft.Attention` node over the packed weights [hidden, 3 × hidden] (one GEMM instead
-/// of three; measured faster, docs/performance.md), else a `MultiHeadAttention` node. Takes the
-/// model by value: its weights move into the result.
+/// as it is). `mask_input` names the graph's attention-mask input. Unless `op` is `MultiHead`, a
+/// block whose Q, K and V are projections of one input by constant weights has them packed into
+/// one [hidden, 3 × hidden] GEMM (measured faster, docs/performance.md), feeding the node `op`
+/// names; other blocks become `MultiHeadAttention` nodes. Takes the model by value: its weights
+/// move into the result.
 pub fn fuse_attention(
     mut model: ModelProto,
     num_heads: usize,
     mask_input: &str,
-    pack_qkv: bool,
+    op: AttentionOp,
 ) -> Result<Option<Rewritten>, GraphError> {
+    let pack_qkv = op != AttentionOp::MultiHead;
     let Some(graph) = model.graph.as_mut() else { return Ok(None) };
     if !graph.input.iter().any(|i| i.name == mask_input) || num_heads == 0 {
         return Ok(None);
@@ -465,13 +479,32 @@ pub fn fuse_attention(
     let mut order: Vec<usize> = blocks.keys().copied().collect();
     order.sort_unstable();
     let mut packed_weights = Vec::new();
+    let mut own_kernel = false;
     for (i, n) in nodes.into_iter().enumerate().filter(|(i, _)| live[*i]) {
         match blocks.get_mut(&i) {
             Some(Block { packed: Some(p), scale, output, .. }) => {
                 let number = order.binary_search(&i).unwrap_or_default();
                 let (weights, bias) = (p.weights.name.clone(), p.bias.name.clone());
+                let hidden = p.bias.dims.first().map_or(0, |&w| usize::try_from(w).unwrap_or(0) / 3);
                 packed_weights.push(std::mem::take(&mut p.weights));
                 packed_weights.push(std::mem::take(&mut p.bias));
+                if op == AttentionOp::Akidb
+                    && hidden % num_heads == 0
+                    && crate::kernel::supported_head_size(hidden / num_heads)
+                {
+                    own_kernel = true;
+                    let qkv = format!("akidb/attention_{number}/qkv");
+                    out.push(node("MatMul", "", &format!("{qkv}_matmul"), &[&p.input, &weights], &[&qkv], vec![]));
+                    out.push(node(
+                        crate::kernel::ATTENTION,
+                        crate::kernel::DOMAIN,
+                        &format!("akidb/attention_{number}"),
+                        &[&qkv, &bias, MASK],
+                        &[output],
+                        vec![int_attr("num_heads", num_heads as i64), float_attr("scale", *scale)],
+                    ));
+                    continue;
+                }
                 out.push(node(
                     "Attention",
                     "com.microsoft",
@@ -507,11 +540,13 @@ pub fn fuse_attention(
         graph.initializer.retain(|t| used.contains(t.name.as_str()));
         graph.initializer.extend(packed_weights);
     }
-    if !model.opset_import.iter().any(|o| o.domain == "com.microsoft") {
-        let mut opset = OperatorSetIdProto::new();
-        opset.domain = "com.microsoft".to_string();
-        opset.version = 1;
-        model.opset_import.push(opset);
+    for domain in ["com.microsoft", crate::kernel::DOMAIN].into_iter().take(if own_kernel { 2 } else { 1 }) {
+        if !model.opset_import.iter().any(|o| o.domain == domain) {
+            let mut opset = OperatorSetIdProto::new();
+            opset.domain = domain.to_string();
+            opset.version = 1;
+            model.opset_import.push(opset);
+        }
     }
     Ok(Some(Rewritten { model, fused: blocks.len() }))
 }
@@ -631,7 +666,7 @@ mod tests {
 
     #[test]
     fn a_padding_mask_block_is_fused_into_one_node() {
-        let r = fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask", true)
+        let r = fuse_attention(attention_graph(Mask::Padding), 2, "attention_mask", AttentionOp::Packed)
             .unwrap()
             .expect("the block matches");
         assert_eq!(r.fused, 1);
@@ -682,7 +717,9 @@ mod tests {
 
     #[test]
     fn projections_of_one_input_are_packed_into_one_attention_node() {
-        let r = fuse_attention(projected_graph(), 2, "attention_mask", true).unwrap().expect("the block matches");
+        let r = fuse_attention(projected_graph(), 2, "attention_mask", AttentionOp::Packed)
+            .unwrap()
+            .expect("the block matches");
         let graph = r.model.graph.as_ref().unwrap();
         let fused: Vec<&NodeProto> = graph.node.iter().filter(|n| n.domain == "com.microsoft").collect();
         assert_eq!(fused.len(), 1);
@@ -701,7 +738,9 @@ mod tests {
         assert_eq!(tensor_floats(&graph.initializer[1]).unwrap(), [4.0, 5.0, 14.0, 15.0, 24.0, 25.0]);
 
         // Without packing, the same block is one MultiHeadAttention over the projections.
-        let r = fuse_attention(projected_graph(), 2, "attention_mask", false).unwrap().expect("the block matches");
+        let r = fuse_attention(projected_graph(), 2, "attention_mask", AttentionOp::MultiHead)
+            .unwrap()
+            .expect("the block matches");
         let graph = r.model.graph.as_ref().unwrap();
         assert!(graph.node.iter().any(|n| n.op_type == "MultiHeadAttention"));
         assert_eq!(graph.node.iter().filter(|n| n.op_type == "MatMul").count(), 3);
@@ -710,15 +749,15 @@ mod tests {
     #[test]
     fn a_causal_plus_padding_mask_is_not_fused() {
         for mask in [Mask::CausalTriangle, Mask::CausalPositions] {
-            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask", true).unwrap().is_none());
+            assert!(fuse_attention(attention_graph(mask), 2, "attention_mask", AttentionOp::Packed).unwrap().is_none());
         }
     }
 
     #[test]
     fn a_bias_not_derived_from_the_mask_is_not_fused() {
-        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x", true).unwrap().is_none());
+        assert!(fuse_attention(attention_graph(Mask::Padding), 2, "x", AttentionOp::Packed).unwrap().is_none());
         let mut model = attention_graph(Mask::Padding);
         model.graph.as_mut().unwrap().input.push(value_info("other_mask"));
-        assert!(fuse_attention(model, 2, "other_mask", true).unwrap().is_none());
+        assert!(fuse_attention(model, 2, "other_mask", AttentionOp::Packed).unwrap().is_none());
     }
 }

@@ -15,6 +15,7 @@ pub mod embedder;
 pub mod fusion;
 pub mod graph;
 pub mod hub;
+pub mod kernel;
 pub mod pooling;
 pub mod protocol;
 pub mod runtime;

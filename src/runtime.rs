@@ -302,6 +302,9 @@ impl Session {
             .with_auto_device(AutoDevicePolicy::PreferCPU)
             .map_err(|e| load_err(e.into()))?
             .with_inter_threads(1)
+            .map_err(|e| load_err(e.into()))?
+            // A rewritten graph may run akidb's own kernels (`graph`, `kernel`).
+            .with_operators(crate::kernel::operators().map_err(load_err)?)
             .map_err(|e| load_err(e.into()))?;
         if let Some(threads) = options.threads {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;
@@ -347,11 +350,22 @@ impl Session {
                 "registering the CoreML execution provider"
             );
         }
+        // The first session to register akidb's operator domain adds it to a process-wide table
+        // of ONNX's, unguarded: two sessions created at once (the fused and the exported graph are
+        // loaded side by side) can both try, and the second fails. Until one has succeeded,
+        // creations take turns.
+        static REGISTERED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        static FIRST: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+        let turn = (!REGISTERED.load(std::sync::atomic::Ordering::Acquire)).then(|| FIRST.lock());
         let session = match model {
             Some(bytes) => builder.commit_from_memory(bytes),
             None => builder.commit_from_file(path),
+        };
+        if session.is_ok() {
+            REGISTERED.store(true, std::sync::atomic::Ordering::Release);
         }
-        .map_err(load_err)?;
+        drop(turn);
+        let session = session.map_err(load_err)?;
 
         let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
         if !inputs.iter().any(|n| n == "input_ids") || !inputs.iter().any(|n| n == "attention_mask") {

@@ -177,7 +177,7 @@ fn pairs_are_one_sequence_with_type_ids_and_longest_first_truncation() {
 fn fused_heads_are_verified_on_their_logits() {
     use akidb::{
         fusion::{self, CacheEntry},
-        graph::{fuse_attention, read_model},
+        graph::{fuse_attention, read_model, AttentionOp},
         runtime::SessionOptions,
     };
     hf_env();
@@ -185,7 +185,9 @@ fn fused_heads_are_verified_on_their_logits() {
     let model = repo.file("onnx/model.onnx").unwrap();
     let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), 64).unwrap();
     let options = SessionOptions::default();
-    let fuse = || fuse_attention(read_model(&model).unwrap(), 2, "attention_mask", true).unwrap().expect("fuses");
+    let fuse = || {
+        fuse_attention(read_model(&model).unwrap(), 2, "attention_mask", AttentionOp::Packed).unwrap().expect("fuses")
+    };
     let cache = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(cache.path(), &model, 2).unwrap();
     assert_eq!(fusion::adopt(&model, fuse(), &options, &tokenizer, &entry, true).unwrap().fused, 2);

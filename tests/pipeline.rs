@@ -175,21 +175,33 @@ fn fused_attention_gives_the_same_vectors_as_the_exported_graph() {
 
 #[test]
 fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
-    use akidb::graph::{decode_model, fuse_attention, read_model};
+    use akidb::graph::{decode_model, fuse_attention, read_model, AttentionOp};
     // Not a protobuf at all: an error, which the loader treats as "use the file as it is".
     assert!(decode_model(b"\xff\xff\xff").is_err());
     // A valid model without the named mask input is not touched.
     let path = common::hf_home().join(
         "hub/models--akidb-test--tiny-bert-cls/snapshots/35540ced21388cb29b96936151cc815ab481bce4/onnx/model.onnx",
     );
-    assert!(fuse_attention(read_model(&path).unwrap(), 2, "no_such_input", true).unwrap().is_none());
+    assert!(fuse_attention(read_model(&path).unwrap(), 2, "no_such_input", AttentionOp::Packed).unwrap().is_none());
     let original = read_model(&path).unwrap();
     let nodes = original.graph.node.len();
-    let r = fuse_attention(original, 2, "attention_mask", true).unwrap().expect("tiny model fuses");
+    let r = fuse_attention(original, 2, "attention_mask", AttentionOp::Packed).unwrap().expect("tiny model fuses");
     assert_eq!(r.fused, 2);
     let graph = r.model.graph.as_ref().unwrap();
     let fused = |op: &str| graph.node.iter().filter(|n| n.op_type == op).count();
     assert_eq!(fused("Attention") + fused("MultiHeadAttention"), 2);
     assert_eq!(fused("Attention"), 2, "Q, K and V are packed");
     assert!(graph.node.len() < nodes, "the unfused attention nodes are gone");
+    // akidb's kernel: the packed projection as a MatMul, then the kernel, declared in the opsets.
+    let r = fuse_attention(read_model(&path).unwrap(), 2, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
+    let graph = r.model.graph.as_ref().unwrap();
+    let own: Vec<_> = graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN).collect();
+    assert_eq!(own.len(), 2);
+    for n in &own {
+        assert_eq!(n.input.len(), 3, "qkv, bias, mask");
+        let producer = graph.node.iter().find(|p| p.output.contains(&n.input[0])).expect("qkv is computed");
+        assert_eq!(producer.op_type, "MatMul");
+        assert!(graph.initializer.iter().any(|t| t.name == n.input[1] && t.dims == [96]), "the packed bias");
+    }
+    assert!(r.model.opset_import.iter().any(|o| o.domain == akidb::kernel::DOMAIN));
 }

@@ -1,0 +1,727 @@
+//! akidb's own CPU kernel for the attention core, registered with ONNX Runtime as a custom
+//! operator (domain [`DOMAIN`]). ONNX Runtime's `Attention`/`MultiHeadAttention` run the scores
+//! and the weighted sum through a general GEMM per head (K = head size, 32 on MiniLM: thin for a
+//! GEMM), score every padded key, and pass the whole score tensor through memory between steps.
+//! This kernel does one (row, head) at a time with its working set in cache: keys transposed
+//! once, scores of four queries against 16–32 keys held in registers, softmax and the weighted sum
+//! in place, and it stops at the row's last real token. The Q/K/V bias is added as the values are
+//! read, so the projection before it is a plain `MatMul`. Measured in docs/performance.md ("Levers
+//! of issue #15").
+
+/// The shape of one call: `qkv` is [batch, seq, 3 × heads × head_size] (Q, then K, then V, each
+/// head's columns contiguous, as ONNX Runtime's packed `Attention` lays them out) and `bias` its
+/// [3 × hidden] projection bias (added here, saving a pass over `qkv`), `mask` is [batch, seq]
+/// (non-zero = a real token), the output [batch, seq, heads × head_size].
+#[derive(Clone, Copy, Debug)]
+pub struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub head_size: usize,
+    pub scale: f32,
+}
+
+impl Shape {
+    fn hidden(&self) -> usize {
+        self.heads * self.head_size
+    }
+
+    /// Independent pieces of work, one per (row, head): what a parallel loop splits.
+    pub fn items(&self) -> usize {
+        self.batch * self.heads
+    }
+}
+
+/// Head sizes with a specialized kernel; other sizes keep ONNX Runtime's attention.
+pub fn supported_head_size(head_size: usize) -> bool {
+    matches!(head_size, 16 | 32 | 64 | 128)
+}
+
+/// Where one call writes: shared by the parallel items, each writing only its own (row, head)
+/// columns.
+#[derive(Clone, Copy)]
+pub struct Out(*mut f32);
+
+// SAFETY: items write disjoint elements (row b, columns of head h); see `item`.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    pub fn new(out: &mut [f32]) -> Self {
+        Out(out.as_mut_ptr())
+    }
+}
+
+/// Computes item `item` (row `item / heads`, head `item % heads`) of the attention.
+///
+/// # Safety
+/// `out` must point to [batch, seq, hidden] floats that outlive the call, `qkv` and `mask` must
+/// have the sizes `shape` says, and no two concurrent calls may share an `item`.
+pub unsafe fn item(qkv: &[f32], bias: &[f32], mask: &[i32], out: Out, shape: &Shape, item: usize) {
+    // SAFETY: forwarded; the best instruction set is one the CPU has.
+    unsafe { item_on(Isa::best(), qkv, bias, mask, out, shape, item) }
+}
+
+/// [`item`] on a given instruction set.
+///
+/// # Safety
+/// As [`item`]; the CPU must support `isa`.
+unsafe fn item_on(isa: Isa, qkv: &[f32], bias: &[f32], mask: &[i32], out: Out, shape: &Shape, item: usize) {
+    let (b, h) = (item / shape.heads, item % shape.heads);
+    let hidden = shape.hidden();
+    let qkv = &qkv[b * shape.seq * 3 * hidden..][..shape.seq * 3 * hidden];
+    let mask = &mask[b * shape.seq..][..shape.seq];
+    // SAFETY: row b of `out`, [seq, hidden]; this item touches only head h's columns.
+    let out = unsafe { out.0.add(b * shape.seq * hidden) };
+    let head = Head { qkv, bias, mask, out, hidden, h, seq: shape.seq, scale: shape.scale };
+    // SAFETY: the CPU has the features each version is compiled for (checked just before).
+    unsafe {
+        match shape.head_size {
+            16 => dispatch::<16>(isa, &head),
+            32 => dispatch::<32>(isa, &head),
+            64 => dispatch::<64>(isa, &head),
+            128 => dispatch::<128>(isa, &head),
+            _ => head.zero_from(0, shape.head_size),
+        }
+    }
+}
+
+/// The whole call on the current thread, for the tests.
+#[cfg(test)]
+fn attention_on(isa: Isa, qkv: &[f32], bias: &[f32], mask: &[i32], out: &mut [f32], shape: &Shape) {
+    assert!(Isa::available().contains(&isa), "{isa:?} is not available on this CPU");
+    assert_eq!(qkv.len(), shape.batch * shape.seq * 3 * shape.hidden());
+    assert_eq!(bias.len(), 3 * shape.hidden());
+    assert_eq!(mask.len(), shape.batch * shape.seq);
+    assert_eq!(out.len(), shape.batch * shape.seq * shape.hidden());
+    let ptr = Out::new(out);
+    for i in 0..shape.items() {
+        // SAFETY: sizes asserted above; items run one after another.
+        unsafe { item_on(isa, qkv, bias, mask, ptr, shape, i) };
+    }
+}
+
+struct Head<'a> {
+    /// This row's [seq, 3 × hidden].
+    qkv: &'a [f32],
+    bias: &'a [f32],
+    mask: &'a [i32],
+    /// This row's [seq, hidden] output.
+    out: *mut f32,
+    hidden: usize,
+    h: usize,
+    seq: usize,
+    scale: f32,
+}
+
+impl Head<'_> {
+    /// Zeroes this head's output for queries `from..seq` (padding: pooling never reads them).
+    unsafe fn zero_from(&self, from: usize, d: usize) {
+        for i in from..self.seq {
+            // SAFETY: row i, head h's d columns, inside this row's [seq, hidden].
+            unsafe { std::ptr::write_bytes(self.out.add(i * self.hidden + self.h * d), 0, d) };
+        }
+    }
+}
+
+/// The instruction sets the kernel is compiled for; the best one the CPU has is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isa {
+    Avx512,
+    Avx2,
+    /// Plain Rust over 16-float arrays, left to the compiler to vectorize.
+    Portable,
+}
+
+impl Isa {
+    /// Every set this CPU can run, best first.
+    pub fn available() -> Vec<Isa> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                all.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                all.push(Isa::Avx2);
+            }
+        }
+        all.push(Isa::Portable);
+        all
+    }
+
+    pub fn best() -> Isa {
+        static BEST: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Isa::available()[0])
+    }
+}
+
+/// Whether this CPU is one the kernel was measured faster on than ONNX Runtime's attention
+/// (AVX-512, docs/performance.md): only there is it the default.
+pub fn measured_faster() -> bool {
+    Isa::best() == Isa::Avx512
+}
+
+/// # Safety
+/// The CPU must support `isa` (one of [`Isa::available`]).
+unsafe fn dispatch<const D: usize>(isa: Isa, head: &Head<'_>) {
+    match isa {
+        // SAFETY (both): the caller checked the CPU has the features.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => unsafe { x86::run_avx512::<D>(head) },
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => unsafe { x86::run_avx2::<D>(head) },
+        // SAFETY: plain Rust, no CPU features assumed.
+        _ => unsafe { run::<Portable, D>(head) },
+    }
+}
+
+/// Sixteen floats, in whatever registers the CPU has: the kernel is written once against this.
+trait V16: Copy {
+    unsafe fn zero() -> Self;
+    unsafe fn splat(x: f32) -> Self;
+    unsafe fn load(p: *const f32) -> Self;
+    unsafe fn store(self, p: *mut f32);
+    /// `a * b + self`
+    unsafe fn fma(self, a: Self, b: Self) -> Self;
+    unsafe fn add(self, o: Self) -> Self;
+    unsafe fn sub(self, o: Self) -> Self;
+    unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn max(self, o: Self) -> Self;
+    /// 2^(n - 127) for floats `t` that hold `ROUND + n` (integer n in their low mantissa bits).
+    unsafe fn pow2_of_rounded(t: Self) -> Self;
+    unsafe fn to_array(self) -> [f32; 16] {
+        let mut a = [0f32; 16];
+        unsafe { self.store(a.as_mut_ptr()) };
+        a
+    }
+}
+
+/// 1.5 · 2^23: adding it rounds a float to an integer, kept in the low mantissa bits.
+const ROUND: f32 = 12_582_912.0;
+
+#[derive(Clone, Copy)]
+struct Portable([f32; 16]);
+
+impl Portable {
+    #[inline(always)]
+    fn map2(self, o: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Portable(std::array::from_fn(|i| f(self.0[i], o.0[i])))
+    }
+}
+
+impl V16 for Portable {
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 16])
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> Self {
+        Portable([x; 16])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        Portable(unsafe { p.cast::<[f32; 16]>().read_unaligned() })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        unsafe { p.cast::<[f32; 16]>().write_unaligned(self.0) }
+    }
+    #[inline(always)]
+    unsafe fn fma(self, a: Self, b: Self) -> Self {
+        // Not `mul_add`: without FMA hardware that is a call into libm per element.
+        Portable(std::array::from_fn(|i| a.0[i] * b.0[i] + self.0[i]))
+    }
+    #[inline(always)]
+    unsafe fn add(self, o: Self) -> Self {
+        self.map2(o, |a, b| a + b)
+    }
+    #[inline(always)]
+    unsafe fn sub(self, o: Self) -> Self {
+        self.map2(o, |a, b| a - b)
+    }
+    #[inline(always)]
+    unsafe fn mul(self, o: Self) -> Self {
+        self.map2(o, |a, b| a * b)
+    }
+    #[inline(always)]
+    unsafe fn max(self, o: Self) -> Self {
+        self.map2(o, f32::max)
+    }
+    #[inline(always)]
+    unsafe fn pow2_of_rounded(t: Self) -> Self {
+        let bias = ROUND.to_bits() as i32 - 127;
+        Portable(t.0.map(|t| f32::from_bits(((t.to_bits() as i32).wrapping_sub(bias) << 23) as u32)))
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{run, Head, ROUND, V16};
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run_avx512<const D: usize>(head: &Head<'_>) {
+        unsafe { run::<Avx512, D>(head) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn run_avx2<const D: usize>(head: &Head<'_>) {
+        unsafe { run::<Avx2, D>(head) }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Avx512(__m512);
+
+    impl V16 for Avx512 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            Avx512(unsafe { _mm512_set1_ps(x) })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            Avx512(unsafe { _mm512_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, self.0) })
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_add_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_sub_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_mul_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_max_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(t: Self) -> Self {
+            unsafe {
+                let bias = _mm512_set1_epi32(ROUND.to_bits() as i32 - 127);
+                let n = _mm512_sub_epi32(_mm512_castps_si512(t.0), bias);
+                Avx512(_mm512_castsi512_ps(_mm512_slli_epi32::<23>(n)))
+            }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Avx2(__m256, __m256);
+
+    impl V16 for Avx2 {
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            unsafe { Avx2(_mm256_setzero_ps(), _mm256_setzero_ps()) }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> Self {
+            unsafe { Avx2(_mm256_set1_ps(x), _mm256_set1_ps(x)) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            unsafe { Avx2(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))) }
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            unsafe {
+                _mm256_storeu_ps(p, self.0);
+                _mm256_storeu_ps(p.add(8), self.1);
+            }
+        }
+        #[inline(always)]
+        unsafe fn fma(self, a: Self, b: Self) -> Self {
+            unsafe { Avx2(_mm256_fmadd_ps(a.0, b.0, self.0), _mm256_fmadd_ps(a.1, b.1, self.1)) }
+        }
+        #[inline(always)]
+        unsafe fn add(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_add_ps(self.0, o.0), _mm256_add_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        unsafe fn sub(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_sub_ps(self.0, o.0), _mm256_sub_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        unsafe fn mul(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        unsafe fn max(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_max_ps(self.0, o.0), _mm256_max_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        unsafe fn pow2_of_rounded(t: Self) -> Self {
+            unsafe {
+                let bias = _mm256_set1_epi32(ROUND.to_bits() as i32 - 127);
+                let f = |x: __m256| {
+                    let n = _mm256_sub_epi32(_mm256_castps_si256(x), bias);
+                    _mm256_castsi256_ps(_mm256_slli_epi32::<23>(n))
+                };
+                Avx2(f(t.0), f(t.1))
+            }
+        }
+    }
+}
+
+/// Keys per score vector.
+const W: usize = 16;
+/// Queries per block: their scores and outputs stay in registers while K and V are read once.
+const R: usize = 4;
+/// Added to the scores of padded keys: far below any real score, so they weigh ~2^-126 (nothing).
+const MASKED: f32 = -1.0e30;
+
+/// Scores → softmax → weighted sum for one (row, head); `D` = head size, a multiple of 16.
+// Register blocks are indexed by query and by vector across several arrays at once.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn run<S: V16, const D: usize>(head: &Head<'_>) {
+    let hidden = head.hidden;
+    let stride = 3 * hidden;
+    let len = head.mask.iter().rposition(|&m| m != 0).map_or(0, |i| i + 1);
+    let lanes = len.div_ceil(W) * W;
+    let (qc, kc, vc) = (head.h * D, hidden + head.h * D, 2 * hidden + head.h * D);
+
+    // K transposed [D][lanes] (zero past `len`), V [len][D], and each key's score bias.
+    let mut kt = vec![0f32; D * lanes];
+    let mut v = vec![0f32; len * D];
+    let mut bias = vec![MASKED; lanes];
+    let (bk, bv) = (&head.bias[kc..kc + D], &head.bias[vc..vc + D]);
+    for j in 0..len {
+        let row = &head.qkv[j * stride..][..stride];
+        for (c, (&x, &b)) in row[kc..kc + D].iter().zip(bk).enumerate() {
+            kt[c * lanes + j] = x + b;
+        }
+        for ((v, &x), &b) in v[j * D..(j + 1) * D].iter_mut().zip(&row[vc..vc + D]).zip(bv) {
+            *v = x + b;
+        }
+        if head.mask[j] != 0 {
+            bias[j] = 0.0;
+        }
+    }
+
+    let mut scores = vec![0f32; R * lanes];
+    let mut q = [[0f32; D]; R];
+    let mut i0 = 0;
+    while i0 < len {
+        let rows = R.min(len - i0);
+        for (r, q) in q.iter_mut().enumerate() {
+            let i = (i0 + r).min(len - 1); // a short last block repeats its last query
+            for ((q, &x), &b) in q.iter_mut().zip(&head.qkv[i * stride + qc..][..D]).zip(&head.bias[qc..qc + D]) {
+                *q = (x + b) * head.scale;
+            }
+        }
+        // SAFETY (all loads and stores below): indices stay inside kt [D][lanes],
+        // scores [R][lanes], bias [lanes] and v [len][D].
+        unsafe {
+            let mut max = [S::splat(MASKED); R];
+            // Two key vectors at a time where there are two: eight independent FMA chains.
+            let mut j = 0;
+            while j + 2 * W <= lanes {
+                let (b0, b1) = (S::load(bias.as_ptr().add(j)), S::load(bias.as_ptr().add(j + W)));
+                let (mut acc0, mut acc1) = ([b0; R], [b1; R]);
+                for c in 0..D {
+                    let k0 = S::load(kt.as_ptr().add(c * lanes + j));
+                    let k1 = S::load(kt.as_ptr().add(c * lanes + j + W));
+                    for r in 0..R {
+                        let x = S::splat(q[r][c]);
+                        acc0[r] = acc0[r].fma(x, k0);
+                        acc1[r] = acc1[r].fma(x, k1);
+                    }
+                }
+                for r in 0..R {
+                    acc0[r].store(scores.as_mut_ptr().add(r * lanes + j));
+                    acc1[r].store(scores.as_mut_ptr().add(r * lanes + j + W));
+                    max[r] = max[r].max(acc0[r]).max(acc1[r]);
+                }
+                j += 2 * W;
+            }
+            if j < lanes {
+                let mut acc = [S::load(bias.as_ptr().add(j)); R];
+                for c in 0..D {
+                    let k = S::load(kt.as_ptr().add(c * lanes + j));
+                    for r in 0..R {
+                        acc[r] = acc[r].fma(S::splat(q[r][c]), k);
+                    }
+                }
+                for r in 0..R {
+                    acc[r].store(scores.as_mut_ptr().add(r * lanes + j));
+                    max[r] = max[r].max(acc[r]);
+                }
+            }
+            let mut sums = [0f32; R];
+            for r in 0..R {
+                let m = S::splat(max[r].to_array().into_iter().fold(MASKED, f32::max));
+                let mut sum = S::zero();
+                for j in (0..lanes).step_by(W) {
+                    let p = scores.as_mut_ptr().add(r * lanes + j);
+                    let e = exp(S::load(p).sub(m));
+                    e.store(p);
+                    sum = sum.add(e);
+                }
+                sums[r] = sum.to_array().iter().sum();
+            }
+            const { assert!(D.is_multiple_of(W)) };
+            let mut acc = [[S::zero(); 8]; R];
+            for j in 0..len {
+                let vj = v.as_ptr().add(j * D);
+                for r in 0..R {
+                    let p = S::splat(scores[r * lanes + j]);
+                    for c in 0..D / W {
+                        acc[r][c] = acc[r][c].fma(p, S::load(vj.add(c * W)));
+                    }
+                }
+            }
+            for r in 0..rows {
+                let inv = S::splat(1.0 / sums[r]);
+                let dst = head.out.add((i0 + r) * hidden + head.h * D);
+                for c in 0..D / W {
+                    acc[r][c].mul(inv).store(dst.add(c * W));
+                }
+            }
+        }
+        i0 += rows;
+    }
+    // SAFETY: as in `zero_from`.
+    unsafe { head.zero_from(len, D) };
+}
+
+/// exp(y) = 2^k · p(r) with y = k·ln2 + r, |r| ≤ ln2/2 and p of degree 6 (relative error
+/// < 2e-7); y is clamped at -87, where exp is ~1e-38 (nothing, next to the row's maximum's 1).
+#[inline(always)]
+unsafe fn exp<S: V16>(y: S) -> S {
+    unsafe {
+        let y = y.max(S::splat(-87.0));
+        let t = S::splat(ROUND).fma(y, S::splat(std::f32::consts::LOG2_E)); // y·log2e + ROUND
+        let k = t.sub(S::splat(ROUND));
+        let r = y.sub(k.mul(S::splat(0.693_145_75))).sub(k.mul(S::splat(1.428_606_8e-6)));
+        let mut p = S::splat(1.0 / 720.0);
+        for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = S::splat(c).fma(p, r);
+        }
+        p.mul(S::pow2_of_rounded(t))
+    }
+}
+
+/// `x = exp(x - shift)`, for the tests of `exp`.
+#[cfg(test)]
+fn exp_shifted(x: &mut [f32], shift: f32) {
+    for chunk in x.chunks_mut(16) {
+        let mut a = [0f32; 16];
+        a[..chunk.len()].copy_from_slice(chunk);
+        // SAFETY: plain Rust.
+        let e = unsafe { exp(Portable(a).sub(Portable::splat(shift))) };
+        chunk.copy_from_slice(&e.0[..chunk.len()]);
+    }
+}
+
+/// The custom-operator domain of akidb's kernels in a rewritten graph (`graph`).
+pub const DOMAIN: &str = "ai.akidb";
+/// The attention core's operator name in [`DOMAIN`].
+pub const ATTENTION: &str = "Attention";
+
+/// akidb's operators, to register with every session that may load a rewritten graph.
+pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
+    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)
+}
+
+/// `Attention(qkv [batch, seq, 3·hidden], bias [3·hidden], mask int32 [batch, seq]) → [batch,
+/// seq, hidden]` with attributes `num_heads` and `scale`.
+struct AttentionOp;
+
+impl ort::operator::Operator for AttentionOp {
+    type Kernel<'attr> = AttentionKernel;
+
+    fn name(&self) -> &str {
+        ATTENTION
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        use ort::{operator::OperatorInput, value::TensorElementType};
+        [
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Float32),
+            OperatorInput::required(TensorElementType::Int32),
+        ]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &ort::operator::KernelContext<'attr>) -> ort::Result<AttentionKernel> {
+        let heads = ctx.get::<i64>("num_heads").and_then(|h| usize::try_from(h).ok()).filter(|&h| h > 0);
+        let heads = heads.ok_or_else(|| ort::Error::new("akidb Attention: num_heads must be a positive integer"))?;
+        let scale = ctx.get::<f32>("scale").ok_or_else(|| ort::Error::new("akidb Attention: no scale"))?;
+        Ok(AttentionKernel { heads, scale })
+    }
+}
+
+struct AttentionKernel {
+    heads: usize,
+    scale: f32,
+}
+
+impl ort::operator::Kernel for AttentionKernel {
+    fn compute(&mut self, ctx: &ort::operator::ComputeContext) -> ort::Result<()> {
+        let missing = || ort::Error::new("akidb Attention: missing input");
+        let qkv = ctx.input(0)?.ok_or_else(missing)?;
+        let bias = ctx.input(1)?.ok_or_else(missing)?;
+        let mask = ctx.input(2)?.ok_or_else(missing)?;
+        let (dims, qkv) = qkv.try_extract_tensor::<f32>()?;
+        let (_, bias) = bias.try_extract_tensor::<f32>()?;
+        let (mask_dims, mask) = mask.try_extract_tensor::<i32>()?;
+        let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        let &[batch, seq, wide] = dims.as_slice() else {
+            return Err(ort::Error::new(format!("akidb Attention: qkv must be [batch, seq, 3·hidden], got {dims:?}")));
+        };
+        let hidden = wide / 3;
+        let head_size = hidden / self.heads;
+        let shape = Shape { batch, seq, heads: self.heads, head_size, scale: self.scale };
+        if wide % 3 != 0 || hidden % self.heads != 0 || !supported_head_size(head_size) {
+            return Err(ort::Error::new(format!("akidb Attention: unsupported shape {dims:?}, {} heads", self.heads)));
+        }
+        if bias.len() != wide || mask.len() != batch * seq || mask_dims.len() != 2 {
+            return Err(ort::Error::new("akidb Attention: bias or mask does not match qkv"));
+        }
+        let out_dims = [batch as i64, seq as i64, hidden as i64];
+        let mut out = ctx.output(0, out_dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb Attention: no output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        if out.len() != batch * seq * hidden {
+            return Err(ort::Error::new("akidb Attention: output of the wrong size"));
+        }
+        let out = Out::new(out);
+        // SAFETY: sizes checked above; ONNX Runtime runs each item once, and items write
+        // disjoint parts of `out`.
+        ctx.par_for(shape.items(), shape.items(), |i| unsafe { item(qkv, bias, mask, out, &shape, i) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn naive(qkv: &[f32], bias: &[f32], mask: &[i32], s: &Shape) -> Vec<f32> {
+        let hidden = s.hidden();
+        let mut out = vec![0f32; s.batch * s.seq * hidden];
+        for b in 0..s.batch {
+            let len = mask[b * s.seq..][..s.seq].iter().rposition(|&m| m != 0).map_or(0, |i| i + 1);
+            for h in 0..s.heads {
+                for i in 0..len {
+                    let at = |t: usize, part: usize, c: usize| {
+                        let col = part * hidden + h * s.head_size + c;
+                        qkv[(b * s.seq + t) * 3 * hidden + col] as f64 + bias[col] as f64
+                    };
+                    let scores: Vec<f64> = (0..s.seq)
+                        .map(|j| {
+                            if mask[b * s.seq + j] == 0 {
+                                f64::NEG_INFINITY
+                            } else {
+                                (0..s.head_size).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>() * s.scale as f64
+                            }
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|x| (x - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for c in 0..s.head_size {
+                        let y: f64 = (0..s.seq).map(|j| e[j] * at(j, 2, c)).sum::<f64>() / sum;
+                        out[(b * s.seq + i) * hidden + h * s.head_size + c] = y as f32;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn data(n: usize, seed: u64) -> Vec<f32> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matches_the_definition_with_padding_and_holes() {
+        for (head_size, heads) in [(32, 12), (16, 2), (64, 2), (128, 1)] {
+            let s = Shape { batch: 3, seq: 37, heads, head_size, scale: 1.0 / (head_size as f32).sqrt() };
+            let qkv = data(s.batch * s.seq * 3 * s.hidden(), head_size as u64);
+            let bias = data(3 * s.hidden(), 7);
+            let mut mask = vec![1i32; s.batch * s.seq];
+            mask[37 - 5..37].fill(0); // row 0: 5 padded
+            mask[37 + 3] = 0; // row 1: a hole
+            mask[2 * 37 + 1..].fill(0); // row 2: one real token
+            let want = naive(&qkv, &bias, &mask, &s);
+            for isa in Isa::available() {
+                let mut out = vec![f32::NAN; s.batch * s.seq * s.hidden()];
+                attention_on(isa, &qkv, &bias, &mask, &mut out, &s);
+                for (i, (a, b)) in out.iter().zip(&want).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                        "{isa:?}, head size {head_size}, element {i}: {a} vs {b}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn exp_is_accurate_over_the_softmax_range() {
+        let mut x: Vec<f32> = (0..20000).map(|i| -90.0 + i as f32 * 0.0045).collect();
+        let want: Vec<f64> = x.iter().map(|&v| (v as f64).exp()).collect();
+        exp_shifted(&mut x, 0.0);
+        for (a, b) in x.iter().zip(&want) {
+            if *b < 1.7e-38 {
+                assert!(*a <= 2e-38, "{a} vs {b}");
+            } else {
+                assert!((*a as f64 - b).abs() <= 3e-7 * b, "{a} vs {b}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// Single-thread GFLOP/s of each instruction set at corpus-like shapes:
+    /// `cargo test --release --lib kernel::speed -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn gflops() {
+        for isa in Isa::available() {
+            for (b, s) in [(10usize, 100usize), (48, 21), (4, 256), (1, 12)] {
+                let shape = Shape { batch: b, seq: s, heads: 12, head_size: 32, scale: 0.17 };
+                let qkv: Vec<f32> = (0..b * s * 3 * 384).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+                let (bias, mask) = (vec![0.1f32; 3 * 384], vec![1i32; b * s]);
+                let mut out = vec![0f32; b * s * 384];
+                attention_on(isa, &qkv, &bias, &mask, &mut out, &shape);
+                let n = 50;
+                let t = std::time::Instant::now();
+                for _ in 0..n {
+                    attention_on(isa, &qkv, &bias, &mask, &mut out, &shape);
+                }
+                let secs = t.elapsed().as_secs_f64() / n as f64;
+                let flop = (b * 12 * s * s * 32 * 4) as f64;
+                println!("{isa:?} {b}x{s}: {:.3} ms, {:.1} GFLOP/s", secs * 1e3, flop / secs / 1e9);
+            }
+        }
+    }
+}
