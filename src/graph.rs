@@ -5,8 +5,9 @@
 //! `Add`, `Softmax`, a NaN guard (`IsNaN` + `Where` over the whole [batch, heads, seq, seq]
 //! tensor) and two MatMuls. ONNX Runtime's own fusions do not recognise that pattern, and the
 //! element-wise passes over the score tensor cost as much as the matrix products. Each block is
-//! replaced by one `com.microsoft.MultiHeadAttention` node fed with a key-padding mask, which
-//! computes the same thing in one kernel. The NaN guard only matters for rows whose keys are all
+//! replaced by one attention node fed with a key-padding mask, which computes the same thing in
+//! one kernel ([`AttentionOp`]); with akidb's kernels (`kernel`), the residual LayerNorms and the
+//! bias + GELU of the feed-forward are replaced too. The NaN guard only matters for rows whose keys are all
 //! masked, which cannot happen here: `[CLS]` is always a real token.
 //!
 //! The model is read into the ONNX types generated from `onnx.proto` (the `onnx-protobuf`
@@ -107,6 +108,21 @@ struct Graph<'a> {
 }
 
 impl<'a> Graph<'a> {
+    fn new(nodes: &'a [NodeProto], initializer: &'a [TensorProto]) -> Self {
+        let mut producer = HashMap::new();
+        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            for o in &n.output {
+                producer.insert(o.as_str(), i);
+            }
+            for input in &n.input {
+                consumers.entry(input.as_str()).or_default().push(i);
+            }
+        }
+        let initializers = initializer.iter().map(|t| (t.name.as_str(), t)).collect();
+        Graph { nodes, producer, consumers, initializers }
+    }
+
     fn node(&self, output: &str) -> Option<&'a NodeProto> {
         self.producer.get(output).map(|&i| &self.nodes[i])
     }
@@ -401,8 +417,236 @@ fn float_attr(name: &str, value: f32) -> AttributeProto {
 
 const MASK: &str = "akidb/key_padding_mask";
 
+/// One residual LayerNorm as exported: `x = (MatMul + bias) + residual`, then LayerNorm spelled
+/// out (`ReduceMean`, `Sub`, `Pow`, `ReduceMean`, `Add` ε, `Sqrt`, `Div`, `Mul` γ, `Add` β).
+struct NormBlock {
+    /// The nodes it replaces; the last is the final `Add`, where the fused node goes.
+    nodes: Vec<usize>,
+    inputs: [String; 5],
+    eps: f32,
+}
+
+/// The only consumer of `name`, if it has exactly one and it is an `op` of the default domain.
+fn only_consumer<'a>(g: &Graph<'a>, name: &str, op: &str) -> Option<(usize, &'a NodeProto)> {
+    let mut c = g.consumers_of(name);
+    let (Some(i), None) = (c.next(), c.next()) else { return None };
+    let n = &g.nodes[i];
+    (n.op_type == op && n.domain.is_empty()).then_some((i, n))
+}
+
+/// The other input of a two-input node.
+fn other<'a>(n: &'a NodeProto, this: &str) -> Option<&'a str> {
+    match n.input.as_slice() {
+        [a, b] if a == this => Some(b),
+        [a, b] if b == this => Some(a),
+        _ => None,
+    }
+}
+
+fn last_axis_mean(n: &NodeProto) -> bool {
+    n.op_type == "ReduceMean"
+        && n.domain.is_empty()
+        && n.input.len() == 1
+        && attr(n, "axes").is_some_and(|a| a.ints == [-1])
+        && attr(n, "keepdims").is_none_or(|a| a.i == 1)
+}
+
+/// A 1-D float constant of length `len`.
+fn vector(g: &Graph<'_>, name: &str, len: usize) -> bool {
+    g.tensor(name).is_some_and(|t| t.data_type == DataType::FLOAT as i32 && t.dims == [len as i64])
+}
+
+fn match_norm(g: &Graph<'_>, sub: usize) -> Option<NormBlock> {
+    let s = &g.nodes[sub];
+    let [x, mean] = s.input.as_slice() else { return None };
+    let (d, mean_node) = (s.output.first()?, g.index(mean)?);
+    if !(last_axis_mean(&g.nodes[mean_node]) && g.nodes[mean_node].input[0] == *x) {
+        return None;
+    }
+    if g.consumers_of(mean).count() != 1 {
+        return None;
+    }
+    let users: Vec<usize> = g.consumers_of(d).collect();
+    let pow = *users.iter().find(|&&i| g.nodes[i].op_type == "Pow")?;
+    let div = *users.iter().find(|&&i| g.nodes[i].op_type == "Div")?;
+    let (pn, dn) = (&g.nodes[pow], &g.nodes[div]);
+    if users.len() != 2 || pn.input.len() != 2 || pn.input[0] != *d || g.scalar(&pn.input[1]) != Some(2.0) {
+        return None;
+    }
+    let (var, vn) = only_consumer(g, pn.output.first()?, "ReduceMean")?;
+    let (add_eps, en) = only_consumer(g, vn.output.first()?, "Add")?;
+    let eps = g.scalar(other(en, vn.output.first()?)?)?;
+    let (sqrt, sn) = only_consumer(g, en.output.first()?, "Sqrt")?;
+    let sqrt_out = sn.output.first()?;
+    if !last_axis_mean(vn) || only_consumer(g, sqrt_out, "Div")?.0 != div || dn.input != [d.clone(), sqrt_out.clone()] {
+        return None;
+    }
+    let (mul, mn) = only_consumer(g, dn.output.first()?, "Mul")?;
+    let gamma = other(mn, dn.output.first()?)?;
+    let (add_beta, bn) = only_consumer(g, mn.output.first()?, "Add")?;
+    let beta = other(bn, mn.output.first()?)?;
+    // x = (MatMul + bias) + residual, read by nothing but the mean and the subtraction.
+    let sum = g.index(x)?;
+    let xn = &g.nodes[sum];
+    let readers: HashSet<usize> = g.consumers_of(x).collect();
+    if xn.op_type != "Add" || !xn.domain.is_empty() || readers != HashSet::from([mean_node, sub]) {
+        return None;
+    }
+    let hidden = usize::try_from(*g.tensor(gamma)?.dims.first()?).ok()?;
+    if !(hidden.is_multiple_of(16) && vector(g, gamma, hidden) && vector(g, beta, hidden)) {
+        return None;
+    }
+    let (add_bias, matmul_out, bias, residual) = xn.input.iter().find_map(|p| {
+        let i = g.index(p)?;
+        let an = &g.nodes[i];
+        let bias = an.input.iter().find(|b| vector(g, b, hidden))?;
+        let projected = other(an, bias)?;
+        let is_matmul = g.node(projected).is_some_and(|m| m.op_type == "MatMul" && m.domain.is_empty());
+        let single = g.consumers_of(p).count() == 1;
+        (an.op_type == "Add" && an.domain.is_empty() && is_matmul && single)
+            .then(|| Some((i, projected.to_string(), bias.clone(), other(xn, p)?.to_string())))
+            .flatten()
+    })?;
+    Some(NormBlock {
+        nodes: vec![add_bias, sum, mean_node, sub, pow, var, add_eps, sqrt, div, mul, add_beta],
+        inputs: [matmul_out, residual, bias, gamma.to_string(), beta.to_string()],
+        eps,
+    })
+}
+
+/// Replaces every residual LayerNorm that matches exactly with akidb's `SkipLayerNorm` (see
+/// `kernel::Norm`); returns how many. The embeddings' LayerNorm (a sum of three lookups) stays.
+fn fuse_layer_norms(graph: &mut onnx_protobuf::GraphProto) -> usize {
+    let nodes = std::mem::take(&mut graph.node);
+    let blocks: Vec<NormBlock> = {
+        let g = Graph::new(&nodes, &graph.initializer);
+        (0..nodes.len())
+            .filter(|&i| nodes[i].op_type == "Sub" && nodes[i].domain.is_empty())
+            .filter_map(|i| match_norm(&g, i))
+            .collect()
+    };
+    replace_blocks(
+        graph,
+        nodes,
+        blocks.into_iter().enumerate().map(|(number, b)| {
+            let inputs: Vec<&str> = b.inputs.iter().map(String::as_str).collect();
+            let name = format!("akidb/layer_norm_{number}");
+            let fused = node(
+                crate::kernel::SKIP_LAYER_NORM,
+                crate::kernel::DOMAIN,
+                &name,
+                &inputs,
+                &[],
+                vec![float_attr("epsilon", b.eps)],
+            );
+            (b.nodes, fused)
+        }),
+    )
+}
+
+/// The feed-forward activation as exported: `x = MatMul + bias`, then
+/// `Mul(Mul(x, Add(Erf(Div(x, √2)), 1)), 0.5)`.
+fn match_gelu(g: &Graph<'_>, erf: usize) -> Option<(Vec<usize>, [String; 2])> {
+    let en = &g.nodes[erf];
+    let div = g.index(en.input.first()?)?;
+    let dn = &g.nodes[div];
+    let [x, root] = dn.input.as_slice() else { return None };
+    let is_root2 = g.scalar(root).is_some_and(|r| (r - std::f32::consts::SQRT_2).abs() < 1e-6);
+    if dn.op_type != "Div" || !dn.domain.is_empty() || !is_root2 || g.consumers_of(dn.output.first()?).count() != 1 {
+        return None;
+    }
+    let (add_one, an) = only_consumer(g, en.output.first()?, "Add")?;
+    if g.scalar(other(an, en.output.first()?)?) != Some(1.0) {
+        return None;
+    }
+    let (mul, mn) = only_consumer(g, an.output.first()?, "Mul")?;
+    if other(mn, an.output.first()?)? != x {
+        return None;
+    }
+    let (half, hn) = only_consumer(g, mn.output.first()?, "Mul")?;
+    if g.scalar(other(hn, mn.output.first()?)?) != Some(0.5) {
+        return None;
+    }
+    let readers: HashSet<usize> = g.consumers_of(x).collect();
+    let add_bias = g.index(x)?;
+    let bn = &g.nodes[add_bias];
+    if readers != HashSet::from([div, mul]) || bn.op_type != "Add" || !bn.domain.is_empty() {
+        return None;
+    }
+    let (projected, bias) = bn.input.iter().find_map(|b| {
+        let width = g.tensor(b)?.dims.as_slice().to_vec();
+        let projected = other(bn, b)?;
+        let is_matmul = g.node(projected).is_some_and(|m| m.op_type == "MatMul" && m.domain.is_empty());
+        let fits = matches!(width.as_slice(), [w] if *w > 0 && (*w as usize).is_multiple_of(16));
+        (is_matmul && fits && vector(g, b, width[0] as usize)).then(|| (projected.to_string(), b.clone()))
+    })?;
+    Some((vec![add_bias, div, erf, add_one, mul, half], [projected, bias]))
+}
+
+/// Replaces every feed-forward activation that matches exactly with akidb's `BiasGelu` (see
+/// `kernel::Gelu`); returns how many.
+fn fuse_gelus(graph: &mut onnx_protobuf::GraphProto) -> usize {
+    let nodes = std::mem::take(&mut graph.node);
+    let blocks: Vec<(Vec<usize>, [String; 2])> = {
+        let g = Graph::new(&nodes, &graph.initializer);
+        (0..nodes.len())
+            .filter(|&i| nodes[i].op_type == "Erf" && nodes[i].domain.is_empty())
+            .filter_map(|i| match_gelu(&g, i))
+            .collect()
+    };
+    replace_blocks(
+        graph,
+        nodes,
+        blocks.into_iter().enumerate().map(|(number, (at, [x, bias]))| {
+            (
+                at,
+                node(
+                    crate::kernel::BIAS_GELU,
+                    crate::kernel::DOMAIN,
+                    &format!("akidb/gelu_{number}"),
+                    &[&x, &bias],
+                    &[],
+                    vec![],
+                ),
+            )
+        }),
+    )
+}
+
+/// Puts `nodes` back into `graph` with each block's nodes replaced by its fused node, which goes
+/// where the block's last node was and takes over that node's output; returns how many.
+fn replace_blocks(
+    graph: &mut onnx_protobuf::GraphProto,
+    nodes: Vec<NodeProto>,
+    blocks: impl Iterator<Item = (Vec<usize>, NodeProto)>,
+) -> usize {
+    let mut replaced: HashMap<usize, Option<NodeProto>> = HashMap::new();
+    let mut fused = 0;
+    for (members, mut fused_node) in blocks {
+        let Some(&at) = members.last() else { continue };
+        if members.iter().any(|i| replaced.contains_key(i)) {
+            continue; // overlapping matches cannot happen in a valid graph; be safe anyway
+        }
+        fused_node.output = nodes[at].output.clone();
+        for &i in &members {
+            replaced.insert(i, None);
+        }
+        replaced.insert(at, Some(fused_node));
+        fused += 1;
+    }
+    graph.node = nodes
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, n)| match replaced.remove(&i) {
+            Some(fused) => fused,
+            None => Some(n),
+        })
+        .collect();
+    fused
+}
+
 /// Changes whenever the rewrite does, so graphs cached by an older one are made again.
-pub const REWRITE_VERSION: u32 = 2;
+pub const REWRITE_VERSION: u32 = 3;
 
 /// Fuses every attention block it recognises; `None` when there is none (the model is then used
 /// as it is). `mask_input` names the graph's attention-mask input. Unless `op` is `MultiHead`, a
@@ -423,18 +667,7 @@ pub fn fuse_attention(
     }
     let nodes = std::mem::take(&mut graph.node);
     let (blocks, live) = {
-        let mut producer = HashMap::new();
-        let mut consumers: HashMap<&str, Vec<usize>> = HashMap::new();
-        for (i, n) in nodes.iter().enumerate() {
-            for o in &n.output {
-                producer.insert(o.as_str(), i);
-            }
-            for input in &n.input {
-                consumers.entry(input.as_str()).or_default().push(i);
-            }
-        }
-        let initializers = graph.initializer.iter().map(|t| (t.name.as_str(), t)).collect();
-        let g = Graph { nodes: &nodes, producer, consumers, initializers };
+        let g = Graph::new(&nodes, &graph.initializer);
         let mut blocks: HashMap<usize, Block> = (0..nodes.len())
             .filter(|&i| nodes[i].op_type == "Softmax" && nodes[i].domain.is_empty())
             .filter_map(|i| match_block(&g, i, mask_input))
@@ -529,6 +762,9 @@ pub fn fuse_attention(
         }
     }
     graph.node = out;
+    if op == AttentionOp::Akidb {
+        own_kernel |= fuse_layer_norms(graph) + fuse_gelus(graph) > 0;
+    }
     // The separate projection weights are no longer read by any node.
     if !packed_weights.is_empty() {
         let used: HashSet<&str> = graph

@@ -1,12 +1,18 @@
-//! akidb's own CPU kernel for the attention core, registered with ONNX Runtime as a custom
-//! operator (domain [`DOMAIN`]). ONNX Runtime's `Attention`/`MultiHeadAttention` run the scores
-//! and the weighted sum through a general GEMM per head (K = head size, 32 on MiniLM: thin for a
-//! GEMM), score every padded key, and pass the whole score tensor through memory between steps.
-//! This kernel does one (row, head) at a time with its working set in cache: keys transposed
-//! once, scores of four queries against 16–32 keys held in registers, softmax and the weighted sum
-//! in place, and it stops at the row's last real token. The Q/K/V bias is added as the values are
-//! read, so the projection before it is a plain `MatMul`. Measured in docs/performance.md ("Levers
-//! of issue #15").
+//! akidb's own CPU kernels, registered with ONNX Runtime as custom operators (domain [`DOMAIN`])
+//! for the graph `graph` rewrites, run on ONNX Runtime's own intra-op thread pool.
+//!
+//! - `Attention`: ONNX Runtime's `Attention`/`MultiHeadAttention` run the scores and the weighted
+//!   sum through a general GEMM per head (K = head size, 32 on MiniLM: thin for a GEMM), score
+//!   every padded key, and pass the whole score tensor through memory between steps. This kernel
+//!   does one (row, head) at a time with its working set in cache: keys transposed once, scores
+//!   of four queries against 16–32 keys held in registers, softmax and the weighted sum in place,
+//!   stopping at the row's last real token. The Q/K/V bias is added as the values are read, so the
+//!   projection before it is a plain `MatMul`.
+//! - `SkipLayerNorm` ([`Norm`]) and `BiasGelu` ([`Gelu`]): what ONNX Runtime runs as two or three
+//!   passes over memory (bias `Add`, residual `Add`, `LayerNormalization`; bias `Add`, `Gelu`), in
+//!   one.
+//!
+//! Measured in docs/performance.md ("Levers of issue #15").
 
 /// The shape of one call: `qkv` is [batch, seq, 3 × heads × head_size] (Q, then K, then V, each
 /// head's columns contiguous, as ONNX Runtime's packed `Attention` lays them out) and `bias` its
@@ -187,6 +193,7 @@ trait V16: Copy {
     unsafe fn add(self, o: Self) -> Self;
     unsafe fn sub(self, o: Self) -> Self;
     unsafe fn mul(self, o: Self) -> Self;
+    unsafe fn div(self, o: Self) -> Self;
     unsafe fn max(self, o: Self) -> Self;
     /// 2^(n - 127) for floats `t` that hold `ROUND + n` (integer n in their low mantissa bits).
     unsafe fn pow2_of_rounded(t: Self) -> Self;
@@ -245,6 +252,10 @@ impl V16 for Portable {
         self.map2(o, |a, b| a * b)
     }
     #[inline(always)]
+    unsafe fn div(self, o: Self) -> Self {
+        self.map2(o, |a, b| a / b)
+    }
+    #[inline(always)]
     unsafe fn max(self, o: Self) -> Self {
         self.map2(o, f32::max)
     }
@@ -269,6 +280,26 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn run_avx2<const D: usize>(head: &Head<'_>) {
         unsafe { run::<Avx2, D>(head) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn norm_avx512(n: &super::Norm<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+        unsafe { super::norm_rows::<Avx512>(n, out, rows) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn gelu_avx512(g: &super::Gelu<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+        unsafe { super::gelu_rows::<Avx512>(g, out, rows) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gelu_avx2(g: &super::Gelu<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+        unsafe { super::gelu_rows::<Avx2>(g, out, rows) }
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn norm_avx2(n: &super::Norm<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+        unsafe { super::norm_rows::<Avx2>(n, out, rows) }
     }
 
     #[derive(Clone, Copy)]
@@ -306,6 +337,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
             Avx512(unsafe { _mm512_mul_ps(self.0, o.0) })
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            Avx512(unsafe { _mm512_div_ps(self.0, o.0) })
         }
         #[inline(always)]
         unsafe fn max(self, o: Self) -> Self {
@@ -359,6 +394,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul(self, o: Self) -> Self {
             unsafe { Avx2(_mm256_mul_ps(self.0, o.0), _mm256_mul_ps(self.1, o.1)) }
+        }
+        #[inline(always)]
+        unsafe fn div(self, o: Self) -> Self {
+            unsafe { Avx2(_mm256_div_ps(self.0, o.0), _mm256_div_ps(self.1, o.1)) }
         }
         #[inline(always)]
         unsafe fn max(self, o: Self) -> Self {
@@ -529,6 +568,170 @@ fn exp_shifted(x: &mut [f32], shift: f32) {
     }
 }
 
+/// One residual LayerNorm: `out = LayerNorm(x + bias + residual) · gamma + beta` over rows of
+/// `hidden` (a multiple of 16) — what follows the attention output and the feed-forward output in
+/// a BERT layer. ONNX Runtime runs it as two `Add`s and a `LayerNormalization`, three passes over
+/// memory; here it is one pass (the row's sum stays in L1 for its statistics).
+pub struct Norm<'a> {
+    pub x: &'a [f32],
+    pub residual: &'a [f32],
+    pub bias: &'a [f32],
+    pub gamma: &'a [f32],
+    pub beta: &'a [f32],
+    pub eps: f32,
+}
+
+impl Norm<'_> {
+    fn hidden(&self) -> usize {
+        self.gamma.len()
+    }
+
+    /// Rows of one parallel item: enough to amortize the hand-off, few enough to share 2+ cores.
+    const ROWS: usize = 16;
+
+    /// `None` when the sizes do not fit together.
+    pub fn items(&self) -> Option<usize> {
+        let h = self.hidden();
+        let fits = h > 0
+            && h.is_multiple_of(W)
+            && [self.bias.len(), self.beta.len()].iter().all(|&n| n == h)
+            && self.x.len().is_multiple_of(h)
+            && self.residual.len() == self.x.len();
+        fits.then(|| (self.x.len() / h).div_ceil(Self::ROWS))
+    }
+
+    /// Normalizes the rows of item `item` into `out` (as long as `x`).
+    ///
+    /// # Safety
+    /// `items()` must be `Some(n)` with `item < n`, `out` must hold `x.len()` floats, and no two
+    /// concurrent calls may share an item.
+    pub unsafe fn item(&self, out: Out, item: usize) {
+        let rows = self.x.len() / self.hidden();
+        let range = item * Self::ROWS..((item + 1) * Self::ROWS).min(rows);
+        // SAFETY: as the caller promised; the ISA is one this CPU has.
+        unsafe { self.rows_on(Isa::best(), out.0, range) }
+    }
+
+    unsafe fn rows_on(&self, isa: Isa, out: *mut f32, rows: std::ops::Range<usize>) {
+        match isa {
+            // SAFETY (all): the CPU has the ISA; rows lie inside `x` and `out`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::norm_avx512(self, out, rows) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::norm_avx2(self, out, rows) },
+            _ => unsafe { norm_rows::<Portable>(self, out, rows) },
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn hsum<S: V16>(v: S) -> f32 {
+    unsafe { v.to_array() }.iter().sum()
+}
+
+#[inline(always)]
+unsafe fn norm_rows<S: V16>(n: &Norm<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+    let h = n.hidden();
+    let mut y = vec![0f32; h];
+    // SAFETY: every offset is below row · h + h ≤ x.len() = out.len(), or below h for the
+    // per-column vectors (checked by `items`).
+    unsafe {
+        let (bias, gamma, beta, y) = (n.bias.as_ptr(), n.gamma.as_ptr(), n.beta.as_ptr(), y.as_mut_ptr());
+        for row in rows {
+            let (x, r, o) = (n.x.as_ptr().add(row * h), n.residual.as_ptr().add(row * h), out.add(row * h));
+            // The exported graph's order: (x + bias) + residual.
+            let mut sum = S::zero();
+            for c in (0..h).step_by(W) {
+                let v = S::load(x.add(c)).add(S::load(bias.add(c))).add(S::load(r.add(c)));
+                v.store(y.add(c));
+                sum = sum.add(v);
+            }
+            let mean = S::splat(hsum(sum) / h as f32);
+            let mut squares = S::zero();
+            for c in (0..h).step_by(W) {
+                let d = S::load(y.add(c)).sub(mean);
+                squares = squares.fma(d, d);
+            }
+            let inv = S::splat(1.0 / (hsum(squares) / h as f32 + n.eps).sqrt());
+            for c in (0..h).step_by(W) {
+                let d = S::load(y.add(c)).sub(mean).mul(inv);
+                S::load(beta.add(c)).fma(d, S::load(gamma.add(c))).store(o.add(c));
+            }
+        }
+    }
+}
+
+/// The feed-forward activation with its bias: `out = GELU(x + bias)` over rows of `bias.len()`
+/// (a multiple of 16), GELU(v) = v/2 · (1 + erf(v/√2)). ONNX Runtime runs the bias `Add` and
+/// `Gelu` as two passes over the widest activation of the layer; here it is one.
+pub struct Gelu<'a> {
+    pub x: &'a [f32],
+    pub bias: &'a [f32],
+}
+
+impl Gelu<'_> {
+    const ROWS: usize = 8;
+
+    /// `None` when the sizes do not fit together.
+    pub fn items(&self) -> Option<usize> {
+        let n = self.bias.len();
+        (n > 0 && n.is_multiple_of(W) && self.x.len().is_multiple_of(n))
+            .then(|| (self.x.len() / n).div_ceil(Self::ROWS))
+    }
+
+    /// # Safety
+    /// As [`Norm::item`].
+    pub unsafe fn item(&self, out: Out, item: usize) {
+        let rows = self.x.len() / self.bias.len();
+        let range = item * Self::ROWS..((item + 1) * Self::ROWS).min(rows);
+        // SAFETY: as the caller promised; the ISA is one this CPU has.
+        unsafe { self.rows_on(Isa::best(), out.0, range) }
+    }
+
+    unsafe fn rows_on(&self, isa: Isa, out: *mut f32, rows: std::ops::Range<usize>) {
+        match isa {
+            // SAFETY (all): the CPU has the ISA; rows lie inside `x` and `out`.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::gelu_avx512(self, out, rows) },
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::gelu_avx2(self, out, rows) },
+            _ => unsafe { gelu_rows::<Portable>(self, out, rows) },
+        }
+    }
+}
+
+/// GELU with erf from Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7): with a = |v| and
+/// e = erfc(a/√2) = t·p(t)·exp(-a²/2), t = 1/(1 + 0.3275911·a/√2), GELU(v) = max(v, 0) - a·e/2
+/// for either sign of v, so no branch or sign copy is needed.
+#[inline(always)]
+unsafe fn gelu<S: V16>(v: S) -> S {
+    unsafe {
+        let a = v.max(S::zero().sub(v));
+        let z = a.mul(S::splat(std::f32::consts::FRAC_1_SQRT_2));
+        let t = S::splat(1.0).div(S::splat(1.0).fma(S::splat(0.327_591_1), z));
+        let mut p = S::splat(1.061_405_4);
+        for c in [-1.453_152_1, 1.421_413_7, -0.284_496_74, 0.254_829_6] {
+            p = S::splat(c).fma(p, t);
+        }
+        let e = p.mul(t).mul(exp(S::zero().sub(z.mul(z))));
+        v.max(S::zero()).sub(S::splat(0.5).mul(a).mul(e))
+    }
+}
+
+#[inline(always)]
+unsafe fn gelu_rows<S: V16>(g: &Gelu<'_>, out: *mut f32, rows: std::ops::Range<usize>) {
+    let n = g.bias.len();
+    // SAFETY: offsets below row · n + n ≤ x.len() = out.len(), or below n for the bias.
+    unsafe {
+        for row in rows {
+            let (x, o) = (g.x.as_ptr().add(row * n), out.add(row * n));
+            for c in (0..n).step_by(W) {
+                gelu(S::load(x.add(c)).add(S::load(g.bias.as_ptr().add(c)))).store(o.add(c));
+            }
+        }
+    }
+}
+
 /// The custom-operator domain of akidb's kernels in a rewritten graph (`graph`).
 pub const DOMAIN: &str = "ai.akidb";
 /// The attention core's operator name in [`DOMAIN`].
@@ -536,7 +739,114 @@ pub const ATTENTION: &str = "Attention";
 
 /// akidb's operators, to register with every session that may load a rewritten graph.
 pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
-    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)
+    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)?.add(NormOp)?.add(GeluOp)
+}
+
+/// The feed-forward activation's operator name in [`DOMAIN`].
+pub const BIAS_GELU: &str = "BiasGelu";
+
+/// `BiasGelu(x, bias) → GELU(x + bias)` (see [`Gelu`]); the output has `x`'s shape.
+struct GeluOp;
+
+impl ort::operator::Operator for GeluOp {
+    type Kernel<'attr> = GeluKernel;
+
+    fn name(&self) -> &str {
+        BIAS_GELU
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        use ort::{operator::OperatorInput, value::TensorElementType};
+        [0; 2].map(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<GeluKernel> {
+        Ok(GeluKernel)
+    }
+}
+
+struct GeluKernel;
+
+impl ort::operator::Kernel for GeluKernel {
+    fn compute(&mut self, ctx: &ort::operator::ComputeContext) -> ort::Result<()> {
+        let input = |i: usize| ctx.input(i)?.ok_or_else(|| ort::Error::new("akidb BiasGelu: missing input"));
+        let (x, bias) = (input(0)?, input(1)?);
+        let (dims, x) = x.try_extract_tensor::<f32>()?;
+        let gelu = Gelu { x, bias: bias.try_extract_tensor::<f32>()?.1 };
+        let items =
+            gelu.items().ok_or_else(|| ort::Error::new(format!("akidb BiasGelu: sizes do not fit ({dims:?})")))?;
+        let mut out = ctx.output(0, dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb BiasGelu: no output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        if out.len() != gelu.x.len() {
+            return Err(ort::Error::new("akidb BiasGelu: output of the wrong size"));
+        }
+        let out = Out::new(out);
+        // SAFETY: sizes checked by `items` and above; each item runs once, on its own rows.
+        ctx.par_for(items, items, |i| unsafe { gelu.item(out, i) })
+    }
+}
+
+/// The residual LayerNorm's operator name in [`DOMAIN`].
+pub const SKIP_LAYER_NORM: &str = "SkipLayerNorm";
+
+/// `SkipLayerNorm(x, residual, bias, gamma, beta) → LayerNorm(x + bias + residual)` (see [`Norm`])
+/// with attribute `epsilon`; the output has `x`'s shape.
+struct NormOp;
+
+impl ort::operator::Operator for NormOp {
+    type Kernel<'attr> = NormKernel;
+
+    fn name(&self) -> &str {
+        SKIP_LAYER_NORM
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        use ort::{operator::OperatorInput, value::TensorElementType};
+        [0; 5].map(|_| OperatorInput::required(TensorElementType::Float32))
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &ort::operator::KernelContext<'attr>) -> ort::Result<NormKernel> {
+        let eps = ctx.get::<f32>("epsilon").ok_or_else(|| ort::Error::new("akidb SkipLayerNorm: no epsilon"))?;
+        Ok(NormKernel { eps })
+    }
+}
+
+struct NormKernel {
+    eps: f32,
+}
+
+impl ort::operator::Kernel for NormKernel {
+    fn compute(&mut self, ctx: &ort::operator::ComputeContext) -> ort::Result<()> {
+        let input = |i: usize| ctx.input(i)?.ok_or_else(|| ort::Error::new("akidb SkipLayerNorm: missing input"));
+        let (x, residual, bias, gamma, beta) = (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
+        let (dims, x) = x.try_extract_tensor::<f32>()?;
+        let norm = Norm {
+            x,
+            residual: residual.try_extract_tensor::<f32>()?.1,
+            bias: bias.try_extract_tensor::<f32>()?.1,
+            gamma: gamma.try_extract_tensor::<f32>()?.1,
+            beta: beta.try_extract_tensor::<f32>()?.1,
+            eps: self.eps,
+        };
+        let items =
+            norm.items().ok_or_else(|| ort::Error::new(format!("akidb SkipLayerNorm: sizes do not fit ({dims:?})")))?;
+        let mut out = ctx.output(0, dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb SkipLayerNorm: no output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        if out.len() != norm.x.len() {
+            return Err(ort::Error::new("akidb SkipLayerNorm: output of the wrong size"));
+        }
+        let out = Out::new(out);
+        // SAFETY: sizes checked by `items` and above; each item runs once, on its own rows.
+        ctx.par_for(items, items, |i| unsafe { norm.item(out, i) })
+    }
 }
 
 /// `Attention(qkv [batch, seq, 3·hidden], bias [3·hidden], mask int32 [batch, seq]) → [batch,
@@ -680,6 +990,63 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_residual_layer_norm_matches_the_definition() {
+        let (rows, h) = (37, 48);
+        let (x, residual, bias, gamma, beta) =
+            (data(rows * h, 1), data(rows * h, 2), data(h, 3), data(h, 4), data(h, 5));
+        let norm = Norm { x: &x, residual: &residual, bias: &bias, gamma: &gamma, beta: &beta, eps: 1e-12 };
+        assert_eq!(norm.items(), Some(3));
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; rows * h];
+            // SAFETY: `out` is as long as `x`; rows one after another.
+            unsafe { norm.rows_on(isa, out.as_mut_ptr(), 0..rows) };
+            for r in 0..rows {
+                let y: Vec<f64> = (0..h).map(|c| (x[r * h + c] + bias[c] + residual[r * h + c]) as f64).collect();
+                let mean = y.iter().sum::<f64>() / h as f64;
+                let var = y.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / h as f64;
+                for c in 0..h {
+                    let want = (y[c] - mean) / (var + 1e-12).sqrt() * gamma[c] as f64 + beta[c] as f64;
+                    let got = out[r * h + c] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa:?} [{r}, {c}]: {got} vs {want}");
+                }
+            }
+        }
+        // Sizes that do not fit are refused, not run.
+        assert_eq!(Norm { gamma: &gamma[..40], ..norm }.items(), None);
+    }
+
+    /// erf by its Taylor series in f64, exact enough for |x| ≤ 4.3.
+    fn erf(x: f64) -> f64 {
+        let (mut term, mut sum, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-18 {
+            n += 1.0;
+            term *= -x * x / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn bias_gelu_matches_the_definition() {
+        let (rows, n) = (9, 32);
+        let x: Vec<f32> = (0..rows * n).map(|i| -6.0 + 12.0 * i as f32 / (rows * n) as f32).collect();
+        let bias: Vec<f32> = data(n, 9).iter().map(|b| b * 0.01).collect();
+        let gelu = Gelu { x: &x, bias: &bias };
+        assert_eq!(gelu.items(), Some(2));
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; rows * n];
+            // SAFETY: `out` is as long as `x`; rows one after another.
+            unsafe { gelu.rows_on(isa, out.as_mut_ptr(), 0..rows) };
+            for (i, &got) in out.iter().enumerate() {
+                let v = x[i] as f64 + bias[i % n] as f64;
+                let want = 0.5 * v * (1.0 + erf(v / std::f64::consts::SQRT_2));
+                assert!((got as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{isa:?} GELU({v}): {got} vs {want}");
+            }
+        }
+        assert_eq!(Gelu { x: &x[..40], bias: &bias }.items(), None);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The fused-attention verdict with a real ONNX Runtime session on the tiny test model: a correct
 //! fused graph is verified and cached, a broken one is refused (and the refusal remembered), and
 //! a changed original file is verified afresh with its stale entries removed. Every attention
-//! kernel (akidb's own, ONNX Runtime's two) gives the exported graph's hidden states on both
-//! test models.
+//! kernel (akidb's own, with its LayerNorm and GELU kernels; ONNX Runtime's two) gives the
+//! exported graph's hidden states on both test models.
 
 mod common;
 
@@ -154,6 +154,13 @@ fn every_attention_kernel_matches_the_exported_graph() {
             let count = |domain: &str, op_type: &str| {
                 graph.node.iter().filter(|n| n.domain == domain && n.op_type == op_type).count()
             };
+            if op == AttentionOp::Akidb {
+                // The residual LayerNorms (two per layer; not the embeddings') and the activations.
+                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::SKIP_LAYER_NORM), 2 * layers);
+                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::BIAS_GELU), layers);
+                assert_eq!(count("", "Sub"), 1, "the embeddings' LayerNorm is left as it is");
+                assert_eq!(count("", "Erf"), 0);
+            }
             let expected = match op {
                 AttentionOp::Akidb => count(akidb::kernel::DOMAIN, "Attention"),
                 AttentionOp::Packed => count("com.microsoft", "Attention"),
@@ -170,7 +177,9 @@ fn every_attention_kernel_matches_the_exported_graph() {
         let mut wrong =
             fuse_attention(read_model(&model).unwrap(), heads, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
         let graph = wrong.model.graph.as_mut().unwrap();
-        let mask = graph.node.iter().find(|n| n.domain == akidb::kernel::DOMAIN).unwrap().input[2].clone();
+        let is_attention =
+            |n: &&mut onnx_protobuf::NodeProto| n.domain == akidb::kernel::DOMAIN && n.op_type == "Attention";
+        let mask = graph.node.iter_mut().find(is_attention).unwrap().input[2].clone();
         let node = |op: &str, input: &str, output: &str| {
             let mut n = onnx_protobuf::NodeProto::new();
             n.op_type = op.to_string();
@@ -191,7 +200,7 @@ fn every_attention_kernel_matches_the_exported_graph() {
         let at = graph.node.iter().position(|n| n.output.contains(&mask)).unwrap() + 1;
         graph.node.insert(at, ones);
         graph.node.insert(at, node("Shape", &mask, "test/mask_shape"));
-        for n in graph.node.iter_mut().filter(|n| n.domain == akidb::kernel::DOMAIN) {
+        for n in graph.node.iter_mut().filter(is_attention) {
             n.input[2] = "test/ones".to_string();
         }
         let scratch = tempfile::tempdir().unwrap();

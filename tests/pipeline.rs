@@ -195,7 +195,8 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
     // akidb's kernel: the packed projection as a MatMul, then the kernel, declared in the opsets.
     let r = fuse_attention(read_model(&path).unwrap(), 2, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
     let graph = r.model.graph.as_ref().unwrap();
-    let own: Vec<_> = graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN).collect();
+    let own: Vec<_> =
+        graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN && n.op_type == "Attention").collect();
     assert_eq!(own.len(), 2);
     for n in &own {
         assert_eq!(n.input.len(), 3, "qkv, bias, mask");
