@@ -57,7 +57,7 @@ impl CacheEntry {
         let path_key = format!("{:016x}", h.finish());
         let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let rewrite = (graph::REWRITE_VERSION, format!("{:?}", attention_op()));
+        let rewrite = (graph::REWRITE_VERSION, crate::kernel::VERSION, format!("{:?}", attention_op()));
         (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION, rewrite).hash(&mut h);
         let key = format!("{:016x}", h.finish());
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })

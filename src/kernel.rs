@@ -420,7 +420,7 @@ mod x86 {
 /// Keys per score vector.
 const W: usize = 16;
 /// Queries per block: their scores and outputs stay in registers while K and V are read once.
-const R: usize = 4;
+const R: usize = 8;
 /// Added to the scores of padded keys: far below any real score, so they weigh ~2^-126 (nothing).
 const MASKED: f32 = -1.0e30;
 
@@ -435,23 +435,21 @@ unsafe fn run<S: V16, const D: usize>(head: &Head<'_>) {
     let lanes = len.div_ceil(W) * W;
     let (qc, kc, vc) = (head.h * D, hidden + head.h * D, 2 * hidden + head.h * D);
 
-    // K transposed [D][lanes] (zero past `len`), V [len][D], and each key's score bias.
+    // K transposed [D][lanes] (zero past `len`) and each key's score bias. The projection biases
+    // of K and V need no pass of their own: K's adds q·b_K to every score of a query, which the
+    // softmax cancels, and V's adds b_V to every output row, since a row's weights sum to 1.
     let mut kt = vec![0f32; D * lanes];
-    let mut v = vec![0f32; len * D];
     let mut bias = vec![MASKED; lanes];
-    let (bk, bv) = (&head.bias[kc..kc + D], &head.bias[vc..vc + D]);
     for j in 0..len {
-        let row = &head.qkv[j * stride..][..stride];
-        for (c, (&x, &b)) in row[kc..kc + D].iter().zip(bk).enumerate() {
-            kt[c * lanes + j] = x + b;
-        }
-        for ((v, &x), &b) in v[j * D..(j + 1) * D].iter_mut().zip(&row[vc..vc + D]).zip(bv) {
-            *v = x + b;
+        for (c, &x) in head.qkv[j * stride + kc..][..D].iter().enumerate() {
+            kt[c * lanes + j] = x;
         }
         if head.mask[j] != 0 {
             bias[j] = 0.0;
         }
     }
+    let v = &head.qkv[vc..];
+    let bv = &head.bias[vc..vc + D];
 
     let mut scores = vec![0f32; R * lanes];
     let mut q = [[0f32; D]; R];
@@ -460,12 +458,17 @@ unsafe fn run<S: V16, const D: usize>(head: &Head<'_>) {
         let rows = R.min(len - i0);
         for (r, q) in q.iter_mut().enumerate() {
             let i = (i0 + r).min(len - 1); // a short last block repeats its last query
-            for ((q, &x), &b) in q.iter_mut().zip(&head.qkv[i * stride + qc..][..D]).zip(&head.bias[qc..qc + D]) {
-                *q = (x + b) * head.scale;
+            let (x, b) = (head.qkv[i * stride + qc..][..D].as_ptr(), head.bias[qc..qc + D].as_ptr());
+            // SAFETY: D floats at each of x, b and q.
+            unsafe {
+                let scale = S::splat(head.scale);
+                for c in (0..D).step_by(W) {
+                    S::load(x.add(c)).add(S::load(b.add(c))).mul(scale).store(q.as_mut_ptr().add(c));
+                }
             }
         }
         // SAFETY (all loads and stores below): indices stay inside kt [D][lanes],
-        // scores [R][lanes], bias [lanes] and v [len][D].
+        // scores [R][lanes], bias [lanes], and V's rows j < len of this head (stride apart).
         unsafe {
             let mut max = [S::splat(MASKED); R];
             // Two key vectors at a time where there are two: eight independent FMA chains.
@@ -516,10 +519,11 @@ unsafe fn run<S: V16, const D: usize>(head: &Head<'_>) {
             }
             const { assert!(D.is_multiple_of(W)) };
             let mut acc = [[S::zero(); 8]; R];
+            let p0 = scores.as_ptr();
             for j in 0..len {
-                let vj = v.as_ptr().add(j * D);
+                let vj = v.as_ptr().add(j * stride);
                 for r in 0..R {
-                    let p = S::splat(scores[r * lanes + j]);
+                    let p = S::splat(*p0.add(r * lanes + j));
                     for c in 0..D / W {
                         acc[r][c] = acc[r][c].fma(p, S::load(vj.add(c * W)));
                     }
@@ -529,7 +533,7 @@ unsafe fn run<S: V16, const D: usize>(head: &Head<'_>) {
                 let inv = S::splat(1.0 / sums[r]);
                 let dst = head.out.add((i0 + r) * hidden + head.h * D);
                 for c in 0..D / W {
-                    acc[r][c].mul(inv).store(dst.add(c * W));
+                    S::load(bv.as_ptr().add(c * W)).fma(acc[r][c], inv).store(dst.add(c * W));
                 }
             }
         }
@@ -731,6 +735,10 @@ unsafe fn gelu_rows<S: V16>(g: &Gelu<'_>, out: *mut f32, rows: std::ops::Range<u
         }
     }
 }
+
+/// Part of the key of a verified graph (`fusion`): a change to any kernel's arithmetic must bump
+/// it, so graphs verified against the old kernels are verified again.
+pub const VERSION: u32 = 1;
 
 /// The custom-operator domain of akidb's kernels in a rewritten graph (`graph`).
 pub const DOMAIN: &str = "ai.akidb";
