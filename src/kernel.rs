@@ -68,6 +68,33 @@ pub unsafe fn item(qkv: &[f32], bias: &[f32], mask: &[i32], out: Out, shape: &Sh
     unsafe { item_on(Isa::best(), qkv, bias, mask, out, shape, item) }
 }
 
+/// Item `item` of the attention over unpadded rows: `qkv` is [tokens, 3 × hidden] with sequence
+/// b's tokens at rows `starts[b]..starts[b + 1]`, every one real (see [`Unpad`]); `ones` holds at
+/// least the longest sequence's length of 1s; the output is [tokens, hidden].
+///
+/// # Safety
+/// As [`item`], with `out` holding [tokens, hidden] floats.
+pub unsafe fn item_unpadded(
+    qkv: &[f32],
+    bias: &[f32],
+    starts: &[usize],
+    ones: &[i32],
+    out: Out,
+    shape: &Shape,
+    item: usize,
+) {
+    let (b, h) = (item / shape.heads, item % shape.heads);
+    let hidden = shape.hidden();
+    let rows = starts[b]..starts[b + 1];
+    let n = rows.len();
+    let qkv = &qkv[rows.start * 3 * hidden..rows.end * 3 * hidden];
+    // SAFETY: rows of sequence b of `out`; this item touches only head h's columns.
+    let out = unsafe { out.0.add(rows.start * hidden) };
+    let head = Head { qkv, bias, mask: &ones[..n], out, hidden, h, seq: n, scale: shape.scale };
+    // SAFETY: the best ISA is one the CPU has.
+    unsafe { head_on(Isa::best(), &head, shape.head_size) }
+}
+
 /// [`item`] on a given instruction set.
 ///
 /// # Safety
@@ -80,14 +107,21 @@ unsafe fn item_on(isa: Isa, qkv: &[f32], bias: &[f32], mask: &[i32], out: Out, s
     // SAFETY: row b of `out`, [seq, hidden]; this item touches only head h's columns.
     let out = unsafe { out.0.add(b * shape.seq * hidden) };
     let head = Head { qkv, bias, mask, out, hidden, h, seq: shape.seq, scale: shape.scale };
-    // SAFETY: the CPU has the features each version is compiled for (checked just before).
+    // SAFETY: forwarded.
+    unsafe { head_on(isa, &head, shape.head_size) }
+}
+
+/// # Safety
+/// The CPU must support `isa`; `head` must describe valid memory.
+unsafe fn head_on(isa: Isa, head: &Head<'_>, head_size: usize) {
+    // SAFETY: forwarded.
     unsafe {
-        match shape.head_size {
-            16 => dispatch::<16>(isa, &head),
-            32 => dispatch::<32>(isa, &head),
-            64 => dispatch::<64>(isa, &head),
-            128 => dispatch::<128>(isa, &head),
-            _ => head.zero_from(0, shape.head_size),
+        match head_size {
+            16 => dispatch::<16>(isa, head),
+            32 => dispatch::<32>(isa, head),
+            64 => dispatch::<64>(isa, head),
+            128 => dispatch::<128>(isa, head),
+            _ => head.zero_from(0, head_size),
         }
     }
 }
@@ -747,7 +781,7 @@ pub const ATTENTION: &str = "Attention";
 
 /// akidb's operators, to register with every session that may load a rewritten graph.
 pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
-    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)?.add(NormOp)?.add(GeluOp)
+    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)?.add(NormOp)?.add(GeluOp)?.add(UnpadOp)?.add(RepadOp)
 }
 
 /// The feed-forward activation's operator name in [`DOMAIN`].
@@ -885,13 +919,17 @@ impl ort::operator::Operator for AttentionOp {
         let heads = ctx.get::<i64>("num_heads").and_then(|h| usize::try_from(h).ok()).filter(|&h| h > 0);
         let heads = heads.ok_or_else(|| ort::Error::new("akidb Attention: num_heads must be a positive integer"))?;
         let scale = ctx.get::<f32>("scale").ok_or_else(|| ort::Error::new("akidb Attention: no scale"))?;
-        Ok(AttentionKernel { heads, scale })
+        let unpadded = ctx.get::<i64>("unpadded").unwrap_or(0) != 0;
+        Ok(AttentionKernel { heads, scale, unpadded })
     }
 }
 
 struct AttentionKernel {
     heads: usize,
     scale: f32,
+    /// qkv is [tokens, 3·hidden] of real tokens only (after `Unpad`), the mask says which row of
+    /// the batch each belongs to.
+    unpadded: bool,
 }
 
 impl ort::operator::Kernel for AttentionKernel {
@@ -904,6 +942,9 @@ impl ort::operator::Kernel for AttentionKernel {
         let (_, bias) = bias.try_extract_tensor::<f32>()?;
         let (mask_dims, mask) = mask.try_extract_tensor::<i32>()?;
         let dims: Vec<usize> = dims.iter().map(|&d| usize::try_from(d).unwrap_or(0)).collect();
+        if self.unpadded {
+            return self.unpadded(ctx, &dims, qkv, bias, mask, mask_dims);
+        }
         let &[batch, seq, wide] = dims.as_slice() else {
             return Err(ort::Error::new(format!("akidb Attention: qkv must be [batch, seq, 3·hidden], got {dims:?}")));
         };
@@ -927,6 +968,177 @@ impl ort::operator::Kernel for AttentionKernel {
         // disjoint parts of `out`.
         ctx.par_for(shape.items(), shape.items(), |i| unsafe { item(qkv, bias, mask, out, &shape, i) })
     }
+}
+
+impl AttentionKernel {
+    fn unpadded(
+        &self,
+        ctx: &ort::operator::ComputeContext,
+        dims: &[usize],
+        qkv: &[f32],
+        bias: &[f32],
+        mask: &[i32],
+        mask_dims: &[i64],
+    ) -> ort::Result<()> {
+        let (&[tokens, wide], &[batch, seq]) = (dims, mask_dims) else {
+            return Err(ort::Error::new(format!(
+                "akidb Attention: unpadded qkv must be [tokens, 3·hidden], got {dims:?}"
+            )));
+        };
+        let (batch, seq) = (usize::try_from(batch).unwrap_or(0), usize::try_from(seq).unwrap_or(0));
+        let hidden = wide / 3;
+        let head_size = hidden / self.heads;
+        if wide % 3 != 0 || hidden % self.heads != 0 || !supported_head_size(head_size) || bias.len() != wide {
+            return Err(ort::Error::new(format!("akidb Attention: unsupported shape {dims:?}, {} heads", self.heads)));
+        }
+        let starts = Unpad::starts(mask, batch, seq)
+            .filter(|s| s.last() == Some(&tokens))
+            .ok_or_else(|| ort::Error::new("akidb Attention: the mask does not match the unpadded tokens"))?;
+        let shape = Shape { batch, seq, heads: self.heads, head_size, scale: self.scale };
+        let ones = vec![1i32; seq];
+        let out_dims = [tokens as i64, hidden as i64];
+        let mut out = ctx.output(0, out_dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb Attention: no output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        if out.len() != tokens * hidden {
+            return Err(ort::Error::new("akidb Attention: output of the wrong size"));
+        }
+        let out = Out::new(out);
+        // SAFETY: sizes checked above; each item runs once and writes its own rows and columns.
+        ctx.par_for(shape.items(), shape.items(), |i| unsafe {
+            item_unpadded(qkv, bias, &starts, &ones, out, &shape, i)
+        })
+    }
+}
+
+/// Drops the padding rows of a batch: [batch, seq, hidden] → [tokens, hidden], the real tokens
+/// of row 0, then row 1, …; [`Repad`] undoes it. Between the two, every matrix product, LayerNorm
+/// and GELU works on real tokens only, and attention knows each row's tokens from the mask.
+pub struct Unpad;
+
+impl Unpad {
+    /// Where each row's tokens start among the unpadded ones, and (last) how many there are.
+    pub fn starts(mask: &[i32], batch: usize, seq: usize) -> Option<Vec<usize>> {
+        if mask.len() != batch * seq {
+            return None;
+        }
+        let mut starts = Vec::with_capacity(batch + 1);
+        starts.push(0);
+        for row in mask.chunks(seq.max(1)).take(batch) {
+            let n = row.iter().filter(|&&m| m != 0).count();
+            starts.push(starts.last().copied().unwrap_or(0) + n);
+        }
+        Some(starts)
+    }
+
+    /// Copies the real rows of `x` [batch · seq, hidden] into `out` [tokens, hidden].
+    pub fn run(x: &[f32], mask: &[i32], hidden: usize, out: &mut [f32]) {
+        let rows = x.chunks_exact(hidden).zip(mask).filter(|(_, &m)| m != 0).map(|(r, _)| r);
+        for (dst, src) in out.chunks_exact_mut(hidden).zip(rows) {
+            dst.copy_from_slice(src);
+        }
+    }
+
+    /// Puts the rows of `u` [tokens, hidden] back where `mask` has real tokens; padding gets 0.
+    pub fn undo(u: &[f32], mask: &[i32], hidden: usize, out: &mut [f32]) {
+        let mut real = u.chunks_exact(hidden);
+        for (dst, &m) in out.chunks_exact_mut(hidden).zip(mask) {
+            match (m != 0).then(|| real.next()).flatten() {
+                Some(src) => dst.copy_from_slice(src),
+                None => dst.fill(0.0),
+            }
+        }
+    }
+}
+
+/// The `Unpad` operator: `(x [batch, seq, hidden], mask int32 [batch, seq]) → [tokens, hidden]`.
+struct UnpadOp;
+/// The `Repad` operator: `(u [tokens, hidden], mask int32 [batch, seq]) → [batch, seq, hidden]`.
+struct RepadOp;
+
+/// The padded operator names in [`DOMAIN`].
+pub const UNPAD: &str = "Unpad";
+pub const REPAD: &str = "Repad";
+
+fn pad_io() -> [ort::operator::OperatorInput; 2] {
+    use ort::{operator::OperatorInput, value::TensorElementType};
+    [OperatorInput::required(TensorElementType::Float32), OperatorInput::required(TensorElementType::Int32)]
+}
+
+impl ort::operator::Operator for UnpadOp {
+    type Kernel<'attr> = ort::operator::BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        UNPAD
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        pad_io()
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(Box::new(|ctx: &ort::operator::ComputeContext| {
+            let (x, mask) = pad_inputs(ctx)?;
+            let (dims, x) = x.try_extract_tensor::<f32>()?;
+            let (mask_dims, mask) = mask.try_extract_tensor::<i32>()?;
+            let (&[b, s, h], &[mb, ms]) = (&dims[..], &mask_dims[..]) else {
+                return Err(ort::Error::new("akidb Unpad: x must be [batch, seq, hidden], mask [batch, seq]"));
+            };
+            let (hidden, tokens) = (usize::try_from(h).unwrap_or(0), mask.iter().filter(|&&m| m != 0).count());
+            if (b, s) != (mb, ms) || hidden == 0 || x.len() != mask.len() * hidden {
+                return Err(ort::Error::new("akidb Unpad: x and mask do not match"));
+            }
+            let mut out =
+                ctx.output(0, vec![tokens as i64, h])?.ok_or_else(|| ort::Error::new("akidb Unpad: no output"))?;
+            Unpad::run(x, mask, hidden, out.try_extract_tensor_mut::<f32>()?.1);
+            Ok(())
+        }))
+    }
+}
+
+impl ort::operator::Operator for RepadOp {
+    type Kernel<'attr> = ort::operator::BoxedKernel<'attr>;
+
+    fn name(&self) -> &str {
+        REPAD
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        pad_io()
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+    }
+
+    fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
+        Ok(Box::new(|ctx: &ort::operator::ComputeContext| {
+            let (u, mask) = pad_inputs(ctx)?;
+            let (dims, u) = u.try_extract_tensor::<f32>()?;
+            let (mask_dims, mask) = mask.try_extract_tensor::<i32>()?;
+            let (&[tokens, h], &[b, s]) = (&dims[..], &mask_dims[..]) else {
+                return Err(ort::Error::new("akidb Repad: u must be [tokens, hidden], mask [batch, seq]"));
+            };
+            let hidden = usize::try_from(h).unwrap_or(0);
+            let real = mask.iter().filter(|&&m| m != 0).count();
+            if hidden == 0 || usize::try_from(tokens).ok() != Some(real) || u.len() != real * hidden {
+                return Err(ort::Error::new("akidb Repad: u and mask do not match"));
+            }
+            let mut out = ctx.output(0, vec![b, s, h])?.ok_or_else(|| ort::Error::new("akidb Repad: no output"))?;
+            Unpad::undo(u, mask, hidden, out.try_extract_tensor_mut::<f32>()?.1);
+            Ok(())
+        }))
+    }
+}
+
+fn pad_inputs(
+    ctx: &ort::operator::ComputeContext,
+) -> ort::Result<(ort::value::ValueRef<'_>, ort::value::ValueRef<'_>)> {
+    let input = |i: usize| ctx.input(i)?.ok_or_else(|| ort::Error::new("akidb Unpad/Repad: missing input"));
+    Ok((input(0)?, input(1)?))
 }
 
 #[cfg(test)]
@@ -1055,6 +1267,35 @@ mod tests {
             }
         }
         assert_eq!(Gelu { x: &x[..40], bias: &bias }.items(), None);
+    }
+
+    #[test]
+    fn unpadded_attention_equals_padded_on_the_real_tokens() {
+        let s = Shape { batch: 3, seq: 21, heads: 2, head_size: 32, scale: 0.2 };
+        let hidden = s.hidden();
+        let qkv = data(s.batch * s.seq * 3 * hidden, 11);
+        let bias = data(3 * hidden, 12);
+        let mut mask = vec![1i32; s.batch * s.seq];
+        mask[21 - 6..21].fill(0); // row 0: 15 real
+        mask[2 * 21 + 4..].fill(0); // row 2: 4 real
+        let mut padded = vec![0f32; s.batch * s.seq * hidden];
+        attention_on(Isa::best(), &qkv, &bias, &mask, &mut padded, &s);
+
+        let starts = Unpad::starts(&mask, s.batch, s.seq).unwrap();
+        assert_eq!(starts, [0, 15, 36, 40]);
+        let mut u = vec![f32::NAN; 40 * 3 * hidden];
+        Unpad::run(&qkv, &mask, 3 * hidden, &mut u);
+        let mut out = vec![f32::NAN; 40 * hidden];
+        let (ones, ptr) = (vec![1i32; s.seq], Out::new(&mut out));
+        for i in 0..s.items() {
+            // SAFETY: sizes as built above; items one after another.
+            unsafe { item_unpadded(&u, &bias, &starts, &ones, ptr, &s, i) };
+        }
+        let mut back = vec![f32::NAN; s.batch * s.seq * hidden];
+        Unpad::undo(&out, &mask, hidden, &mut back);
+        for (i, (a, b)) in back.iter().zip(&padded).enumerate() {
+            assert!((a - b).abs() <= 1e-6 * (1.0 + b.abs()), "element {i}: {a} vs {b}");
+        }
     }
 
     #[test]

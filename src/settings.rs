@@ -64,7 +64,8 @@ pub struct ModelArgs {
     /// Inference threads [default: one per physical core]
     #[arg(long, env = "AKIDB_THREADS")]
     pub threads: Option<usize>,
-    /// Padded tokens (texts × longest text) per inference call [default: 1024]
+    /// Padded tokens (texts × longest text) per inference call [default: 2048 with akidb's
+    /// kernels (an AVX-512 CPU), else 1024]
     #[arg(long, env = "AKIDB_MAX_BATCH_TOKENS")]
     pub max_batch_tokens: Option<usize>,
     /// Texts per inference call [default: 128]

@@ -160,6 +160,12 @@ fn every_attention_kernel_matches_the_exported_graph() {
                 assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::BIAS_GELU), layers);
                 assert_eq!(count("", "Sub"), 1, "the embeddings' LayerNorm is left as it is");
                 assert_eq!(count("", "Erf"), 0);
+                // The encoder between runs on real tokens only.
+                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::UNPAD), 1);
+                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::REPAD), 1);
+                let unpadded =
+                    |n: &&onnx_protobuf::NodeProto| n.attribute.iter().any(|a| a.name == "unpadded" && a.i == 1);
+                assert_eq!(graph.node.iter().filter(|n| n.op_type == "Attention").filter(unpadded).count(), layers);
             }
             let expected = match op {
                 AttentionOp::Akidb => count(akidb::kernel::DOMAIN, "Attention"),

@@ -7,7 +7,8 @@
 //!   cannot finish in this call, only with texts no longer than the batch is already padded to.
 //!   A lone bulk request is cut exactly as [`plan_batches`](crate::batching::plan_batches) cuts it.
 //! - **Short batches while queries are about.** For a few seconds after a query arrives, batches
-//!   are cut at a quarter of the token budget, so the batch in progress is short too.
+//!   are cut at a quarter of the token budget (at most 256 tokens), so the batch in progress is
+//!   short too.
 //! - **Answer per batch.** A request is answered when its own last text is done.
 //! - **Drop abandoned work.** A request whose handler is gone (client hung up, timed out) is
 //!   removed before the next pick; its texts are counted in `akidb_dropped_texts_total`.
@@ -360,6 +361,9 @@ pub fn pick_batch(queues: &[Vec<usize>], budget: Budget, max_requests: usize) ->
     takes
 }
 
+/// The most padded tokens of a batch a query may have to wait for (a few ms on MiniLM).
+const QUERY_BATCH_TOKENS: usize = 256;
+
 /// How long after the last query batches stay short.
 const QUERY_MEMORY: Duration = Duration::from_secs(2);
 
@@ -387,13 +391,16 @@ impl Worker {
         self.entries.push(entry);
     }
 
-    /// While queries are about, batches are cut at a quarter of the budget, so the batch a query
+    /// While queries are about, batches are cut at a quarter of the budget (at most 256 padded
+    /// tokens), so the batch a query
     /// may have to wait for is short. Throughput hardly changes (256 vs 1024 padded tokens per
     /// call: -2% on MiniLM, docs/performance.md); alone, bulk work gets the whole budget.
     fn budget(&self) -> Budget {
         let full = self.config.budget;
         match self.last_query {
-            Some(t) if t.elapsed() < QUERY_MEMORY => Budget::new(full.max_tokens / 4, full.max_rows),
+            Some(t) if t.elapsed() < QUERY_MEMORY => {
+                Budget::new((full.max_tokens / 4).min(QUERY_BATCH_TOKENS), full.max_rows)
+            }
             _ => full,
         }
     }
