@@ -11,6 +11,8 @@
 //! - `SkipLayerNorm` ([`Norm`]) and `BiasGelu` ([`Gelu`]): what ONNX Runtime runs as two or three
 //!   passes over memory (bias `Add`, residual `Add`, `LayerNormalization`; bias `Add`, `Gelu`), in
 //!   one.
+//! - `Unpad` / `Repad` ([`Unpad`]): the encoder between them works on real tokens only, so no
+//!   matrix product is spent on padding (attention then takes the rows' extents from the mask).
 //!
 //! Measured in docs/performance.md ("Levers of issue #15").
 
