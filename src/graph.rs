@@ -417,13 +417,13 @@ fn float_attr(name: &str, value: f32) -> AttributeProto {
 
 const MASK: &str = "akidb/key_padding_mask";
 
-/// One residual LayerNorm as exported: `x = (MatMul + bias) + residual`, then LayerNorm spelled
-/// out (`ReduceMean`, `Sub`, `Pow`, `ReduceMean`, `Add` ε, `Sqrt`, `Div`, `Mul` γ, `Add` β).
-struct NormBlock {
-    /// The nodes it replaces; the last is the final `Add`, where the fused node goes.
+/// A matched pattern: the nodes it replaces (the last is where the fused node goes, taking over
+/// that node's output) and the fused node's akidb operator, inputs and attributes.
+struct Match {
     nodes: Vec<usize>,
-    inputs: [String; 5],
-    eps: f32,
+    op: &'static str,
+    inputs: Vec<String>,
+    attributes: Vec<AttributeProto>,
 }
 
 /// The only consumer of `name`, if it has exactly one and it is an `op` of the default domain.
@@ -456,7 +456,9 @@ fn vector(g: &Graph<'_>, name: &str, len: usize) -> bool {
     g.tensor(name).is_some_and(|t| t.data_type == DataType::FLOAT as i32 && t.dims == [len as i64])
 }
 
-fn match_norm(g: &Graph<'_>, sub: usize) -> Option<NormBlock> {
+/// One residual LayerNorm as exported: `x = (MatMul + bias) + residual`, then LayerNorm spelled
+/// out (`ReduceMean`, `Sub`, `Pow`, `ReduceMean`, `Add` ε, `Sqrt`, `Div`, `Mul` γ, `Add` β).
+fn match_norm(g: &Graph<'_>, sub: usize) -> Option<Match> {
     let s = &g.nodes[sub];
     let [x, mean] = s.input.as_slice() else { return None };
     let (d, mean_node) = (s.output.first()?, g.index(mean)?);
@@ -507,10 +509,11 @@ fn match_norm(g: &Graph<'_>, sub: usize) -> Option<NormBlock> {
             .then(|| Some((i, projected.to_string(), bias.clone(), other(xn, p)?.to_string())))
             .flatten()
     })?;
-    Some(NormBlock {
+    Some(Match {
         nodes: vec![add_bias, sum, mean_node, sub, pow, var, add_eps, sqrt, div, mul, add_beta],
-        inputs: [matmul_out, residual, bias, gamma.to_string(), beta.to_string()],
-        eps,
+        op: crate::kernel::SKIP_LAYER_NORM,
+        inputs: vec![matmul_out, residual, bias, gamma.to_string(), beta.to_string()],
+        attributes: vec![float_attr("epsilon", eps)],
     })
 }
 
@@ -602,39 +605,9 @@ fn unpad_encoder(graph: &mut onnx_protobuf::GraphProto) -> bool {
     true
 }
 
-/// Replaces every residual LayerNorm that matches exactly with akidb's `SkipLayerNorm` (see
-/// `kernel::Norm`); returns how many. The embeddings' LayerNorm (a sum of three lookups) stays.
-fn fuse_layer_norms(graph: &mut onnx_protobuf::GraphProto) -> usize {
-    let nodes = std::mem::take(&mut graph.node);
-    let blocks: Vec<NormBlock> = {
-        let g = Graph::new(&nodes, &graph.initializer);
-        (0..nodes.len())
-            .filter(|&i| nodes[i].op_type == "Sub" && nodes[i].domain.is_empty())
-            .filter_map(|i| match_norm(&g, i))
-            .collect()
-    };
-    replace_blocks(
-        graph,
-        nodes,
-        blocks.into_iter().enumerate().map(|(number, b)| {
-            let inputs: Vec<&str> = b.inputs.iter().map(String::as_str).collect();
-            let name = format!("akidb/layer_norm_{number}");
-            let fused = node(
-                crate::kernel::SKIP_LAYER_NORM,
-                crate::kernel::DOMAIN,
-                &name,
-                &inputs,
-                &[],
-                vec![float_attr("epsilon", b.eps)],
-            );
-            (b.nodes, fused)
-        }),
-    )
-}
-
 /// The feed-forward activation as exported: `x = MatMul + bias`, then
 /// `Mul(Mul(x, Add(Erf(Div(x, √2)), 1)), 0.5)`.
-fn match_gelu(g: &Graph<'_>, erf: usize) -> Option<(Vec<usize>, [String; 2])> {
+fn match_gelu(g: &Graph<'_>, erf: usize) -> Option<Match> {
     let en = &g.nodes[erf];
     let div = g.index(en.input.first()?)?;
     let dn = &g.nodes[div];
@@ -668,55 +641,41 @@ fn match_gelu(g: &Graph<'_>, erf: usize) -> Option<(Vec<usize>, [String; 2])> {
         let fits = matches!(width.as_slice(), [w] if *w > 0 && (*w as usize).is_multiple_of(16));
         (is_matmul && fits && vector(g, b, width[0] as usize)).then(|| (projected.to_string(), b.clone()))
     })?;
-    Some((vec![add_bias, div, erf, add_one, mul, half], [projected, bias]))
+    Some(Match {
+        nodes: vec![add_bias, div, erf, add_one, mul, half],
+        op: crate::kernel::BIAS_GELU,
+        inputs: vec![projected, bias],
+        attributes: vec![],
+    })
 }
 
-/// Replaces every feed-forward activation that matches exactly with akidb's `BiasGelu` (see
-/// `kernel::Gelu`); returns how many.
-fn fuse_gelus(graph: &mut onnx_protobuf::GraphProto) -> usize {
+/// Replaces every match of `matcher`, tried at each `anchor` node of the default domain, with its
+/// akidb node; returns how many. Matchers check that nothing outside a match reads inside it.
+fn fuse_each(
+    graph: &mut onnx_protobuf::GraphProto,
+    anchor: &str,
+    matcher: fn(&Graph<'_>, usize) -> Option<Match>,
+) -> usize {
     let nodes = std::mem::take(&mut graph.node);
-    let blocks: Vec<(Vec<usize>, [String; 2])> = {
+    let found: Vec<Match> = {
         let g = Graph::new(&nodes, &graph.initializer);
         (0..nodes.len())
-            .filter(|&i| nodes[i].op_type == "Erf" && nodes[i].domain.is_empty())
-            .filter_map(|i| match_gelu(&g, i))
+            .filter(|&i| nodes[i].op_type == anchor && nodes[i].domain.is_empty())
+            .filter_map(|i| matcher(&g, i))
             .collect()
     };
-    replace_blocks(
-        graph,
-        nodes,
-        blocks.into_iter().enumerate().map(|(number, (at, [x, bias]))| {
-            (
-                at,
-                node(
-                    crate::kernel::BIAS_GELU,
-                    crate::kernel::DOMAIN,
-                    &format!("akidb/gelu_{number}"),
-                    &[&x, &bias],
-                    &[],
-                    vec![],
-                ),
-            )
-        }),
-    )
-}
-
-/// Puts `nodes` back into `graph` with each block's nodes replaced by its fused node, which goes
-/// where the block's last node was and takes over that node's output; returns how many.
-fn replace_blocks(
-    graph: &mut onnx_protobuf::GraphProto,
-    nodes: Vec<NodeProto>,
-    blocks: impl Iterator<Item = (Vec<usize>, NodeProto)>,
-) -> usize {
     let mut replaced: HashMap<usize, Option<NodeProto>> = HashMap::new();
     let mut fused = 0;
-    for (members, mut fused_node) in blocks {
-        let Some(&at) = members.last() else { continue };
-        if members.iter().any(|i| replaced.contains_key(i)) {
+    for m in found {
+        let Some(&at) = m.nodes.last() else { continue };
+        if m.nodes.iter().any(|i| replaced.contains_key(i)) {
             continue; // overlapping matches cannot happen in a valid graph; be safe anyway
         }
-        fused_node.output = nodes[at].output.clone();
-        for &i in &members {
+        let inputs: Vec<&str> = m.inputs.iter().map(String::as_str).collect();
+        let outputs: Vec<&str> = nodes[at].output.iter().map(String::as_str).collect();
+        let name = format!("akidb/{}_{fused}", m.op);
+        let fused_node = node(m.op, crate::kernel::DOMAIN, &name, &inputs, &outputs, m.attributes);
+        for &i in &m.nodes {
             replaced.insert(i, None);
         }
         replaced.insert(at, Some(fused_node));
@@ -863,7 +822,8 @@ pub fn fuse_attention(
     }
     // akidb's other kernels, then real tokens only, once the packed weights are initializers.
     if op == AttentionOp::Akidb {
-        own_kernel |= fuse_layer_norms(graph) + fuse_gelus(graph) > 0;
+        // Residual LayerNorms (the embeddings' one, a sum of three lookups, stays) and GELUs.
+        own_kernel |= fuse_each(graph, "Sub", match_norm) + fuse_each(graph, "Erf", match_gelu) > 0;
         if own_kernel && unpad_encoder(graph) {
             tracing::debug!("the encoder runs on real tokens only");
         }

@@ -786,6 +786,36 @@ pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
     ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)?.add(NormOp)?.add(GeluOp)?.add(UnpadOp)?.add(RepadOp)
 }
 
+/// `N` required float inputs.
+fn float_inputs<const N: usize>() -> [ort::operator::OperatorInput; N] {
+    [0; N].map(|_| ort::operator::OperatorInput::required(ort::value::TensorElementType::Float32))
+}
+
+/// One float output.
+fn float_output() -> [ort::operator::OperatorOutput; 1] {
+    [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+}
+
+/// The shared tail of the row-wise operators: an output shaped like their input 0 (`dims`, `len`
+/// floats), then `items` (`None`: the sizes do not fit) parallel items of `run`.
+fn run_row_wise(
+    ctx: &ort::operator::ComputeContext,
+    op: &str,
+    dims: &[i64],
+    len: usize,
+    items: Option<usize>,
+    run: impl Fn(Out, usize) + Sync + Send,
+) -> ort::Result<()> {
+    let items = items.ok_or_else(|| ort::Error::new(format!("akidb {op}: sizes do not fit ({dims:?})")))?;
+    let mut out = ctx.output(0, dims.to_vec())?.ok_or_else(|| ort::Error::new(format!("akidb {op}: no output")))?;
+    let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+    if out.len() != len {
+        return Err(ort::Error::new(format!("akidb {op}: output of the wrong size")));
+    }
+    let out = Out::new(out);
+    ctx.par_for(items, items, |i| run(out, i))
+}
+
 /// The feed-forward activation's operator name in [`DOMAIN`].
 pub const BIAS_GELU: &str = "BiasGelu";
 
@@ -800,12 +830,11 @@ impl ort::operator::Operator for GeluOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
-        use ort::{operator::OperatorInput, value::TensorElementType};
-        [0; 2].map(|_| OperatorInput::required(TensorElementType::Float32))
+        float_inputs::<2>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+        float_output()
     }
 
     fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<GeluKernel> {
@@ -821,16 +850,8 @@ impl ort::operator::Kernel for GeluKernel {
         let (x, bias) = (input(0)?, input(1)?);
         let (dims, x) = x.try_extract_tensor::<f32>()?;
         let gelu = Gelu { x, bias: bias.try_extract_tensor::<f32>()?.1 };
-        let items =
-            gelu.items().ok_or_else(|| ort::Error::new(format!("akidb BiasGelu: sizes do not fit ({dims:?})")))?;
-        let mut out = ctx.output(0, dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb BiasGelu: no output"))?;
-        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        if out.len() != gelu.x.len() {
-            return Err(ort::Error::new("akidb BiasGelu: output of the wrong size"));
-        }
-        let out = Out::new(out);
-        // SAFETY: sizes checked by `items` and above; each item runs once, on its own rows.
-        ctx.par_for(items, items, |i| unsafe { gelu.item(out, i) })
+        // SAFETY: sizes checked by `items` and `run_row_wise`; each item runs once, on its own rows.
+        run_row_wise(ctx, BIAS_GELU, dims, gelu.x.len(), gelu.items(), |out, i| unsafe { gelu.item(out, i) })
     }
 }
 
@@ -849,12 +870,11 @@ impl ort::operator::Operator for NormOp {
     }
 
     fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
-        use ort::{operator::OperatorInput, value::TensorElementType};
-        [0; 5].map(|_| OperatorInput::required(TensorElementType::Float32))
+        float_inputs::<5>()
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+        float_output()
     }
 
     fn create_kernel<'attr>(&self, ctx: &ort::operator::KernelContext<'attr>) -> ort::Result<NormKernel> {
@@ -880,16 +900,8 @@ impl ort::operator::Kernel for NormKernel {
             beta: beta.try_extract_tensor::<f32>()?.1,
             eps: self.eps,
         };
-        let items =
-            norm.items().ok_or_else(|| ort::Error::new(format!("akidb SkipLayerNorm: sizes do not fit ({dims:?})")))?;
-        let mut out = ctx.output(0, dims.to_vec())?.ok_or_else(|| ort::Error::new("akidb SkipLayerNorm: no output"))?;
-        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
-        if out.len() != norm.x.len() {
-            return Err(ort::Error::new("akidb SkipLayerNorm: output of the wrong size"));
-        }
-        let out = Out::new(out);
-        // SAFETY: sizes checked by `items` and above; each item runs once, on its own rows.
-        ctx.par_for(items, items, |i| unsafe { norm.item(out, i) })
+        // SAFETY: sizes checked by `items` and `run_row_wise`; each item runs once, on its own rows.
+        run_row_wise(ctx, SKIP_LAYER_NORM, dims, norm.x.len(), norm.items(), |out, i| unsafe { norm.item(out, i) })
     }
 }
 
@@ -914,7 +926,7 @@ impl ort::operator::Operator for AttentionOp {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+        float_output()
     }
 
     fn create_kernel<'attr>(&self, ctx: &ort::operator::KernelContext<'attr>) -> ort::Result<AttentionKernel> {
@@ -1078,7 +1090,7 @@ impl ort::operator::Operator for UnpadOp {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+        float_output()
     }
 
     fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
@@ -1113,7 +1125,7 @@ impl ort::operator::Operator for RepadOp {
     }
 
     fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
-        [ort::operator::OperatorOutput::required(ort::value::TensorElementType::Float32)]
+        float_output()
     }
 
     fn create_kernel<'attr>(&self, _: &ort::operator::KernelContext<'attr>) -> ort::Result<Self::Kernel<'attr>> {
