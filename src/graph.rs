@@ -671,6 +671,14 @@ fn fuse_each(
         if m.nodes.iter().any(|i| replaced.contains_key(i)) {
             continue; // overlapping matches cannot happen in a valid graph; be safe anyway
         }
+        // An intermediate the graph outputs (all hidden states, say) must survive: no fusion.
+        let inner_output = m.nodes[..m.nodes.len() - 1]
+            .iter()
+            .flat_map(|&i| &nodes[i].output)
+            .any(|o| graph.output.iter().any(|go| go.name == *o));
+        if inner_output {
+            continue;
+        }
         let inputs: Vec<&str> = m.inputs.iter().map(String::as_str).collect();
         let outputs: Vec<&str> = nodes[at].output.iter().map(String::as_str).collect();
         let name = format!("akidb/{}_{fused}", m.op);

@@ -75,7 +75,9 @@ pub unsafe fn item(qkv: &[f32], bias: &[f32], mask: &[i32], out: Out, shape: &Sh
 /// least the longest sequence's length of 1s; the output is [tokens, hidden].
 ///
 /// # Safety
-/// As [`item`], with `out` holding [tokens, hidden] floats.
+/// As [`item`], and: `starts` is [`Unpad::starts`] of the batch's mask (batch + 1 entries, non-
+/// decreasing, the last equal to the tokens of `qkv`), `out` holds [tokens, hidden] floats, and
+/// `ones` is at least as long as the longest row.
 pub unsafe fn item_unpadded(
     qkv: &[f32],
     bias: &[f32],
@@ -157,7 +159,8 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// Zeroes this head's output for queries `from..seq` (padding: pooling never reads them).
+    /// Zeroes this head's output for queries `from..seq`: padded positions come out as zeros
+    /// (the exported graph computes values there that nothing mask-aware reads).
     unsafe fn zero_from(&self, from: usize, d: usize) {
         for i in from..self.seq {
             // SAFETY: row i, head h's d columns, inside this row's [seq, hidden].
@@ -231,7 +234,7 @@ trait V16: Copy {
     unsafe fn mul(self, o: Self) -> Self;
     unsafe fn div(self, o: Self) -> Self;
     unsafe fn max(self, o: Self) -> Self;
-    /// 2^(n - 127) for floats `t` that hold `ROUND + n` (integer n in their low mantissa bits).
+    /// 2^n for floats `t` that hold `ROUND + n` (integer n in their low mantissa bits, |n| ≤ 126).
     unsafe fn pow2_of_rounded(t: Self) -> Self;
     unsafe fn to_array(self) -> [f32; 16] {
         let mut a = [0f32; 16];
@@ -1035,11 +1038,12 @@ impl Unpad {
         if mask.len() != batch * seq {
             return None;
         }
+        // One entry per row even when rows are empty (seq = 0), so `starts[b + 1]` always exists.
         let mut starts = Vec::with_capacity(batch + 1);
         starts.push(0);
-        for row in mask.chunks(seq.max(1)).take(batch) {
-            let n = row.iter().filter(|&&m| m != 0).count();
-            starts.push(starts.last().copied().unwrap_or(0) + n);
+        for b in 0..batch {
+            let n = mask[b * seq..(b + 1) * seq].iter().filter(|&&m| m != 0).count();
+            starts.push(starts[b] + n);
         }
         Some(starts)
     }
@@ -1248,6 +1252,8 @@ mod tests {
                 }
             }
         }
+        // Rows without tokens (seq = 0) still get their start.
+        assert_eq!(Unpad::starts(&[], 3, 0), Some(vec![0, 0, 0, 0]));
         // Sizes that do not fit are refused, not run.
         assert_eq!(Norm { gamma: &gamma[..40], ..norm }.items(), None);
     }

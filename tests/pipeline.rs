@@ -205,4 +205,17 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
         assert!(graph.initializer.iter().any(|t| t.name == n.input[1] && t.dims == [96]), "the packed bias");
     }
     assert!(r.model.opset_import.iter().any(|o| o.domain == akidb::kernel::DOMAIN));
+    // A residual sum the graph also outputs keeps its LayerNorm unfused (4 → 3), and the encoder
+    // then has two exits, so it stays padded.
+    let mut model = read_model(&path).unwrap();
+    let graph = model.graph.as_mut().unwrap();
+    let sum = graph.node.iter().filter(|n| n.op_type == "Sub").nth(1).expect("layer 0's LayerNorm").input[0].clone();
+    let mut output = onnx_protobuf::ValueInfoProto::new();
+    output.name = sum;
+    graph.output.push(output);
+    let r = fuse_attention(model, 2, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
+    let count =
+        |op: &str| r.model.graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN && n.op_type == op).count();
+    assert_eq!(count(akidb::kernel::SKIP_LAYER_NORM), 3);
+    assert_eq!(count(akidb::kernel::UNPAD), 0);
 }
