@@ -64,7 +64,8 @@ pub struct EmbedderOptions {
 /// call keeps the activations in cache and beats large batches by ~25%; with akidb's (padding
 /// dropped inside the encoder, see `graph`) 2k beats 1k by 2–3%.
 pub fn default_max_batch_tokens() -> usize {
-    if crate::kernel::measured_faster() {
+    // The same choice the graph rewrite makes, so `AKIDB_ATTENTION=packed` gets ONNX Runtime's budget.
+    if fusion::attention_op() == crate::graph::AttentionOp::Akidb {
         2048
     } else {
         1024
