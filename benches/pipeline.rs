@@ -6,7 +6,7 @@
 
 use std::hint::black_box;
 
-use akidb::{config::Pooling, pooling, Embedder, EmbedderOptions};
+use akidb_engine::{model_config::Pooling, pooling, Model, ModelOptions};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ndarray::{Array2, Array3};
 
@@ -16,12 +16,12 @@ fn corpus() -> Vec<String> {
     text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
 }
 
-fn embedder() -> Embedder {
+fn embedder() -> Model {
     if std::env::var_os("HF_HOME").is_none() {
         std::env::set_var("HF_HOME", concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/hf"));
         std::env::set_var("HF_HUB_OFFLINE", "1");
     }
-    Embedder::load(&EmbedderOptions::default()).expect("load MiniLM")
+    Model::load(&ModelOptions::default()).expect("load MiniLM")
 }
 
 fn benches(c: &mut Criterion) {

@@ -24,7 +24,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use akidb::{settings::ModelArgs, Embedder};
+use akidb::settings::ModelArgs;
+use akidb_engine::Model;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
@@ -112,7 +113,7 @@ fn venv_python() -> PathBuf {
 
 fn setup() -> Result<PathBuf> {
     let python = venv_python();
-    let version = akidb::runtime::PINNED_VERSION;
+    let version = akidb_engine::session::runtime::PINNED_VERSION;
     let check = format!(
         "import importlib.metadata as m, numpy, tokenizers, onnx, sympy, onnxruntime; assert m.version('onnxruntime') == '{version}'"
     );
@@ -229,7 +230,7 @@ impl Drop for Server {
 /// The server's `akidb_batch_size` histogram so far, all models: (texts, inference calls).
 async fn batch_sizes(http: &reqwest::Client, url: &str) -> Result<(f64, f64)> {
     let text = http.get(format!("{url}/metrics")).send().await?.text().await?;
-    let total = |name: &str| akidb::server::metrics::total(&text, name).unwrap_or(0.0);
+    let total = |name: &str| akidb_server::metrics::total(&text, name).unwrap_or(0.0);
     Ok((total("akidb_batch_size_sum"), total("akidb_batch_size_count")))
 }
 
@@ -243,7 +244,7 @@ async fn post(http: &reqwest::Client, url: &str, inputs: Value) -> Result<Durati
 
 // --- the tables ----------------------------------------------------------------------------
 
-fn corpus(cli: &Cli, embedder: &Embedder) -> Result<()> {
+fn corpus(cli: &Cli, embedder: &Model) -> Result<()> {
     let text = std::fs::read_to_string(&cli.corpus).with_context(|| format!("reading {}", cli.corpus.display()))?;
     let texts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
     let corpus = cli.corpus.display().to_string();
@@ -305,7 +306,7 @@ fn corpus(cli: &Cli, embedder: &Embedder) -> Result<()> {
 }
 
 /// p50 of `n` single-text embeddings in process, in ms.
-fn in_process_p50(embedder: &Embedder, text: &str, n: usize) -> Result<f64> {
+fn in_process_p50(embedder: &Model, text: &str, n: usize) -> Result<f64> {
     let mut samples = Vec::with_capacity(n);
     for _ in 0..n {
         let started = Instant::now();
@@ -315,7 +316,7 @@ fn in_process_p50(embedder: &Embedder, text: &str, n: usize) -> Result<f64> {
     Ok(percentile(&mut samples, 0.5))
 }
 
-async fn latency(cli: &Cli, embedder: &Embedder) -> Result<()> {
+async fn latency(cli: &Cli, embedder: &Model) -> Result<()> {
     let server = Server::start(&cli.model)?;
     let http = reqwest::Client::new();
     server.ready(&http).await?;
@@ -360,7 +361,7 @@ async fn latency(cli: &Cli, embedder: &Embedder) -> Result<()> {
 }
 
 /// Texts per second of akidb in process on `text`, `batch` copies per call, for `seconds`.
-fn in_process_rate(embedder: &Embedder, text: &str, batch: usize, seconds: f64) -> Result<f64> {
+fn in_process_rate(embedder: &Model, text: &str, batch: usize, seconds: f64) -> Result<f64> {
     let texts = vec![text; batch];
     let started = Instant::now();
     let mut done = 0;
@@ -395,7 +396,7 @@ async fn load(http: &reqwest::Client, url: &str, text: &str, clients: usize, sec
     Ok((rate, percentile(&mut all, 0.5), percentile(&mut all, 0.99)))
 }
 
-async fn clients(cli: &Cli, embedder: &Embedder) -> Result<()> {
+async fn clients(cli: &Cli, embedder: &Model) -> Result<()> {
     let server = Server::start(&cli.model)?;
     let http = reqwest::Client::builder().pool_max_idle_per_host(cli.clients).build()?;
     server.ready(&http).await?;
@@ -517,11 +518,11 @@ fn rerank_groups(cli: &Cli) -> Result<Vec<(String, Vec<String>)>> {
 
 /// Pairs/s of the cross-encoder: tokenize the pairs, run them in akidb's length-sorted,
 /// token-budgeted batches, sigmoid; the best of three passes.
-fn rerank_in_process(embedder: &Embedder, pairs: &[akidb::tokenize::Input]) -> Result<f64> {
+fn rerank_in_process(embedder: &Model, pairs: &[akidb_engine::tokenize::Input]) -> Result<f64> {
     let mut best = f64::INFINITY;
     for _ in 0..3 {
         let started = Instant::now();
-        let tokens = embedder.tokenize_inputs(pairs, &akidb::EncodeOptions::default())?;
+        let tokens = embedder.tokenize_inputs(pairs, &akidb_engine::EncodeOptions::default())?;
         let logits = embedder.embed_tokens(&tokens, false)?;
         std::hint::black_box(logits.iter().map(|l| 1.0 / (1.0 + (-l[0]).exp())).sum::<f32>());
         best = best.min(started.elapsed().as_secs_f64());
@@ -547,9 +548,9 @@ async fn rerank_http(http: &reqwest::Client, url: &str, groups: &[(String, Vec<S
 
 fn rerank(cli: &Cli) -> Result<()> {
     let groups = rerank_groups(cli)?;
-    let pairs: Vec<akidb::tokenize::Input> = groups
+    let pairs: Vec<akidb_engine::tokenize::Input> = groups
         .iter()
-        .flat_map(|(q, ps)| ps.iter().map(move |p| akidb::tokenize::Input::Pair(q.clone(), p.clone())))
+        .flat_map(|(q, ps)| ps.iter().map(move |p| akidb_engine::tokenize::Input::Pair(q.clone(), p.clone())))
         .collect();
     let dir = tempfile::tempdir()?;
     let pairs_file = dir.path().join("pairs.json");
@@ -559,8 +560,12 @@ fn rerank(cli: &Cli) -> Result<()> {
     let reference = root().join("../shared/reference/tiny-cross-encoder.dev.jsonl");
 
     let model = ModelArgs { model: vec![cli.reranker.clone()], ..cli.model.clone() };
-    let embedder = Embedder::load(&model.options()).with_context(|| format!("loading {}", cli.reranker))?;
-    anyhow::ensure!(embedder.info().kind == akidb::config::Kind::CrossEncoder, "{} is no cross-encoder", cli.reranker);
+    let embedder = Model::load(&model.options()).with_context(|| format!("loading {}", cli.reranker))?;
+    anyhow::ensure!(
+        embedder.info().kind == akidb_engine::model_config::Kind::CrossEncoder,
+        "{} is no cross-encoder",
+        cli.reranker
+    );
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let http = reqwest::Client::new();
     let server = Server::start(&model)?;
@@ -617,7 +622,7 @@ fn main() -> Result<()> {
         return rerank(&cli);
     }
     let options = cli.model.options();
-    let embedder = Embedder::load(&options).with_context(|| format!("loading {}", options.model))?;
+    let embedder = Model::load(&options).with_context(|| format!("loading {}", options.model))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let run = |cmd: Cmd| -> Result<()> {
         match cmd {

@@ -5,7 +5,8 @@
 
 use std::time::Instant;
 
-use akidb::{settings::ModelArgs, Embedder};
+use akidb::settings::ModelArgs;
+use akidb_engine::Model;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -28,7 +29,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let embedder = Embedder::load(&args.model.options())?;
+    let embedder = Model::load(&args.model.options())?;
     let texts = [args.text.as_str()];
     for _ in 0..args.warmup {
         embedder.embed(&texts, true)?;

@@ -5,7 +5,8 @@
 
 use std::{path::PathBuf, time::Instant};
 
-use akidb::{settings::ModelArgs, Embedder};
+use akidb::settings::ModelArgs;
+use akidb_engine::Model;
 use clap::Parser;
 
 #[derive(Parser)]
@@ -34,7 +35,7 @@ fn main() -> anyhow::Result<()> {
     if let Some(batch) = args.batch {
         options.max_batch_size = batch;
     }
-    let embedder = Embedder::load(&options)?;
+    let embedder = Model::load(&options)?;
     let tokens = embedder.embed(&texts, true)?.total_tokens;
     let mut best = f64::INFINITY;
     for _ in 0..args.repeat.max(1) {

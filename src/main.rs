@@ -4,14 +4,17 @@ use std::{
     time::Instant,
 };
 
-use akidb::{
-    config::Kind,
-    corpus::CorpusArgs,
-    protocol::{EmbedResponse, IndexedEmbedding, Usage},
-    server::{shutdown_signal, Server},
-    settings::{ConfigFile, ModelArgs, ServerArgs},
+use akidb::settings::{ConfigFile, ModelArgs, ServerArgs};
+use akidb_corpus::CorpusArgs;
+use akidb_engine::{
+    model_config::Kind,
+    scores,
     tokenize::{Input, Side},
-    Embedder, EncodeOptions,
+    EncodeOptions, Model,
+};
+use akidb_server::{
+    protocol::{EmbedResponse, IndexedEmbedding, Usage},
+    shutdown_signal, Server,
 };
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -126,7 +129,7 @@ fn main() {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         // A corpus run reports progress and its summary through the log.
-        Command::Embed(a) if !a.verbose && a.corpus.requested() => "warn,akidb::corpus=info",
+        Command::Embed(a) if !a.verbose && a.corpus.requested() => "warn,akidb_corpus=info",
         Command::Embed(a) if !a.verbose => "warn",
         Command::Rerank(a) if !a.verbose => "warn",
         Command::Predict(a) if !a.verbose => "warn",
@@ -157,7 +160,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 /// Loads a model that must be one of `kinds`, for a command that needs them.
-fn load_kind(model: &ModelArgs, verbose: bool, file: &ConfigFile, command: &str, kinds: &[Kind]) -> Result<Embedder> {
+fn load_kind(model: &ModelArgs, verbose: bool, file: &ConfigFile, command: &str, kinds: &[Kind]) -> Result<Model> {
     let embedder = load_embedder(model, verbose, file)?;
     let kind = embedder.info().kind;
     if !kinds.contains(&kind) {
@@ -165,14 +168,6 @@ fn load_kind(model: &ModelArgs, verbose: bool, file: &ConfigFile, command: &str,
         bail!("`akidb {command}` needs {needs}, but {} is {}", embedder.info().id, kind.described());
     }
     Ok(embedder)
-}
-
-/// Scores from logits: the model's activation, or the logits themselves.
-fn scores(embedder: &Embedder, logits: Vec<f32>, raw: bool) -> Vec<f32> {
-    match (raw, embedder.info().activation) {
-        (false, Some(activation)) => activation.apply(&logits),
-        _ => logits,
-    }
 }
 
 fn print_json(value: &serde_json::Value) -> Result<()> {
@@ -200,13 +195,9 @@ fn rerank(args: RerankArgs, file: &ConfigFile) -> Result<()> {
     let inputs: Vec<Input> = texts.iter().map(|t| Input::Pair(args.query.clone(), t.clone())).collect();
     let tokens = embedder.tokenize_inputs(&inputs, &EncodeOptions::default())?;
     let logits = embedder.embed_tokens(&tokens, false)?;
-    let scores: Vec<f32> = logits
-        .into_iter()
-        .map(|l| scores(&embedder, l, args.raw_scores).first().copied().unwrap_or(f32::NAN))
-        .collect();
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let ranked: Vec<serde_json::Value> = order
+    let activation = embedder.info().activation;
+    let scores: Vec<f32> = logits.into_iter().map(|l| scores::relevance(l, activation, args.raw_scores)).collect();
+    let ranked: Vec<serde_json::Value> = scores::ranked(&scores)
         .into_iter()
         .take(args.top_n.unwrap_or(usize::MAX))
         .map(|i| serde_json::json!({ "index": i, "score": scores[i], "text": texts[i] }))
@@ -221,22 +212,13 @@ fn predict(args: PredictArgs, file: &ConfigFile) -> Result<()> {
     }
     let embedder = load_kind(&args.model, args.verbose, file, "predict", &[Kind::Classifier, Kind::CrossEncoder])?;
     let tokens = embedder.tokenize(&texts)?;
-    let labels = embedder.info().labels.clone();
-    let all: Vec<serde_json::Value> = embedder
+    let info = embedder.info();
+    let all: Vec<Vec<scores::Prediction>> = embedder
         .embed_tokens(&tokens, false)?
         .into_iter()
-        .map(|logits| {
-            let scores = scores(&embedder, logits, args.raw_scores);
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-            let predictions: Vec<serde_json::Value> = order
-                .into_iter()
-                .map(|i| serde_json::json!({ "label": labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")), "score": scores[i] }))
-                .collect();
-            serde_json::Value::Array(predictions)
-        })
+        .map(|logits| scores::predictions(logits, &info.labels, info.activation, args.raw_scores))
         .collect();
-    print_json(&serde_json::Value::Array(all))
+    print_json(&serde_json::to_value(all)?)
 }
 
 fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
@@ -249,15 +231,15 @@ fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
         let addr = server.local_addr()?;
         let names = all.iter().map(|o| o.model.as_str()).collect::<Vec<_>>().join(", ");
         tracing::info!("listening on http://{addr} (loading {names})");
-        let load = move || -> Result<Vec<Embedder>, String> {
+        let load = move || -> Result<Vec<Model>, String> {
             all.iter()
-                .map(|options| Embedder::load(options).map_err(|e| format!("loading model {}: {e}", options.model)))
+                .map(|options| Model::load(options).map_err(|e| format!("loading model {}: {e}", options.model)))
                 .collect()
         };
         server.run(load, shutdown_signal()).await.with_context(|| format!("serving {names}"))
     })?;
     // The inference threads may still hold the sessions: write their profiles (--profile) now.
-    akidb::runtime::finish_profiling();
+    akidb_engine::session::runtime::finish_profiling();
     Ok(())
 }
 
@@ -272,9 +254,9 @@ fn read_stdin_lines() -> Result<Vec<String>> {
     Ok(text.lines().map(|l| l.strip_suffix('\r').unwrap_or(l)).filter(|l| !l.is_empty()).map(str::to_string).collect())
 }
 
-fn load_embedder(model: &ModelArgs, verbose: bool, file: &ConfigFile) -> Result<Embedder> {
+fn load_embedder(model: &ModelArgs, verbose: bool, file: &ConfigFile) -> Result<Model> {
     let options = model.resolve(file)?;
-    let embedder = Embedder::load(&options).with_context(|| format!("loading model {}", options.model))?;
+    let embedder = Model::load(&options).with_context(|| format!("loading model {}", options.model))?;
     if verbose {
         let info = embedder.info();
         tracing::info!(
@@ -299,11 +281,11 @@ fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
         bail!("pass texts as arguments or --input, not both");
     }
     // Flag mistakes are reported before the model is loaded.
-    akidb::corpus::plan(&args.corpus)?;
+    akidb_corpus::plan(&args.corpus)?;
     let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
     // An unknown prompt is reported before any output is opened.
     embedder.info().prompt(args.prompt_name.as_deref())?;
-    akidb::corpus::run(&embedder, &args.corpus, !args.no_normalize, &args.encode_options())?;
+    akidb_corpus::run(&embedder, &args.corpus, !args.no_normalize, &args.encode_options())?;
     Ok(())
 }
 

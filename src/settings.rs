@@ -4,7 +4,7 @@
 //! (flag, environment variable, help) and the serde shape of the file (its key), so the two cannot
 //! drift apart. clap fills flags and environment; [`layered`] puts them over the file, whatever
 //! the struct; `options()` / `config()` turn the result into runtime options, where the defaults
-//! live ([`EmbedderOptions::default`], [`ServerConfig::default`]).
+//! live ([`ModelOptions::default`], [`ServerConfig::default`]).
 
 use std::{
     fmt,
@@ -18,12 +18,14 @@ use serde::{
     Deserialize, Deserializer, Serialize,
 };
 
-use crate::{
-    cache::default_coreml_cache_dir,
-    embedder::EmbedderOptions,
-    runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
-    server::ServerConfig,
+use akidb_engine::{
+    session::{
+        cache::default_coreml_cache_dir,
+        runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
+    },
+    ModelOptions,
 };
+use akidb_server::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -309,7 +311,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<String>
 
 impl ModelArgs {
     /// These options (flags and environment) over the file's, for a command that runs one model.
-    pub fn resolve(&self, file: &ConfigFile) -> Result<EmbedderOptions, SettingsError> {
+    pub fn resolve(&self, file: &ConfigFile) -> Result<ModelOptions, SettingsError> {
         let layered = layered(self, &file.model)?;
         if layered.model.len() > 1 {
             return Err(SettingsError::Models(format!(
@@ -322,13 +324,13 @@ impl ModelArgs {
     }
 
     /// Like [`ModelArgs::resolve`], one set of options per model (`serve`).
-    pub fn resolve_all(&self, file: &ConfigFile) -> Result<Vec<EmbedderOptions>, SettingsError> {
+    pub fn resolve_all(&self, file: &ConfigFile) -> Result<Vec<ModelOptions>, SettingsError> {
         layered(self, &file.model)?.options_all()
     }
 
     /// One set of options per model, in the order given; the default model when none is. The
     /// revision and ONNX file name one model's files, so with several models they are refused.
-    pub fn options_all(&self) -> Result<Vec<EmbedderOptions>, SettingsError> {
+    pub fn options_all(&self) -> Result<Vec<ModelOptions>, SettingsError> {
         if self.model.len() > 1 && (self.revision.is_some() || self.onnx_file.is_some()) {
             return Err(SettingsError::Models(
                 "--revision and --onnx-file name one model's files; with several models leave them unset".into(),
@@ -342,14 +344,14 @@ impl ModelArgs {
         if self.model.len() <= 1 {
             return Ok(vec![first]);
         }
-        Ok(self.model.iter().map(|model| EmbedderOptions { model: model.clone(), ..first.clone() }).collect())
+        Ok(self.model.iter().map(|model| ModelOptions { model: model.clone(), ..first.clone() }).collect())
     }
 
     /// Runtime options for the first model, with the defaults for what is unset.
-    pub fn options(&self) -> EmbedderOptions {
-        let d = EmbedderOptions::default();
+    pub fn options(&self) -> ModelOptions {
+        let d = ModelOptions::default();
         let c = &self.coreml;
-        EmbedderOptions {
+        ModelOptions {
             model: self.model.first().cloned().unwrap_or(d.model),
             revision: self.revision.clone().or(d.revision),
             onnx_file: self.onnx_file.clone().or(d.onnx_file),
@@ -549,7 +551,7 @@ mod tests {
         assert!(dup.options_all().unwrap_err().to_string().contains("given twice"));
         assert!(ConfigFile::parse("model = 3").unwrap_err().contains("model id or a list"));
         // The default when nothing names a model.
-        assert_eq!(ModelArgs::default().options_all().unwrap()[0].model, crate::DEFAULT_MODEL);
+        assert_eq!(ModelArgs::default().options_all().unwrap()[0].model, akidb_engine::DEFAULT_MODEL);
     }
 
     #[test]

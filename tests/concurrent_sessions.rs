@@ -9,7 +9,7 @@ mod common;
 
 use std::sync::{Arc, Barrier};
 
-use akidb::runtime::{Session, SessionOptions};
+use akidb_engine::session::runtime::{Session, SessionOptions};
 
 #[test]
 fn the_first_sessions_of_a_process_load_side_by_side() {

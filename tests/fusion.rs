@@ -8,10 +8,12 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use akidb::{
-    fusion::{self, CacheEntry},
-    graph::{fuse_attention, read_model, write_model, AttentionOp},
-    runtime::SessionOptions,
+use akidb_engine::{
+    session::{
+        fusion::{self, CacheEntry},
+        graph::{fuse_attention, read_model, write_model, AttentionOp},
+        runtime::SessionOptions,
+    },
     tokenize::Tokenizer,
 };
 
@@ -156,19 +158,19 @@ fn every_attention_kernel_matches_the_exported_graph() {
             };
             if op == AttentionOp::Akidb {
                 // The residual LayerNorms (two per layer; not the embeddings') and the activations.
-                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::SKIP_LAYER_NORM), 2 * layers);
-                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::BIAS_GELU), layers);
+                assert_eq!(count(akidb_kernels::DOMAIN, akidb_kernels::SKIP_LAYER_NORM), 2 * layers);
+                assert_eq!(count(akidb_kernels::DOMAIN, akidb_kernels::BIAS_GELU), layers);
                 assert_eq!(count("", "Sub"), 1, "the embeddings' LayerNorm is left as it is");
                 assert_eq!(count("", "Erf"), 0);
                 // The encoder between runs on real tokens only.
-                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::UNPAD), 1);
-                assert_eq!(count(akidb::kernel::DOMAIN, akidb::kernel::REPAD), 1);
+                assert_eq!(count(akidb_kernels::DOMAIN, akidb_kernels::UNPAD), 1);
+                assert_eq!(count(akidb_kernels::DOMAIN, akidb_kernels::REPAD), 1);
                 let unpadded =
                     |n: &&onnx_protobuf::NodeProto| n.attribute.iter().any(|a| a.name == "unpadded" && a.i == 1);
                 assert_eq!(graph.node.iter().filter(|n| n.op_type == "Attention").filter(unpadded).count(), layers);
             }
             let expected = match op {
-                AttentionOp::Akidb => count(akidb::kernel::DOMAIN, "Attention"),
+                AttentionOp::Akidb => count(akidb_kernels::DOMAIN, "Attention"),
                 AttentionOp::Packed => count("com.microsoft", "Attention"),
                 AttentionOp::MultiHead => count("com.microsoft", "MultiHeadAttention"),
             };
@@ -184,7 +186,7 @@ fn every_attention_kernel_matches_the_exported_graph() {
             fuse_attention(read_model(&model).unwrap(), heads, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
         let graph = wrong.model.graph.as_mut().unwrap();
         let is_attention =
-            |n: &&mut onnx_protobuf::NodeProto| n.domain == akidb::kernel::DOMAIN && n.op_type == "Attention";
+            |n: &&mut onnx_protobuf::NodeProto| n.domain == akidb_kernels::DOMAIN && n.op_type == "Attention";
         let mask = graph.node.iter_mut().find(is_attention).unwrap().input[2].clone();
         let node = |op: &str, input: &str, output: &str| {
             let mut n = onnx_protobuf::NodeProto::new();

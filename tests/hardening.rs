@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use akidb::server::ServerConfig;
+use akidb_server::ServerConfig;
 use common::{server::TestServer, TINY};
 use proptest::prelude::*;
 use serde_json::{json, Value};

@@ -7,12 +7,12 @@ mod common;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 
-use akidb::{
-    config::{Activation, Kind, ModelConfig},
+use akidb_engine::{
     hub::ModelRepo,
-    server::ServerConfig,
+    model_config::{Activation, Kind, ModelConfig},
     tokenize::{Input, Side, Tokenizer},
 };
+use akidb_server::ServerConfig;
 use common::{cosine, hf_env, hf_home, one_token_words, server::TestServer, shared_dir, TINY};
 use serde_json::{json, Value};
 
@@ -175,7 +175,7 @@ fn pairs_are_one_sequence_with_type_ids_and_longest_first_truncation() {
 /// that lets tokens attend to padding is refused.
 #[test]
 fn fused_heads_are_verified_on_their_logits() {
-    use akidb::{
+    use akidb_engine::session::{
         fusion::{self, CacheEntry},
         graph::{fuse_attention, read_model, AttentionOp},
         runtime::SessionOptions,

@@ -23,7 +23,7 @@ fn root() -> PathBuf {
 
 /// The ONNX Runtime version pinned in Cargo.toml, as build.rs read it.
 fn pinned_version() -> String {
-    env!("AKIDB_ORT_VERSION").to_string()
+    akidb_engine::session::runtime::PINNED_VERSION.to_string()
 }
 
 /// A new, empty directory under the system temporary directory, removed on drop.

@@ -5,26 +5,26 @@ mod common;
 
 use std::sync::OnceLock;
 
-use akidb::{Embedder, EmbedderOptions};
+use akidb_engine::{Model, ModelOptions};
 use common::{cosine, hf_env, max_abs_diff, norm, reference, MINILM, TINY};
 
-fn load(model: &str) -> Embedder {
+fn load(model: &str) -> Model {
     hf_env();
-    Embedder::load(&EmbedderOptions { model: model.to_string(), ..Default::default() })
+    Model::load(&ModelOptions { model: model.to_string(), ..Default::default() })
         .unwrap_or_else(|e| panic!("loading {model}: {e}"))
 }
 
-fn minilm() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
+fn minilm() -> &'static Model {
+    static E: OnceLock<Model> = OnceLock::new();
     E.get_or_init(|| load(MINILM))
 }
 
-fn tiny() -> &'static Embedder {
-    static E: OnceLock<Embedder> = OnceLock::new();
+fn tiny() -> &'static Model {
+    static E: OnceLock<Model> = OnceLock::new();
     E.get_or_init(|| load(TINY))
 }
 
-fn check_reference(embedder: &Embedder, model: &str) {
+fn check_reference(embedder: &Model, model: &str) {
     let rows = reference(model);
     assert!(rows.len() >= 10, "reference for {model} has only {} rows", rows.len());
     let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
@@ -138,7 +138,7 @@ fn truncation_check_names_the_offending_input() {
 #[test]
 fn quantized_onnx_file_is_selectable() {
     hf_env();
-    let e = Embedder::load(&EmbedderOptions {
+    let e = Model::load(&ModelOptions {
         model: MINILM.to_string(),
         onnx_file: Some("onnx/model_quint8_avx2.onnx".to_string()),
         ..Default::default()
@@ -159,9 +159,9 @@ fn fused_attention_gives_the_same_vectors_as_the_exported_graph() {
     for (model, layers) in [(MINILM, 6), (TINY, 2)] {
         let fused = if model == MINILM { minilm() } else { tiny() };
         assert_eq!(fused.info().fused_attention, layers, "{model}: every attention block is fused");
-        let mut options = EmbedderOptions { model: model.to_string(), ..Default::default() };
+        let mut options = ModelOptions { model: model.to_string(), ..Default::default() };
         options.session.fuse_attention = false;
-        let plain = Embedder::load(&options).expect("load unfused");
+        let plain = Model::load(&options).expect("load unfused");
         assert_eq!(plain.info().fused_attention, 0);
         let rows = reference(model);
         let texts: Vec<&str> = rows.iter().map(|(t, _)| t.as_str()).collect();
@@ -175,7 +175,7 @@ fn fused_attention_gives_the_same_vectors_as_the_exported_graph() {
 
 #[test]
 fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
-    use akidb::graph::{decode_model, fuse_attention, read_model, AttentionOp};
+    use akidb_engine::session::graph::{decode_model, fuse_attention, read_model, AttentionOp};
     // Not a protobuf at all: an error, which the loader treats as "use the file as it is".
     assert!(decode_model(b"\xff\xff\xff").is_err());
     // A valid model without the named mask input is not touched.
@@ -196,7 +196,7 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
     let r = fuse_attention(read_model(&path).unwrap(), 2, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
     let graph = r.model.graph.as_ref().unwrap();
     let own: Vec<_> =
-        graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN && n.op_type == "Attention").collect();
+        graph.node.iter().filter(|n| n.domain == akidb_kernels::DOMAIN && n.op_type == "Attention").collect();
     assert_eq!(own.len(), 2);
     for n in &own {
         assert_eq!(n.input.len(), 3, "qkv, bias, mask");
@@ -204,7 +204,7 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
         assert_eq!(producer.op_type, "MatMul");
         assert!(graph.initializer.iter().any(|t| t.name == n.input[1] && t.dims == [96]), "the packed bias");
     }
-    assert!(r.model.opset_import.iter().any(|o| o.domain == akidb::kernel::DOMAIN));
+    assert!(r.model.opset_import.iter().any(|o| o.domain == akidb_kernels::DOMAIN));
     // A residual sum the graph also outputs keeps its LayerNorm unfused (4 → 3), and the encoder
     // then has two exits, so it stays padded.
     let mut model = read_model(&path).unwrap();
@@ -215,7 +215,7 @@ fn graph_rewrite_leaves_models_it_does_not_recognise_alone() {
     graph.output.push(output);
     let r = fuse_attention(model, 2, "attention_mask", AttentionOp::Akidb).unwrap().unwrap();
     let count =
-        |op: &str| r.model.graph.node.iter().filter(|n| n.domain == akidb::kernel::DOMAIN && n.op_type == op).count();
-    assert_eq!(count(akidb::kernel::SKIP_LAYER_NORM), 3);
-    assert_eq!(count(akidb::kernel::UNPAD), 0);
+        |op: &str| r.model.graph.node.iter().filter(|n| n.domain == akidb_kernels::DOMAIN && n.op_type == op).count();
+    assert_eq!(count(akidb_kernels::SKIP_LAYER_NORM), 3);
+    assert_eq!(count(akidb_kernels::UNPAD), 0);
 }

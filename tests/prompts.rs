@@ -6,7 +6,7 @@ mod common;
 
 use std::{path::Path, sync::OnceLock};
 
-use akidb::server::ServerConfig;
+use akidb_server::ServerConfig;
 use common::{akidb, copy_tiny_to, cosine, max_abs_diff, one_token_words, server::TestServer};
 use serde_json::{json, Value};
 

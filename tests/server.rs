@@ -5,7 +5,7 @@ mod common;
 
 use std::{process::Command, sync::OnceLock, time::Duration};
 
-use akidb::server::ServerConfig;
+use akidb_server::ServerConfig;
 use base64::Engine as _;
 use common::{
     cosine, hf_home, max_abs_diff, reference,
@@ -128,7 +128,7 @@ async fn info_health_and_metrics_describe_the_server() {
     assert_eq!(info["device"]["provider"], "CPUExecutionProvider");
     assert_eq!(info["device"]["decision"]["reason"], "CoreML is not available in the linked ONNX Runtime");
     assert!(info["device"].get("fell_back").is_none(), "{info}");
-    assert_eq!(info["onnx_runtime_version"], env!("AKIDB_ORT_VERSION"));
+    assert_eq!(info["onnx_runtime_version"], akidb_engine::session::runtime::PINNED_VERSION);
     assert_eq!(info["model_revision"], "35540ced21388cb29b96936151cc815ab481bce4");
     assert!(info["limits"]["payload_limit"].as_u64().unwrap() > 0);
     assert_eq!(info["version"], env!("CARGO_PKG_VERSION"));

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use akidb::server::ServerConfig;
+use akidb_server::ServerConfig;
 use common::{
     server::{spawn_binary, wait_healthy, TestServer},
     MINILM,
@@ -75,7 +75,7 @@ async fn bulk_client(client: reqwest::Client, url: String, requests: usize, size
 
 /// `name` summed over its series (each model has its own).
 fn metric(text: &str, name: &str) -> f64 {
-    akidb::server::metrics::total(text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
+    akidb_server::metrics::total(text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Mean duration of the inference calls made since `before` (a `/metrics` snapshot).

@@ -7,10 +7,8 @@ use std::{
     time::Duration,
 };
 
-use akidb::{
-    server::{Server, ServerConfig},
-    Embedder, EmbedderOptions,
-};
+use akidb_engine::{Model, ModelOptions};
+use akidb_server::{Server, ServerConfig};
 
 use super::{hf_env, hf_home};
 
@@ -33,8 +31,8 @@ impl TestServer {
     /// One server holding every model in `models`, each behind its own scheduler.
     pub fn start_models(models: &[&str], config: ServerConfig, load_delay: Duration) -> Self {
         hf_env();
-        let all: Vec<EmbedderOptions> =
-            models.iter().map(|m| EmbedderOptions { model: m.to_string(), ..Default::default() }).collect();
+        let all: Vec<ModelOptions> =
+            models.iter().map(|m| ModelOptions { model: m.to_string(), ..Default::default() }).collect();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -50,7 +48,7 @@ impl TestServer {
                 addr_tx.send(server.local_addr().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
                 let load = move || {
                     std::thread::sleep(load_delay);
-                    all.iter().map(Embedder::load).collect::<Result<Vec<_>, _>>()
+                    all.iter().map(Model::load).collect::<Result<Vec<_>, _>>()
                 };
                 server
                     .run(load, async move {

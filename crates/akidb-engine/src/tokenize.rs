@@ -58,8 +58,9 @@ impl From<String> for Input {
 
 /// Which end of an over-long input is cut: TEI's `truncation_direction` (`"Left"`, `"Right"`,
 /// lowercase too) and `akidb embed --truncation-direction`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema, clap::ValueEnum)]
-#[schema(as = TruncationDirection)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema), schema(as = TruncationDirection))]
 pub enum Side {
     /// Cut the end: keep the first tokens, as sentence-transformers does.
     #[default]
@@ -71,7 +72,8 @@ pub enum Side {
 }
 
 /// One token as `/tokenize` shows it; `start`/`stop` are character offsets into its text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "utoipa", derive(utoipa::ToSchema))]
 pub struct Token {
     pub id: u32,
     pub text: String,

@@ -13,7 +13,7 @@ use super::{
     routes::{kind, texts, Body},
     AppState,
 };
-use crate::{config::Kind, tokenize::Token};
+use akidb_engine::{model_config::Kind, tokenize::Token};
 
 const ANY: &[Kind] = &[Kind::Embedder, Kind::CrossEncoder, Kind::Classifier];
 

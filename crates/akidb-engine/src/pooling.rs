@@ -3,7 +3,7 @@
 
 use ndarray::{ArrayView2, ArrayView3};
 
-use crate::config::Pooling;
+use crate::model_config::Pooling;
 
 /// One vector per row of `hidden`; `mask` marks real tokens (1) and padding (0).
 pub fn pool(hidden: ArrayView3<'_, f32>, mask: ArrayView2<'_, i64>, pooling: Pooling) -> Vec<Vec<f32>> {

@@ -7,16 +7,16 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 
 use super::{backend::Backend, error::ApiError, scheduler::Scheduler};
-use crate::config::Kind;
+use akidb_engine::model_config::Kind;
 
-pub struct Model {
+pub struct Served {
     pub backend: Arc<dyn Backend>,
     pub scheduler: Scheduler,
     /// What responses call it: `--served-model-name` for the first model, else its id.
     pub name: String,
 }
 
-impl Model {
+impl Served {
     pub fn kind(&self) -> Kind {
         self.backend.info().kind
     }
@@ -32,19 +32,19 @@ impl Model {
 }
 
 pub struct Registry {
-    models: Vec<Model>,
+    models: Vec<Served>,
     /// When the models were ready, in Unix seconds: OpenAI's model `created`.
     pub ready_at: u64,
 }
 
 impl Registry {
-    pub fn new(models: Vec<Model>) -> Self {
+    pub fn new(models: Vec<Served>) -> Self {
         let ready_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
         Self { models, ready_at }
     }
 
-    /// The model called `name` (see [`Model::answers_to`]); 404 naming what is served.
-    pub fn find(&self, name: &str) -> Result<&Model, ApiError> {
+    /// The model called `name` (see [`Served::answers_to`]); 404 naming what is served.
+    pub fn find(&self, name: &str) -> Result<&Served, ApiError> {
         self.models.iter().find(|m| m.answers_to(name)).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -54,14 +54,14 @@ impl Registry {
         })
     }
 
-    pub fn models(&self) -> &[Model] {
+    pub fn models(&self) -> &[Served] {
         &self.models
     }
 
     /// The model a request names, else the first of the kinds the route takes (in the order
     /// given). A named model of another kind, or no model of any of them, is a 422 saying what
     /// the route needs and what is served.
-    pub fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Model, ApiError> {
+    pub fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Served, ApiError> {
         let needs = kinds.iter().map(|k| k.described()).collect::<Vec<_>>().join(" or ");
         match requested {
             Some(name) => {

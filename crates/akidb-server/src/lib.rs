@@ -9,6 +9,7 @@ mod conn;
 mod error;
 pub mod metrics;
 mod openapi;
+pub mod protocol;
 mod registry;
 mod routes;
 pub mod scheduler;
@@ -38,10 +39,10 @@ pub use self::error::{ApiError, Flavor};
 pub(crate) use self::routes::Encode;
 use self::{
     metrics::Metrics,
-    registry::{Model, Registry},
+    registry::{Registry, Served},
     scheduler::{Scheduler, SchedulerConfig, SchedulerError},
 };
-use crate::{config::Kind, tokenize::Input, Embeddings};
+use akidb_engine::{model_config::Kind, tokenize::Input, Rows};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -97,7 +98,7 @@ impl AppState {
                     (Some(name), 0) => name.clone(),
                     _ => backend.info().id.clone(),
                 };
-                Model { backend, scheduler, name }
+                Served { backend, scheduler, name }
             })
             .collect();
         if self.registry.set(Registry::new(models)).is_err() {
@@ -112,7 +113,7 @@ impl AppState {
     }
 
     /// The model a request names, else the first of `kinds` served (see [`Registry::pick`]).
-    pub(crate) fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Model, ApiError> {
+    pub(crate) fn pick(&self, requested: Option<&str>, route: &str, kinds: &[Kind]) -> Result<&Served, ApiError> {
         self.registry()?.pick(requested, route, kinds)
     }
 
@@ -121,12 +122,12 @@ impl AppState {
     /// remaining inputs are dropped. Rows come back in input order.
     pub(crate) async fn run(
         &self,
-        model: &Model,
+        model: &Served,
         inputs: Vec<Input>,
         output: Output,
         normalize: bool,
         encode: Encode,
-    ) -> Result<Embeddings, ApiError> {
+    ) -> Result<Rows, ApiError> {
         let Encode { truncate, options } = encode;
         if inputs.is_empty() {
             return Err(ApiError::unprocessable("inputs must not be empty"));
@@ -181,7 +182,7 @@ impl AppState {
                 })?;
             model.scheduler.metrics().tokens.inc_by(total_tokens as u64);
             model.scheduler.metrics().texts.inc_by(text_count as u64);
-            Ok(Embeddings { vectors, total_tokens })
+            Ok(Rows { vectors, total_tokens })
         };
         match self.config.request_timeout {
             Some(limit) => tokio::time::timeout(limit, work).await.map_err(|_| ApiError::timed_out(limit))?,
@@ -220,7 +221,7 @@ pub(crate) async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// One model as `/info` lists it.
-fn model_info(model: &Model) -> serde_json::Value {
+fn model_info(model: &Served) -> serde_json::Value {
     let info = model.backend.info();
     let device = model.backend.device();
     let budget = model.backend.budget();

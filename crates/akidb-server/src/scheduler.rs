@@ -5,7 +5,7 @@
 //!   so a one-text query waits at most for the batch in progress, never for a bulk job's queue.
 //!   Other requests join when they fit whole (concurrent queries share one call) or, when they
 //!   cannot finish in this call, only with texts no longer than the batch is already padded to.
-//!   A lone bulk request is cut exactly as [`plan_batches`](crate::batching::plan_batches) cuts it.
+//!   A lone bulk request is cut exactly as [`plan_batches`](akidb_engine::batching::plan_batches) cuts it.
 //! - **Short batches while queries are about.** For a few seconds after a query arrives, batches
 //!   are cut at a quarter of the token budget (at most 256 tokens), so the batch in progress is
 //!   short too.
@@ -31,7 +31,7 @@ use super::{
     backend::{Backend, Output},
     metrics::{Metrics, ModelMetrics},
 };
-use crate::{batching::Budget, pooling, tokenize::Tokens};
+use akidb_engine::{batching::Budget, pooling, tokenize::Tokens};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SchedulerError {
@@ -557,7 +557,7 @@ mod tests {
         let q = vec![vec![50, 40, 40, 30, 20, 20, 10]];
         let take = pick_batch(&q, b(100), 64);
         assert_eq!(take, vec![Take { entry: 0, from_front: 2, from_back: 0 }]);
-        assert_eq!(crate::batching::plan_batches(q[0].iter().copied(), b(100))[0], 0..2);
+        assert_eq!(akidb_engine::batching::plan_batches(q[0].iter().copied(), b(100))[0], 0..2);
     }
 
     #[test]

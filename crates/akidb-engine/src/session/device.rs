@@ -16,7 +16,7 @@ use std::{
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Provider, RuntimeError};
+use crate::session::runtime::{Provider, RuntimeError};
 
 /// CoreML's vectors must match the CPU's this closely (as the reference tests do).
 pub const MIN_COSINE: f32 = 0.9999;
@@ -243,7 +243,7 @@ struct CachedDecision {
 impl DecisionCache {
     /// `parts` is everything that changes the timings besides the machine and ONNX Runtime.
     pub fn new(dir: &Path, parts: &[&str]) -> Self {
-        let key = format!("{} onnxruntime-{} {}", parts.join(" "), crate::runtime::PINNED_VERSION, machine());
+        let key = format!("{} onnxruntime-{} {}", parts.join(" "), crate::session::runtime::PINNED_VERSION, machine());
         let file = dir.join(format!("{:016x}.json", fnv1a(FNV_OFFSET, key.as_bytes())));
         Self { file, key }
     }
@@ -273,14 +273,14 @@ impl DecisionCache {
     }
 }
 
-/// A session that knows its provider; implemented by [`crate::runtime::Session`] and test fakes.
+/// A session that knows its provider; implemented by [`crate::session::runtime::Session`] and test fakes.
 pub trait ProviderSession {
     fn provider(&self) -> Provider;
 }
 
-impl ProviderSession for crate::runtime::Session {
+impl ProviderSession for crate::session::runtime::Session {
     fn provider(&self) -> Provider {
-        crate::runtime::Session::provider(self)
+        crate::session::runtime::Session::provider(self)
     }
 }
 

@@ -1,13 +1,13 @@
 //! The seam between serving and inference, in the spirit of text-embeddings-inference's
 //! `Backend`: the router needs a model's identity and tokenizer, the scheduler needs "run this
-//! batch" and "are you well". The real implementation is [`Embedder`] (any model kind); tests plug
+//! batch" and "are you well". The real implementation is [`Model`] (any model kind); tests plug
 //! in a fake whose speed and failures they control.
 
-use crate::{
+use akidb_engine::{
     batching::Budget,
-    embedder::{EncodeOptions, ModelInfo},
+    model::{EncodeOptions, ModelInfo},
     tokenize::{Input, Token, Tokens},
-    EmbedError, Embedder,
+    EngineError, Model,
 };
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -59,27 +59,27 @@ pub trait Backend: Send + Sync + 'static {
         Ok(())
     }
     /// Where inference runs and why (`/info`); `None` for backends without a device.
-    fn device(&self) -> Option<crate::device::DeviceReport> {
+    fn device(&self) -> Option<akidb_engine::session::device::DeviceReport> {
         None
     }
 }
 
-impl Backend for Embedder {
+impl Backend for Model {
     fn info(&self) -> &ModelInfo {
-        Embedder::info(self)
+        Model::info(self)
     }
 
-    fn device(&self) -> Option<crate::device::DeviceReport> {
-        Some(Embedder::device(self))
+    fn device(&self) -> Option<akidb_engine::session::device::DeviceReport> {
+        Some(Model::device(self))
     }
 
     fn budget(&self) -> Budget {
-        Embedder::budget(self)
+        Model::budget(self)
     }
 
     fn tokenize(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, BackendError> {
         self.tokenize_inputs(inputs, options).map_err(|e| match e {
-            EmbedError::UnknownPrompt { .. } => BackendError::Options(e.to_string()),
+            EngineError::UnknownPrompt { .. } => BackendError::Options(e.to_string()),
             e => BackendError::Tokenize(e.to_string()),
         })
     }
@@ -93,10 +93,10 @@ impl Backend for Embedder {
     }
 
     fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, BackendError> {
-        Embedder::tokens(self, text, add_special_tokens).map_err(|e| BackendError::Tokenize(e.to_string()))
+        Model::tokens(self, text, add_special_tokens).map_err(|e| BackendError::Tokenize(e.to_string()))
     }
 
     fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, BackendError> {
-        Embedder::decode(self, ids, skip_special_tokens).map_err(|e| BackendError::Tokenize(e.to_string()))
+        Model::decode(self, ids, skip_special_tokens).map_err(|e| BackendError::Tokenize(e.to_string()))
     }
 }

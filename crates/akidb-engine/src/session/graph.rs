@@ -511,7 +511,7 @@ fn match_norm(g: &Graph<'_>, sub: usize) -> Option<Match> {
     })?;
     Some(Match {
         nodes: vec![add_bias, sum, mean_node, sub, pow, var, add_eps, sqrt, div, mul, add_beta],
-        op: crate::kernel::SKIP_LAYER_NORM,
+        op: akidb_kernels::SKIP_LAYER_NORM,
         inputs: vec![matmul_out, residual, bias, gamma.to_string(), beta.to_string()],
         attributes: vec![float_attr("epsilon", eps)],
     })
@@ -523,7 +523,7 @@ fn match_norm(g: &Graph<'_>, sub: usize) -> Option<Match> {
 /// constant matrix, akidb's `SkipLayerNorm` and `BiasGelu`) or akidb's attention, and the
 /// region has exactly one entrance and one exit; otherwise the graph is left as it is.
 fn unpad_encoder(graph: &mut onnx_protobuf::GraphProto) -> bool {
-    use crate::kernel::{ATTENTION, BIAS_GELU, DOMAIN, REPAD, SKIP_LAYER_NORM, UNPAD};
+    use akidb_kernels::{ATTENTION, BIAS_GELU, DOMAIN, REPAD, SKIP_LAYER_NORM, UNPAD};
     let (entrance, exit, region) = {
         let g = Graph::new(&graph.node, &graph.initializer);
         let row_wise = |n: &NodeProto| {
@@ -643,7 +643,7 @@ fn match_gelu(g: &Graph<'_>, erf: usize) -> Option<Match> {
     })?;
     Some(Match {
         nodes: vec![add_bias, div, erf, add_one, mul, half],
-        op: crate::kernel::BIAS_GELU,
+        op: akidb_kernels::BIAS_GELU,
         inputs: vec![projected, bias],
         attributes: vec![],
     })
@@ -682,7 +682,7 @@ fn fuse_each(
         let inputs: Vec<&str> = m.inputs.iter().map(String::as_str).collect();
         let outputs: Vec<&str> = nodes[at].output.iter().map(String::as_str).collect();
         let name = format!("akidb/{}_{fused}", m.op);
-        let fused_node = node(m.op, crate::kernel::DOMAIN, &name, &inputs, &outputs, m.attributes);
+        let fused_node = node(m.op, akidb_kernels::DOMAIN, &name, &inputs, &outputs, m.attributes);
         for &i in &m.nodes {
             replaced.insert(i, None);
         }
@@ -778,14 +778,14 @@ pub fn fuse_attention(
                 packed_weights.push(std::mem::take(&mut p.bias));
                 if op == AttentionOp::Akidb
                     && hidden % num_heads == 0
-                    && crate::kernel::supported_head_size(hidden / num_heads)
+                    && akidb_kernels::supported_head_size(hidden / num_heads)
                 {
                     own_kernel = true;
                     let qkv = format!("akidb/attention_{number}/qkv");
                     out.push(node("MatMul", "", &format!("{qkv}_matmul"), &[&p.input, &weights], &[&qkv], vec![]));
                     out.push(node(
-                        crate::kernel::ATTENTION,
-                        crate::kernel::DOMAIN,
+                        akidb_kernels::ATTENTION,
+                        akidb_kernels::DOMAIN,
                         &format!("akidb/attention_{number}"),
                         &[&qkv, &bias, MASK],
                         &[output],
@@ -836,7 +836,7 @@ pub fn fuse_attention(
             tracing::debug!("the encoder runs on real tokens only");
         }
     }
-    for domain in ["com.microsoft", crate::kernel::DOMAIN].into_iter().take(if own_kernel { 2 } else { 1 }) {
+    for domain in ["com.microsoft", akidb_kernels::DOMAIN].into_iter().take(if own_kernel { 2 } else { 1 }) {
         if !model.opset_import.iter().any(|o| o.domain == domain) {
             let mut opset = OperatorSetIdProto::new();
             opset.domain = domain.to_string();

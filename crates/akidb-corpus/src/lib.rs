@@ -1,7 +1,7 @@
 //! `akidb embed --input … --output …`: a corpus from a file or stdin into JSON Lines, Parquet or
 //! `.npy`, streaming in bounded memory. A reader thread parses records; the main thread takes them
 //! in windows, embeds each window with the same length-sorted token-budget planner the server
-//! uses ([`Embedder::embed`] → [`crate::batching::plan_batches`]), and writes rows in input order.
+//! uses ([`Model::embed`] → [`akidb_engine::batching::plan_batches`]), and writes rows in input order.
 
 pub mod input;
 pub mod output;
@@ -17,7 +17,7 @@ pub use input::{Id, InputError, InputFormat, InputSpec, Record};
 pub use output::{OutputError, OutputFormat, OutputSpec};
 pub use progress::Summary;
 
-use crate::embedder::{EmbedError, Embedder, EncodeOptions};
+use akidb_engine::model::{EncodeOptions, EngineError, Model};
 
 /// Texts embedded together: enough for length-sorted batches with little padding, small enough
 /// that memory does not depend on the corpus.
@@ -73,7 +73,7 @@ pub enum CorpusError {
     #[error(transparent)]
     Output(#[from] OutputError),
     #[error(transparent)]
-    Embed(#[from] EmbedError),
+    Embed(#[from] EngineError),
     #[error("{0}")]
     Usage(String),
 }
@@ -120,7 +120,7 @@ pub fn plan(args: &CorpusArgs) -> Result<(InputSpec, OutputFormat), CorpusError>
 /// Embeds the corpus described by `args`. On a bad record (without `--skip-invalid`) or any
 /// failure, every row before it is already written and resumable.
 pub fn run(
-    embedder: &Embedder,
+    embedder: &Model,
     args: &CorpusArgs,
     normalize: bool,
     encode: &EncodeOptions,

@@ -304,7 +304,7 @@ impl Session {
             .with_inter_threads(1)
             .map_err(|e| load_err(e.into()))?
             // A rewritten graph may run akidb's own kernels (`graph`, `kernel`).
-            .with_operators(crate::kernel::operators().map_err(load_err)?)
+            .with_operators(akidb_kernels::operators().map_err(load_err)?)
             .map_err(|e| load_err(e.into()))?;
         if let Some(threads) = options.threads {
             builder = builder.with_intra_threads(threads).map_err(|e| load_err(e.into()))?;

@@ -25,10 +25,10 @@ use super::{
     scheduler::{Scheduler, SchedulerConfig, SchedulerError},
     AppState, Server, ServerConfig,
 };
-use crate::{
+use crate::metrics::Metrics;
+use akidb_engine::{
     batching::Budget,
-    embedder::{EncodeOptions, ModelInfo},
-    server::metrics::Metrics,
+    model::{EncodeOptions, ModelInfo},
     tokenize::{Input, Tokens},
 };
 
@@ -445,9 +445,9 @@ async fn each_model_has_its_own_queue_and_requests_pick_their_model() {
     let mut embedder = fake(Budget::new(64, 128));
     let info = ModelInfo {
         id: "test/reranker".into(),
-        kind: crate::config::Kind::CrossEncoder,
+        kind: akidb_engine::model_config::Kind::CrossEncoder,
         labels: vec!["LABEL_0".into()],
-        activation: Some(crate::config::Activation::Sigmoid),
+        activation: Some(akidb_engine::model_config::Activation::Sigmoid),
         dimension: 2,
         max_seq_length: 64,
         ..Default::default()

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::{
     error::ApiError,
     openapi::{Failures, OpenAiFailures},
-    registry::Model,
+    registry::Served,
     AppState, Flavor,
 };
 
@@ -34,7 +34,7 @@ pub struct OpenAiModelList {
     data: Vec<OpenAiModel>,
 }
 
-fn openai_model(model: &Model, created: u64) -> OpenAiModel {
+fn openai_model(model: &Served, created: u64) -> OpenAiModel {
     let id = &model.backend.info().id;
     // A Hub id's owner is its namespace; a local directory's is this server.
     let owner = id.split_once('/').filter(|_| !std::path::Path::new(id).is_absolute()).map(|(o, _)| o);

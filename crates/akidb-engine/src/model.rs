@@ -7,19 +7,21 @@ use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
-    config::{Activation, ConfigError, Kind, ModelConfig, Pooling},
-    device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
-    fusion::{self, Loaded},
     hub::{HubError, ModelRepo},
+    model_config::{Activation, ConfigError, Kind, ModelConfig, Pooling},
     pooling,
-    runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
+    session::{
+        device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
+        fusion::{self, Loaded},
+        runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
+    },
     tokenize::{Batch, Input, Side, Token, TokenizeError, Tokenizer, Tokens},
 };
 
 pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
 
 #[derive(Debug, thiserror::Error)]
-pub enum EmbedError {
+pub enum EngineError {
     #[error(transparent)]
     Hub(#[from] HubError),
     #[error(transparent)]
@@ -48,7 +50,7 @@ pub struct EncodeOptions {
 }
 
 #[derive(Debug, Clone)]
-pub struct EmbedderOptions {
+pub struct ModelOptions {
     /// Hugging Face repo id or local directory.
     pub model: String,
     pub revision: Option<String>,
@@ -65,14 +67,14 @@ pub struct EmbedderOptions {
 /// dropped inside the encoder, see `graph`) 2k beats 1k by 2–3%.
 pub fn default_max_batch_tokens() -> usize {
     // The same choice the graph rewrite makes, so `AKIDB_ATTENTION=packed` gets ONNX Runtime's budget.
-    if fusion::attention_op() == crate::graph::AttentionOp::Akidb {
+    if fusion::attention_op() == crate::session::graph::AttentionOp::Akidb {
         2048
     } else {
         1024
     }
 }
 
-impl Default for EmbedderOptions {
+impl Default for ModelOptions {
     fn default() -> Self {
         Self {
             model: DEFAULT_MODEL.to_string(),
@@ -111,7 +113,7 @@ pub struct ModelInfo {
 
 impl ModelInfo {
     /// The text of the prompt `name`, or of the model's default prompt when `name` is `None`.
-    pub fn prompt(&self, name: Option<&str>) -> Result<Option<&str>, EmbedError> {
+    pub fn prompt(&self, name: Option<&str>) -> Result<Option<&str>, EngineError> {
         match name.or(self.default_prompt_name.as_deref()) {
             None => Ok(None),
             Some(name) => self.prompts.get(name).map(|p| Some(p.as_str())).ok_or_else(|| {
@@ -120,20 +122,20 @@ impl ModelInfo {
                 } else {
                     format!("it has {}", self.prompts.keys().cloned().collect::<Vec<_>>().join(", "))
                 };
-                EmbedError::UnknownPrompt { model: self.id.clone(), name: name.to_string(), known }
+                EngineError::UnknownPrompt { model: self.id.clone(), name: name.to_string(), known }
             }),
         }
     }
 }
 
-pub struct Embeddings {
+pub struct Rows {
     pub vectors: Vec<Vec<f32>>,
     pub total_tokens: usize,
 }
 
 /// One model's whole pipeline, whatever its [`Kind`]: an embedder's pooled vectors, or a
 /// cross-encoder's or classifier's logits (scores come from [`Activation::apply`]).
-pub struct Embedder {
+pub struct Model {
     info: ModelInfo,
     config: ModelConfig,
     tokenizer: Tokenizer,
@@ -142,12 +144,12 @@ pub struct Embedder {
     budget: Budget,
 }
 
-impl Embedder {
+impl Model {
     /// Resolves, loads and warms the model; the warm-up run also checks the dimension.
-    pub fn load(options: &EmbedderOptions) -> Result<Self, EmbedError> {
+    pub fn load(options: &ModelOptions) -> Result<Self, EngineError> {
         // Binding ONNX Runtime (its environment, device discovery) takes tens of ms: overlap it
         // with finding the files and parsing the tokenizer. Its result is read where it is used.
-        std::thread::spawn(|| crate::runtime::init().map(|_| ()));
+        std::thread::spawn(|| crate::session::runtime::init().map(|_| ()));
         let started = std::time::Instant::now();
         let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
         let config = ModelConfig::load(&repo)?;
@@ -180,7 +182,7 @@ impl Embedder {
         // only once it gave the same hidden states as the exported one (see `fusion`).
         let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
         let cpu_options = SessionOptions { device: Device::Cpu, ..session_options.clone() };
-        let graphs = crate::cache::graphs_dir();
+        let graphs = crate::session::cache::graphs_dir();
         // Where the CPU serves, a ready optimized graph loads while the tokenizer is parsed.
         let preloaded = match (options.session.device, coreml, heads) {
             (Device::Cpu, _, Some(h)) | (Device::Auto, false, Some(h)) => {
@@ -227,7 +229,7 @@ impl Embedder {
                     &format!("{:?} fuse={:?} threads={:?}", coreml_options.coreml, heads, options.session.threads),
                     &format!("{budget:?} max_seq_length={}", config.max_seq_length),
                 ];
-                let cache = crate::cache::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
+                let cache = crate::session::cache::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
                 let load_coreml = || Session::load(&onnx_path, None, &coreml_options);
                 choose_by_measurement(cpu, &load_coreml, &measure, cache.as_ref())?
             }
@@ -243,7 +245,7 @@ impl Embedder {
             labels: config.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
             activation: config.head.as_ref().map(|h| h.activation),
             provider: session.provider().as_str(),
-            onnx_runtime_version: crate::runtime::init()?.to_string(),
+            onnx_runtime_version: crate::session::runtime::init()?.to_string(),
             fused_attention,
             prompts: config.prompts.clone(),
             default_prompt_name: config.default_prompt_name.clone(),
@@ -254,7 +256,7 @@ impl Embedder {
         tracing::debug!(elapsed = ?started.elapsed(), "warmed up");
         let got = warm.vectors.first().map_or(0, Vec::len);
         if got != embedder.config.output_width() {
-            return Err(EmbedError::DimensionMismatch {
+            return Err(EngineError::DimensionMismatch {
                 model: embedder.info.id.clone(),
                 got,
                 expected: embedder.config.output_width(),
@@ -294,7 +296,7 @@ impl Embedder {
     }
 
     /// Texts with the model's default prompt, if it has one.
-    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>, EmbedError> {
+    pub fn tokenize<S: AsRef<str>>(&self, texts: &[S]) -> Result<Vec<Tokens>, EngineError> {
         self.tokenize_texts(texts, &EncodeOptions::default())
     }
 
@@ -303,7 +305,7 @@ impl Embedder {
         &self,
         texts: &[S],
         options: &EncodeOptions,
-    ) -> Result<Vec<Tokens>, EmbedError> {
+    ) -> Result<Vec<Tokens>, EngineError> {
         // Without a prompt the texts are encoded where they are, uncopied.
         if self.info.prompt(options.prompt_name.as_deref())?.is_none_or(str::is_empty) {
             return Ok(self.tokenizer.encode_texts(texts, options.side)?);
@@ -314,7 +316,7 @@ impl Embedder {
 
     /// Texts and (query, passage) pairs; pairs are truncated longest-first to the maximum length.
     /// A prompt goes before each text (not before pairs, which cross-encoders score as they come).
-    pub fn tokenize_inputs(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, EmbedError> {
+    pub fn tokenize_inputs(&self, inputs: &[Input], options: &EncodeOptions) -> Result<Vec<Tokens>, EngineError> {
         let Some(prompt) = self.info.prompt(options.prompt_name.as_deref())?.filter(|p| !p.is_empty()) else {
             return Ok(self.tokenizer.encode_inputs(inputs, options.side)?);
         };
@@ -337,7 +339,7 @@ impl Embedder {
         &self,
         prompt: &str,
         tokens: impl Iterator<Item = &'a mut Tokens>,
-    ) -> Result<(), EmbedError> {
+    ) -> Result<(), EngineError> {
         let pools_tokens = matches!(self.config.pooling, Pooling::Mean | Pooling::MeanSqrtLen | Pooling::Max);
         if self.config.include_prompt || !pools_tokens || self.config.head.is_some() {
             return Ok(());
@@ -350,18 +352,18 @@ impl Embedder {
     }
 
     /// `/tokenize`: every token of `text` with its character span, untruncated.
-    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, EmbedError> {
+    pub fn tokens(&self, text: &str, add_special_tokens: bool) -> Result<Vec<Token>, EngineError> {
         Ok(self.tokenizer.tokens(text, add_special_tokens)?)
     }
 
-    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EmbedError> {
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, EngineError> {
         Ok(self.tokenizer.decode(ids, skip_special_tokens)?)
     }
 
     /// One inference call over `items` as a single padded batch; returns one row per item in the
     /// same order: the pooled, unnormalized vector of an embedder, the logits of a head.
     /// Callers keep batches within `max_batch_tokens`.
-    pub fn infer(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    pub fn infer(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EngineError> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -370,11 +372,11 @@ impl Embedder {
         Ok(self.session.run(|session| forward(session, &batch, output))?)
     }
 
-    /// Like [`Embedder::infer`] without pooling: each item's real tokens' hidden states, one
+    /// Like [`Model::infer`] without pooling: each item's real tokens' hidden states, one
     /// after the other (`len × dimension` values). Embedders only.
-    pub fn infer_tokens(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EmbedError> {
+    pub fn infer_tokens(&self, items: &[&Tokens]) -> Result<Vec<Vec<f32>>, EngineError> {
         if self.config.kind != Kind::Embedder {
-            return Err(EmbedError::WrongKind {
+            return Err(EngineError::WrongKind {
                 model: self.info.id.clone(),
                 is: self.config.kind.described(),
                 what: "per-token vectors",
@@ -390,7 +392,7 @@ impl Embedder {
 
     /// Runs tokenized inputs in length-sorted batches (little padding), keeping input order: an
     /// embedder's vectors (unit length with `normalize`), or a head's logits.
-    pub fn embed_tokens(&self, tokens: &[Tokens], normalize: bool) -> Result<Vec<Vec<f32>>, EmbedError> {
+    pub fn embed_tokens(&self, tokens: &[Tokens], normalize: bool) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
@@ -408,27 +410,27 @@ impl Embedder {
     }
 
     /// Texts longer than the model's maximum are truncated, as sentence-transformers does.
-    pub fn embed<S: AsRef<str>>(&self, texts: &[S], normalize: bool) -> Result<Embeddings, EmbedError> {
+    pub fn embed<S: AsRef<str>>(&self, texts: &[S], normalize: bool) -> Result<Rows, EngineError> {
         self.embed_with(texts, normalize, &EncodeOptions::default())
     }
 
-    /// [`Embedder::embed`] with a named prompt, or cutting the start of long texts.
+    /// [`Model::embed`] with a named prompt, or cutting the start of long texts.
     pub fn embed_with<S: AsRef<str>>(
         &self,
         texts: &[S],
         normalize: bool,
         options: &EncodeOptions,
-    ) -> Result<Embeddings, EmbedError> {
+    ) -> Result<Rows, EngineError> {
         let tokens = self.tokenize_texts(texts, options)?;
         let total_tokens = tokens.iter().map(Tokens::len).sum();
         let vectors = self.embed_tokens(&tokens, normalize)?;
-        Ok(Embeddings { vectors, total_tokens })
+        Ok(Rows { vectors, total_tokens })
     }
 
     /// Refuses texts that would be truncated, naming the first one.
-    pub fn check_lengths(&self, tokens: &[Tokens]) -> Result<(), EmbedError> {
+    pub fn check_lengths(&self, tokens: &[Tokens]) -> Result<(), EngineError> {
         match tokens.iter().position(|t| t.truncated) {
-            Some(index) => Err(EmbedError::TooLong { index, max: self.config.max_seq_length }),
+            Some(index) => Err(EngineError::TooLong { index, max: self.config.max_seq_length }),
             None => Ok(()),
         }
     }
@@ -515,7 +517,7 @@ struct Measure<'a> {
 }
 
 impl Measure<'_> {
-    fn batches(&self) -> Result<Vec<Batch>, EmbedError> {
+    fn batches(&self) -> Result<Vec<Batch>, EngineError> {
         device::warmup_shapes(self.max_seq_length, self.budget.max_tokens, self.budget.max_rows)
             .into_iter()
             .map(|shape| {
@@ -538,7 +540,7 @@ fn choose_by_measurement(
     load_coreml: &dyn Fn() -> Result<Session, RuntimeError>,
     measure: &Measure<'_>,
     cache: Option<&DecisionCache>,
-) -> Result<(DeviceSession<Session>, usize, Decision), EmbedError> {
+) -> Result<(DeviceSession<Session>, usize, Decision), EngineError> {
     let cached = cache.filter(|_| !cpu.options.remeasure_device).and_then(DecisionCache::load);
     let (decision, mut cpu_session, mut coreml_session) = match cached {
         Some(decision) => (decision, None, None),
@@ -602,7 +604,7 @@ fn choose_by_measurement(
 /// [`device::content_key`], which changes when a model is re-exported to the same path and size.
 fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, content: &str) -> PathBuf {
     let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
-    base.join(format!("onnxruntime-{}", crate::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
+    base.join(format!("onnxruntime-{}", crate::session::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
         "{}-{}-{content}",
         repo.revision().unwrap_or("local"),
         clean(onnx_file)

@@ -1,6 +1,6 @@
 //! The routes of cross-encoders and classifiers: TEI's `/rerank` and `/predict`, and the
 //! Cohere/Jina `/v1/rerank` (and Cohere's `/v2/rerank`) that LangChain, LlamaIndex, LiteLLM and Dify call. Scores are the
-//! model's activation over its logits (see [`crate::config::Activation`]) unless raw scores are asked.
+//! model's activation over its logits (see [`akidb_engine::model_config::Activation`]) unless raw scores are asked.
 
 use std::time::Instant;
 
@@ -13,13 +13,14 @@ use super::{
     backend::{Backend, BackendError, Output},
     error::{parse_json, ApiError, Flavor},
     openapi::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
-    registry::Model,
+    registry::Served,
     routes::{kind, Body},
     tokens::tokenizer_work,
     AppState, Encode,
 };
-use crate::{
-    config::Kind,
+use akidb_engine::{
+    model_config::Kind,
+    scores::{self, ranked, Prediction},
     tokenize::{Input, Side},
 };
 
@@ -27,7 +28,7 @@ use crate::{
 /// activation, or the raw logit.
 async fn pair_scores(
     state: &AppState,
-    model: &Model,
+    model: &Served,
     query: &str,
     texts: &[String],
     raw: bool,
@@ -36,25 +37,8 @@ async fn pair_scores(
     let inputs = texts.iter().map(|t| Input::Pair(query.to_string(), t.clone())).collect();
     let out = state.run(model, inputs, Output::Rows, false, encode).await?;
     let activation = model.backend.info().activation;
-    let scores = out
-        .vectors
-        .iter()
-        .map(|logits| {
-            let logit = logits.first().copied().unwrap_or(f32::NAN);
-            match (raw, activation) {
-                (false, Some(a)) => a.apply(&[logit])[0],
-                _ => logit,
-            }
-        })
-        .collect();
+    let scores = out.vectors.into_iter().map(|logits| scores::relevance(logits, activation, raw)).collect();
     Ok((scores, out.total_tokens))
-}
-
-/// Indices sorted by score, highest first; ties keep input order.
-fn ranked(scores: &[f32]) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    order
 }
 
 const RERANKER: &[Kind] = &[Kind::CrossEncoder];
@@ -320,12 +304,6 @@ pub struct PredictRequest {
     model: Option<String>,
 }
 
-#[derive(Serialize, ToSchema)]
-pub struct Prediction {
-    label: String,
-    score: f32,
-}
-
 /// One list of predictions, or one per input of a batch.
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
@@ -398,23 +376,8 @@ pub async fn predict(
     let (labels, activation) = (&info.labels, info.activation);
     let encode = Encode::new(req.truncate, req.truncation_direction, None);
     let out = state.run(model, inputs, Output::Rows, false, encode).await?;
-    let mut all: Vec<Vec<Prediction>> = out
-        .vectors
-        .into_iter()
-        .map(|logits| {
-            let scores = match (req.raw_scores, activation) {
-                (false, Some(a)) => a.apply(&logits),
-                _ => logits,
-            };
-            ranked(&scores)
-                .into_iter()
-                .map(|i| Prediction {
-                    label: labels.get(i).cloned().unwrap_or_else(|| format!("LABEL_{i}")),
-                    score: scores[i],
-                })
-                .collect()
-        })
-        .collect();
+    let mut all: Vec<Vec<Prediction>> =
+        out.vectors.into_iter().map(|logits| scores::predictions(logits, labels, activation, req.raw_scores)).collect();
     Ok(Json(if batch { PredictResponse::Batch(all) } else { PredictResponse::Single(all.pop().unwrap_or_default()) }))
 }
 
@@ -447,11 +410,6 @@ mod tests {
             let e = one(bad.clone()).expect_err(&bad.to_string());
             assert!(e.contains(says), "{bad}: {e}");
         }
-    }
-
-    #[test]
-    fn ranking_is_by_score_and_stable() {
-        assert_eq!(ranked(&[0.1, 0.9, 0.5, 0.9]), vec![1, 3, 2, 0]);
     }
 
     #[test]

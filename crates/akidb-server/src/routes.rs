@@ -20,11 +20,11 @@ use super::{
     openapi::{texts_schema, Failures, OpenAiFailures},
     AppState,
 };
-use crate::{
-    config::Kind,
-    embedder::EncodeOptions,
+use crate::protocol::{EmbedResponse, Usage};
+use akidb_engine::{
+    model::EncodeOptions,
+    model_config::Kind,
     pooling,
-    protocol::{EmbedResponse, Usage},
     tokenize::{Input, Side},
 };
 

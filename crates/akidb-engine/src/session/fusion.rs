@@ -15,8 +15,10 @@ use ndarray::{ArrayD, ArrayViewD, Axis};
 use onnx_protobuf::StringStringEntryProto;
 
 use crate::{
-    graph::{self, Rewritten},
-    runtime::{Optimization, RuntimeError, Session, SessionOptions},
+    session::{
+        graph::{self, Rewritten},
+        runtime::{Optimization, RuntimeError, Session, SessionOptions},
+    },
     tokenize::{Batch, Tokenizer},
 };
 
@@ -57,8 +59,8 @@ impl CacheEntry {
         let path_key = format!("{:016x}", h.finish());
         let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        let rewrite = (graph::REWRITE_VERSION, crate::kernel::VERSION, format!("{:?}", attention_op()));
-        (&source, heads, env!("CARGO_PKG_VERSION"), crate::runtime::PINNED_VERSION, rewrite).hash(&mut h);
+        let rewrite = (graph::REWRITE_VERSION, akidb_kernels::VERSION, format!("{:?}", attention_op()));
+        (&source, heads, env!("CARGO_PKG_VERSION"), crate::session::runtime::PINNED_VERSION, rewrite).hash(&mut h);
         let key = format!("{:016x}", h.finish());
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
     }
@@ -247,7 +249,7 @@ pub fn attention_op() -> graph::AttentionOp {
             if let Ok(v) = other {
                 tracing::warn!("AKIDB_ATTENTION={v:?} is none of akidb, packed, multihead; using the default");
             }
-            if crate::kernel::measured_faster() {
+            if akidb_kernels::measured_faster() {
                 graph::AttentionOp::Akidb
             } else {
                 graph::AttentionOp::Packed

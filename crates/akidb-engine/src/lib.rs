@@ -1,0 +1,20 @@
+//! akidb's engine: text in, vectors (or a head's logits) out, in process — tokenizers → ONNX
+//! Runtime → pooling → normalization. No HTTP, no command line, no file formats: those are the
+//! server's, the binary's and the corpus crate's.
+//!
+//! Data flows one way: [`hub`] finds the model's files, [`model_config`] reads what the model says
+//! about itself, [`tokenize`] turns text into tokens, [`session`] turns tokens into hidden states
+//! (the graph rewritten and verified first, the device chosen by measurement), [`pooling`] turns
+//! them into vectors and [`scores`] logits into scores; [`model`] ties them together.
+//! docs/architecture.md has the exact graph.
+
+pub mod batching;
+pub mod hub;
+pub mod model;
+pub mod model_config;
+pub mod pooling;
+pub mod scores;
+pub mod session;
+pub mod tokenize;
+
+pub use model::{EncodeOptions, EngineError, Model, ModelInfo, ModelOptions, Rows, DEFAULT_MODEL};
