@@ -2,7 +2,7 @@
 //! `prompt_name`) and TEI's `truncation_direction`, over real HTTP and through the real binary, on
 //! local copies of the tiny test model that carry the prompt configuration.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, sync::OnceLock};
 

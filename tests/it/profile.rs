@@ -1,7 +1,7 @@
 //! `--profile FILE`: ONNX Runtime's profile of the serving session is written on exit, by
 //! `akidb embed` and by `akidb serve` (after SIGTERM), as Chrome-trace JSON with node events.
 
-mod common;
+use crate::common;
 
 use std::{path::Path, process::Command, time::Duration};
 

@@ -1,6 +1,6 @@
 //! `akidb embed` end to end: the real binary, the real cache, real errors.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::process::{Command, Output, Stdio};

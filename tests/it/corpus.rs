@@ -1,7 +1,7 @@
 //! `akidb embed --input/--output` end to end: the real binary and models, files in every format,
 //! streaming, resume after SIGKILL, flat memory, the progress bar on a pseudo-terminal, bad input.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,

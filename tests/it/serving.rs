@@ -3,7 +3,7 @@
 //! and a shutdown deadline. Bounds are ratios to the same run's idle latency and bulk throughput,
 //! never absolute times. The tests take turns (one lock) so they do not load each other.
 
-mod common;
+use crate::common;
 
 use std::{
     process::Command,

@@ -4,7 +4,7 @@
 //! kernel (akidb's own, with its LayerNorm and GELU kernels; ONNX Runtime's two) gives the
 //! exported graph's hidden states on both test models.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

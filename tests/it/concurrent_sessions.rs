@@ -5,7 +5,7 @@
 //! only exists before the first registration, so the test runs itself in twenty fresh processes
 //! (without the fix about one in five failed).
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Barrier};
 
@@ -18,7 +18,7 @@ fn the_first_sessions_of_a_process_load_side_by_side() {
     }
     for round in 0..20 {
         let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "the_first_sessions_of_a_process_load_side_by_side", "--nocapture"])
+            .args(["--exact", "concurrent_sessions::the_first_sessions_of_a_process_load_side_by_side", "--nocapture"])
             .env("AKIDB_TEST_FRESH_PROCESS", "1")
             .output()
             .unwrap();

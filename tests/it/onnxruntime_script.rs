@@ -4,7 +4,7 @@
 //! `--dry-run`; the same for scripts/package-release.sh; and `bash -n` plus shellcheck on every
 //! script. Nothing is written outside fresh temporary directories.
 
-mod common;
+use crate::common;
 
 use std::{
     fs,

@@ -2,7 +2,7 @@
 //! beside it on the first start that finds the fused graph cached, checked against it, and
 //! loaded with optimizations off afterwards; a broken or outdated one is made again.
 
-mod common;
+use crate::common;
 
 use std::{
     path::{Path, PathBuf},

@@ -1,7 +1,7 @@
 //! The library pipeline against sentence-transformers' own vectors, through the real hf-hub cache
 //! and a real ONNX Runtime session.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! `akidb serve` over real HTTP on 127.0.0.1: every route, both models, the bad-input table,
 //! limits, batching, API key, readiness, graceful shutdown, and the official OpenAI client.
 
-mod common;
+use crate::common;
 
 use std::{process::Command, sync::OnceLock, time::Duration};
 

@@ -5,7 +5,7 @@
 //! The suite runs 40 s; `AKIDB_SOAK_SECONDS=600 cargo test --release --test soak -- --nocapture`
 //! is the 10-minute benchmark whose figures docs/operations.md records.
 
-mod common;
+use crate::common;
 
 use std::{
     sync::{

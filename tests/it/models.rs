@@ -3,7 +3,7 @@
 //! every route of TEI's API with its bad-input cases; the OpenAPI document through a validator;
 //! `akidb rerank` and `akidb predict`.
 
-mod common;
+use crate::common;
 
 use std::{path::PathBuf, process::Command, sync::OnceLock, time::Duration};
 

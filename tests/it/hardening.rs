@@ -1,7 +1,7 @@
 //! Slow and idle clients, the connection cap, and fuzzed requests, over real sockets on
 //! 127.0.0.1 against a real server with the tiny model.
 
-mod common;
+use crate::common;
 
 use std::{
     io::{ErrorKind, Read, Write},

@@ -1,0 +1,21 @@
+//! akidb's integration tests, one binary (as uv's `tests/it`): one link instead of one per file.
+//! Each module tests through real components: the ONNX Runtime session, the hf-hub cache in
+//! `../shared/hf`, an HTTP server on 127.0.0.1 with a real client, the built `akidb` binary.
+
+mod architecture;
+mod cli;
+mod cold_start;
+mod common;
+mod concurrent_sessions;
+mod corpus;
+mod fusion;
+mod hardening;
+mod models;
+mod onnxruntime_script;
+mod pipeline;
+mod profile;
+mod prompts;
+mod release;
+mod server;
+mod serving;
+mod soak;
