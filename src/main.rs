@@ -143,9 +143,11 @@ fn main() {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn")));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    // On a terminal a first run says what it is preparing; piped, it prints only the answer.
+    let preparing = if ansi { format!(",{}=info", akidb_engine::session::fusion::PREPARING) } else { String::new() };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{default},ort=warn{preparing}")));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 }
 

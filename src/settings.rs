@@ -21,6 +21,7 @@ use serde::{
 use akidb_engine::{
     session::{
         cache::default_coreml_cache_dir,
+        graph::AttentionOp,
         runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
     },
     ModelOptions,
@@ -60,9 +61,12 @@ pub struct ModelArgs {
     /// Execution provider: auto (CoreML where the linked ONNX Runtime has it, else CPU), cpu, coreml [default: auto]
     #[arg(long, env = "AKIDB_DEVICE", value_parser = choice::<Device>(&["auto", "cpu", "coreml"]))]
     pub device: Option<Device>,
-    /// Replace exported attention blocks with ONNX Runtime's fused MultiHeadAttention kernel, kept only when it gives the same vectors [default: true]
+    /// Rewrite the exported graph before loading it: Q/K/V packed into one product and a fused attention kernel (with akidb's kernels also the residual LayerNorms, bias + GELU, and the encoder on real tokens only), kept only when it gives the same hidden states on a probe batch [default: true]
     #[arg(long, env = "AKIDB_FUSE_ATTENTION", num_args = 0..=1, default_missing_value = "true")]
     pub fuse_attention: Option<bool>,
+    /// The kernel fused attention runs on: akidb (akidb's own kernels), packed (ONNX Runtime's Attention), multihead (ONNX Runtime's MultiHeadAttention) [default: akidb on an AVX-512 CPU, else packed]
+    #[arg(long, env = "AKIDB_ATTENTION", value_parser = choice::<AttentionOp>(&["akidb", "packed", "multihead"]))]
+    pub attention: Option<AttentionOp>,
     /// Inference threads [default: one per physical core]
     #[arg(long, env = "AKIDB_THREADS")]
     pub threads: Option<usize>,
@@ -358,6 +362,7 @@ impl ModelArgs {
             session: SessionOptions {
                 device: self.device.unwrap_or(d.session.device),
                 fuse_attention: self.fuse_attention.unwrap_or(d.session.fuse_attention),
+                attention: self.attention.or(d.session.attention),
                 threads: self.threads.filter(|&n| n > 0).or(d.session.threads),
                 coreml: CoreMlOptions {
                     compute_units: c.compute_units.unwrap_or(d.session.coreml.compute_units),
@@ -368,7 +373,7 @@ impl ModelArgs {
                 remeasure_device: self.remeasure_device.unwrap_or(d.session.remeasure_device),
                 profile: self.profile.clone().or(d.session.profile),
             },
-            max_batch_tokens: self.max_batch_tokens.unwrap_or(d.max_batch_tokens),
+            max_batch_tokens: self.max_batch_tokens.or(d.max_batch_tokens),
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
         }
     }

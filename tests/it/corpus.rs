@@ -135,22 +135,6 @@ fn write_jsonl_input(path: &Path, texts: &[String]) {
     }
 }
 
-/// The Python with pyarrow and numpy that scripts/test.sh installs; under CI its absence fails.
-fn python() -> Option<PathBuf> {
-    let python = std::env::var_os("AKIDB_TEST_PYTHON").map(PathBuf::from);
-    let usable = python.as_ref().is_some_and(|p| {
-        Command::new(p).args(["-c", "import pyarrow, numpy"]).output().is_ok_and(|o| o.status.success())
-    });
-    if usable {
-        return python;
-    }
-    if common::under_ci() {
-        panic!("CI=true but AKIDB_TEST_PYTHON has no pyarrow/numpy; run scripts/test.sh");
-    }
-    eprintln!("skipping the Python readers: set AKIDB_TEST_PYTHON to a python with pyarrow and numpy");
-    None
-}
-
 /// What pyarrow/numpy read from an output: row count, columns and the vectors.
 fn python_read(python: &Path, path: &Path) -> Value {
     let script = r#"
@@ -185,6 +169,17 @@ type Case<'a> = (&'a Path, Option<&'a str>, Vec<Vec<f32>>);
 
 #[test]
 fn every_input_and_output_format_matches_the_reference_vectors() {
+    formats_match_the_reference(None);
+}
+
+/// The same, each Parquet and .npy output also read by pyarrow and numpy.
+#[test]
+#[ignore = "needs Python with pyarrow and numpy (tool_ tests: scripts/test.sh)"]
+fn tool_python_reads_every_output_as_akidb_wrote_it() {
+    formats_match_the_reference(Some(&common::tool_python("pyarrow, numpy")));
+}
+
+fn formats_match_the_reference(python: Option<&Path>) {
     let rows = reference(MINILM);
     let dir = tempfile::tempdir().unwrap();
     // Plain text holds one text per line, so it gets the references without line breaks.
@@ -197,8 +192,6 @@ fn every_input_and_output_format_matches_the_reference_vectors() {
     let parquet = dir.path().join("corpus.parquet");
     let int_ids: Vec<i64> = (0..rows.len() as i64).map(|i| 1000 + i).collect();
     write_parquet_input(&parquet, &all_texts, &int_ids);
-    let python = python();
-
     // (input, id field, expected vectors)
     let inputs: [Case; 3] = [
         (txt.as_path(), None, line_rows.iter().map(|(_, e)| e.clone()).collect()),
@@ -237,7 +230,7 @@ fn every_input_and_output_format_matches_the_reference_vectors() {
             if ext == "parquet" {
                 assert!(!output_parts(&out).exists(), "{what}: part files are removed when complete");
             }
-            if let (Some(py), "parquet" | "npy") = (&python, ext) {
+            if let (Some(py), "parquet" | "npy") = (python, ext) {
                 let v = python_read(py, &out);
                 let py_vectors: Vec<Vec<f32>> = serde_json::from_value(v["vectors"].clone()).unwrap();
                 assert_eq!(py_vectors, vectors, "{what}: Python reads the same vectors");

@@ -17,7 +17,7 @@ pub use input::{Id, InputError, InputFormat, InputSpec, Record};
 pub use output::{OutputError, OutputFormat, OutputSpec};
 pub use progress::Summary;
 
-use akidb_engine::model::{EncodeOptions, EngineError, Model};
+use akidb_engine::{EncodeOptions, EngineError, Model};
 
 /// Texts embedded together: enough for length-sorted batches with little padding, small enough
 /// that memory does not depend on the corpus.
@@ -160,17 +160,18 @@ pub fn run(
         let stop = window.fill(&rx, &mut summary.skipped);
         if !window.records.is_empty() {
             let texts: Vec<&str> = window.records.iter().map(|r| r.text.as_str()).collect();
-            let embedded = match embedder.embed_with(&texts, normalize, encode) {
-                Ok(e) => e,
-                Err(e) => break Err(e.into()),
-            };
+            // The bar moves as each batch completes; rows reach the output per window.
+            let embedded =
+                match embedder.embed_reporting(&texts, normalize, encode, &mut |n| progress.advance(n as u64)) {
+                    Ok(e) => e,
+                    Err(e) => break Err(e.into()),
+                };
             let ids: Vec<Option<Id>> = window.records.drain(..).map(|r| r.id).collect();
             if let Err(e) = sink.write(&ids, &embedded.vectors) {
                 break Err(e.into());
             }
             summary.texts += ids.len() as u64;
             summary.tokens += embedded.total_tokens as u64;
-            progress.advance(ids.len() as u64);
         }
         match stop {
             Stop::Full | Stop::Idle => {}

@@ -116,14 +116,27 @@ impl Progress {
     }
 }
 
+/// The rate and the time left once there is a rate to go by; nothing before the first batch is
+/// done (a bar that says `0 texts/s ETA 0s` is wrong, not just early).
+fn rate_and_eta(per_sec: f64, left: Option<u64>) -> String {
+    if !(per_sec.is_finite() && per_sec > 0.0) {
+        return String::new();
+    }
+    match left {
+        Some(left) => format!("{per_sec:.0} texts/s  ETA {}", human(Duration::from_secs_f64(left as f64 / per_sec))),
+        None => format!("{per_sec:.0} texts/s"),
+    }
+}
+
 fn bar(total: Option<u64>, resumed: u64) -> ProgressBar {
     let rate = |state: &ProgressState, w: &mut dyn std::fmt::Write| {
-        let _ = write!(w, "{:.0} texts/s", state.per_sec());
+        let left = state.len().map(|len| len.saturating_sub(state.pos()));
+        let _ = write!(w, "{}", rate_and_eta(state.per_sec(), left));
     };
     let (bar, template) = match total {
         Some(total) => (
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
-            "{bar:30} {pos}/{len} texts  {rate}  ETA {eta}",
+            "{bar:30} {pos}/{len} texts  {rate}",
         ),
         None => (
             ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
@@ -152,6 +165,14 @@ fn human(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_rate_and_no_eta_before_there_is_a_rate() {
+        assert_eq!(rate_and_eta(0.0, Some(1540)), "");
+        assert_eq!(rate_and_eta(f64::NAN, Some(1540)), "");
+        assert_eq!(rate_and_eta(100.0, Some(1500)), "100 texts/s  ETA 15s");
+        assert_eq!(rate_and_eta(100.0, None), "100 texts/s");
+    }
 
     #[test]
     fn durations_read_naturally() {

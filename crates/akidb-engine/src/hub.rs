@@ -1,13 +1,19 @@
-//! Finds a model's files: a local directory, or a Hugging Face repo through `hf-hub` and the
-//! standard cache (`HF_HOME`, `HF_HUB_OFFLINE`, `HF_TOKEN`, `HF_ENDPOINT`), so a model fetched by
-//! Python tools is reused as is and vice versa.
+//! Finds a model's files: a local directory, or a Hugging Face repo in the standard cache
+//! (`HF_HOME`, `HF_HUB_OFFLINE`), so a model fetched by Python tools is reused as is and vice
+//! versa. Fetching from the Hub (`HF_TOKEN`, `HF_ENDPOINT`) goes through `hf-hub` and is the
+//! crate's `download` feature, which the `akidb` binary turns on: an engine user who ships models
+//! reads the cache (or a directory) without an HTTP client or a progress bar in its build.
 
 use std::path::{Path, PathBuf};
 
+#[cfg(feature = "download")]
 use hf_hub::{
     api::sync::{ApiBuilder, ApiRepo},
-    Cache, Repo, RepoType,
+    Repo, RepoType,
 };
+
+/// A source error from the Hub client, boxed so the error type does not depend on the feature.
+type HubSource = Box<dyn std::error::Error + Send + Sync>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
@@ -25,15 +31,17 @@ pub enum HubError {
         revision: String,
         file: String,
         #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
+        source: HubSource,
     },
     #[error("could not reach the Hugging Face Hub for {repo}@{revision} (unknown repo, private without HF_TOKEN, or no network): {source}")]
     RepoInfo {
         repo: String,
         revision: String,
         #[source]
-        source: Box<hf_hub::api::sync::ApiError>,
+        source: HubSource,
     },
+    #[error("{repo}@{revision} is not in the Hugging Face cache at {cache}, and this build cannot download (akidb-engine's `download` feature is off)")]
+    NoDownload { repo: String, revision: String, cache: PathBuf },
     #[error("local model directory {0} has no {1}")]
     MissingLocalFile(PathBuf, String),
 }
@@ -42,13 +50,34 @@ pub enum HubError {
 pub struct ModelRepo {
     id: String,
     revision: Option<String>,
-    kind: Kind,
+    source: Source,
 }
 
-enum Kind {
+enum Source {
     Local(PathBuf),
-    Cached { cache: Cache, snapshot: PathBuf },
-    Online { api: Box<ApiRepo>, files: Vec<String> },
+    Cached {
+        cache: PathBuf,
+        snapshot: PathBuf,
+    },
+    #[cfg(feature = "download")]
+    Online {
+        api: Box<ApiRepo>,
+        files: Vec<String>,
+    },
+}
+
+/// The hub cache, as huggingface_hub and hf-hub find it: `$HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub`.
+fn hub_cache() -> PathBuf {
+    match std::env::var_os("HF_HOME").filter(|h| !h.is_empty()) {
+        Some(home) => PathBuf::from(home).join("hub"),
+        None => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache")
+            .join("huggingface")
+            .join("hub"),
+    }
 }
 
 fn offline() -> bool {
@@ -66,7 +95,7 @@ impl ModelRepo {
     pub fn open(model: &str, revision: Option<&str>) -> Result<Self, HubError> {
         let path = Path::new(model);
         if path.is_dir() {
-            return Ok(Self { id: model.to_string(), revision: None, kind: Kind::Local(path.to_path_buf()) });
+            return Ok(Self { id: model.to_string(), revision: None, source: Source::Local(path.to_path_buf()) });
         }
         let valid_id = {
             let mut parts = model.split('/');
@@ -82,22 +111,25 @@ impl ModelRepo {
             return Err(HubError::InvalidModelId(model.to_string()));
         }
         let revision = revision.unwrap_or("main").to_string();
-        let cache = Cache::from_env();
+        let cache = hub_cache();
         if offline() {
-            let folder = cache.path().join(Repo::model(model.to_string()).folder_name());
-            let snapshot = if is_commit_hash(&revision) {
-                Some(folder.join("snapshots").join(&revision))
-            } else {
-                std::fs::read_to_string(folder.join("refs").join(&revision))
-                    .ok()
-                    .map(|sha| folder.join("snapshots").join(sha.trim()))
-            };
-            let Some(snapshot) = snapshot.filter(|s| s.is_dir()) else {
-                return Err(HubError::RepoNotCached { repo: model.to_string(), revision, cache: cache.path().clone() });
-            };
-            let commit = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
-            return Ok(Self { id: model.to_string(), revision: commit, kind: Kind::Cached { cache, snapshot } });
+            return Self::cached(cache, model, revision);
         }
+        Self::online(cache, model, revision)
+    }
+
+    #[cfg(not(feature = "download"))]
+    fn online(cache: PathBuf, model: &str, revision: String) -> Result<Self, HubError> {
+        Self::cached(cache.clone(), model, revision.clone()).map_err(|_| HubError::NoDownload {
+            repo: model.to_string(),
+            revision,
+            cache,
+        })
+    }
+
+    #[cfg(feature = "download")]
+    fn online(cache: PathBuf, model: &str, revision: String) -> Result<Self, HubError> {
+        let cache = hf_hub::Cache::new(cache);
         let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
         let api = ApiBuilder::from_env()
             .with_token(token)
@@ -106,16 +138,44 @@ impl ModelRepo {
             .map_err(|e| HubError::RepoInfo {
                 repo: model.to_string(),
                 revision: revision.clone(),
-                source: Box::new(e),
+                source: e.into(),
             })?;
         let api = api.repo(Repo::with_revision(model.to_string(), RepoType::Model, revision.clone()));
         let info = api.info().map_err(|e| HubError::RepoInfo {
             repo: model.to_string(),
             revision: revision.clone(),
-            source: Box::new(e),
+            source: e.into(),
         })?;
         let files = info.siblings.into_iter().map(|s| s.rfilename).collect();
-        Ok(Self { id: model.to_string(), revision: Some(info.sha), kind: Kind::Online { api: Box::new(api), files } })
+        Ok(Self {
+            id: model.to_string(),
+            revision: Some(info.sha),
+            source: Source::Online { api: Box::new(api), files },
+        })
+    }
+
+    /// Opens `model` from the hub cache at `hub` (`$HF_HOME/hub`) without the network and without
+    /// reading the environment: the tests' way in, and a library user's who keeps models elsewhere.
+    pub fn open_cached(hub: &Path, model: &str, revision: Option<&str>) -> Result<Self, HubError> {
+        Self::cached(hub.to_path_buf(), model, revision.unwrap_or("main").to_string())
+    }
+
+    /// The snapshot of `model` at `revision` (a commit, or a ref resolved through `refs/`).
+    fn cached(cache: PathBuf, model: &str, revision: String) -> Result<Self, HubError> {
+        // hf-hub's and huggingface_hub's folder name for a model repo.
+        let folder = cache.join(format!("models--{}", model.replace('/', "--")));
+        let snapshot = if is_commit_hash(&revision) {
+            Some(folder.join("snapshots").join(&revision))
+        } else {
+            std::fs::read_to_string(folder.join("refs").join(&revision))
+                .ok()
+                .map(|sha| folder.join("snapshots").join(sha.trim()))
+        };
+        let Some(snapshot) = snapshot.filter(|s| s.is_dir()) else {
+            return Err(HubError::RepoNotCached { repo: model.to_string(), revision, cache });
+        };
+        let commit = snapshot.file_name().map(|s| s.to_string_lossy().into_owned());
+        Ok(Self { id: model.to_string(), revision: commit, source: Source::Cached { cache, snapshot } })
     }
 
     /// The repo id or directory the user named.
@@ -132,34 +192,32 @@ impl ModelRepo {
     pub fn file(&self, name: &str) -> Result<PathBuf, HubError> {
         match self.optional_file(name)? {
             Some(path) => Ok(path),
-            None => Err(match &self.kind {
-                Kind::Local(dir) => HubError::MissingLocalFile(dir.clone(), name.to_string()),
-                Kind::Cached { cache, .. } => HubError::NotCached {
+            None => Err(match &self.source {
+                Source::Local(dir) => HubError::MissingLocalFile(dir.clone(), name.to_string()),
+                Source::Cached { cache, .. } => HubError::NotCached {
                     repo: self.id.clone(),
                     revision: self.revision.clone().unwrap_or_default(),
                     file: name.to_string(),
-                    cache: cache.path().clone(),
+                    cache: cache.clone(),
                 },
-                _ => self.missing(name),
+                #[cfg(feature = "download")]
+                Source::Online { .. } => HubError::MissingFile {
+                    repo: self.id.clone(),
+                    revision: self.revision.clone().unwrap_or_default(),
+                    file: name.to_string(),
+                },
             }),
-        }
-    }
-
-    fn missing(&self, name: &str) -> HubError {
-        HubError::MissingFile {
-            repo: self.id.clone(),
-            revision: self.revision.clone().unwrap_or_default(),
-            file: name.to_string(),
         }
     }
 
     /// A file that changes behaviour when present (pooling, max length); `Ok(None)` when the model
     /// has none. Offline, a file missing from a cached snapshot is taken as absent.
     pub fn optional_file(&self, name: &str) -> Result<Option<PathBuf>, HubError> {
-        match &self.kind {
-            Kind::Local(dir) => Ok(Some(dir.join(name)).filter(|p| p.is_file())),
-            Kind::Cached { snapshot, .. } => Ok(Some(snapshot.join(name)).filter(|p| p.is_file())),
-            Kind::Online { api, files } => {
+        match &self.source {
+            Source::Local(dir) => Ok(Some(dir.join(name)).filter(|p| p.is_file())),
+            Source::Cached { snapshot, .. } => Ok(Some(snapshot.join(name)).filter(|p| p.is_file())),
+            #[cfg(feature = "download")]
+            Source::Online { api, files } => {
                 if !files.iter().any(|f| f == name) {
                     return Ok(None);
                 }
@@ -167,7 +225,7 @@ impl ModelRepo {
                     repo: self.id.clone(),
                     revision: self.revision.clone().unwrap_or_default(),
                     file: name.to_string(),
-                    source: Box::new(e),
+                    source: e.into(),
                 })
             }
         }
@@ -181,5 +239,29 @@ impl ModelRepo {
             }
         }
         self.file(names.first().copied().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A model of the shared test cache (`../shared/hf` beside the checkout, or `$HF_HOME`), opened
+    /// without touching the process environment, which the library's tests share across threads.
+    pub(crate) fn test_model(model: &str) -> ModelRepo {
+        let hf = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("..").join("shared").join("hf")
+        });
+        ModelRepo::open_cached(&hf.join("hub"), model, None)
+            .unwrap_or_else(|e| panic!("{model} must be in the test cache {}: {e}", hf.display()))
+    }
+
+    #[test]
+    fn the_cache_is_read_without_the_environment() {
+        let repo = test_model("akidb-test/tiny-bert-cls");
+        assert_eq!(repo.revision().map(str::len), Some(40), "a commit, resolved through refs/main");
+        assert!(repo.file("tokenizer.json").unwrap().is_file());
+        let missing = ModelRepo::open_cached(Path::new("/nonexistent"), "a/b", None).err().map(|e| e.to_string());
+        assert!(missing.is_some_and(|e| e.contains("not in the Hugging Face cache")));
     }
 }

@@ -9,12 +9,18 @@
 //! docs/architecture.md has the exact graph.
 
 pub mod batching;
+pub mod error;
+mod forward;
 pub mod hub;
+pub mod load;
 pub mod model;
 pub mod model_config;
+pub mod options;
 pub mod pooling;
 pub mod scores;
 pub mod session;
 pub mod tokenize;
 
-pub use model::{EncodeOptions, EngineError, Model, ModelInfo, ModelOptions, Rows, DEFAULT_MODEL};
+pub use error::EngineError;
+pub use model::{Model, ModelInfo, Rows};
+pub use options::{EncodeOptions, ModelOptions, DEFAULT_MODEL};

@@ -1,91 +1,22 @@
 //! The pipeline in one place: model files → config → tokenizer → session → pooling (or, for a
 //! cross-encoder or classifier, the logits of its head).
 
-use std::path::{Path, PathBuf};
-
 use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
-    hub::{HubError, ModelRepo},
-    model_config::{Activation, ConfigError, Kind, ModelConfig, Pooling},
+    error::EngineError,
+    forward::{forward, Readout},
+    load::{Measure, ModelFiles, Probe, SessionPlan},
+    model_config::{Activation, Kind, ModelConfig, Pooling},
+    options::{EncodeOptions, ModelOptions},
     pooling,
     session::{
-        device::{self, Decision, DecisionCache, DeviceReport, DeviceSession, Outcome},
-        fusion::{self, Loaded},
-        runtime::{choose_provider, coreml_available, Device, Provider, RuntimeError, Session, SessionOptions},
+        device::{Decision, DeviceReport, DeviceSession},
+        runtime::{self, Session},
     },
-    tokenize::{Batch, Input, Side, Token, TokenizeError, Tokenizer, Tokens},
+    tokenize::{Input, Token, Tokenizer, Tokens},
 };
-
-pub const DEFAULT_MODEL: &str = "sentence-transformers/all-MiniLM-L6-v2";
-
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error(transparent)]
-    Hub(#[from] HubError),
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Tokenize(#[from] TokenizeError),
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error("input {index} is longer than the model's maximum of {max} tokens (truncation is off)")]
-    TooLong { index: usize, max: usize },
-    #[error("model {model} gives {got} values per text but its config says {expected}")]
-    DimensionMismatch { model: String, got: usize, expected: usize },
-    #[error("{model} is {is}; {what} needs {needs}")]
-    WrongKind { model: String, is: &'static str, what: &'static str, needs: &'static str },
-    #[error("{model} has no prompt named '{name}' ({known})")]
-    UnknownPrompt { model: String, name: String, known: String },
-}
-
-/// How inputs become tokens beyond the model's own settings: TEI's `truncation_direction` and
-/// sentence-transformers' `prompt_name`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct EncodeOptions {
-    pub side: Side,
-    /// One of the model's prompts, put before each text; `None` for the model's default prompt, if any.
-    pub prompt_name: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct ModelOptions {
-    /// Hugging Face repo id or local directory.
-    pub model: String,
-    pub revision: Option<String>,
-    /// Path of the ONNX file inside the model; default `onnx/model.onnx`, then `model.onnx`.
-    pub onnx_file: Option<String>,
-    pub session: SessionOptions,
-    /// Padded tokens (rows × longest) per inference call: bounds memory and keeps batches fast.
-    pub max_batch_tokens: usize,
-    pub max_batch_size: usize,
-}
-
-/// Measured on MiniLM (docs/performance.md): with ONNX Runtime's kernels ~1k padded tokens per
-/// call keeps the activations in cache and beats large batches by ~25%; with akidb's (padding
-/// dropped inside the encoder, see `graph`) 2k beats 1k by 2–3%.
-pub fn default_max_batch_tokens() -> usize {
-    // The same choice the graph rewrite makes, so `AKIDB_ATTENTION=packed` gets ONNX Runtime's budget.
-    if fusion::attention_op() == crate::session::graph::AttentionOp::Akidb {
-        2048
-    } else {
-        1024
-    }
-}
-
-impl Default for ModelOptions {
-    fn default() -> Self {
-        Self {
-            model: DEFAULT_MODEL.to_string(),
-            revision: None,
-            onnx_file: None,
-            session: SessionOptions::default(),
-            max_batch_tokens: default_max_batch_tokens(),
-            max_batch_size: 128,
-        }
-    }
-}
 
 /// What was loaded, for `/info`, logs and `--verbose`.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -145,99 +76,30 @@ pub struct Model {
 }
 
 impl Model {
-    /// Resolves, loads and warms the model; the warm-up run also checks the dimension.
+    /// Resolves, loads and warms the model ([`crate::load`] has the steps); the warm-up run also
+    /// checks the row width (the dimension, or the number of labels).
     pub fn load(options: &ModelOptions) -> Result<Self, EngineError> {
         // Binding ONNX Runtime (its environment, device discovery) takes tens of ms: overlap it
         // with finding the files and parsing the tokenizer. Its result is read where it is used.
-        std::thread::spawn(|| crate::session::runtime::init().map(|_| ()));
+        std::thread::spawn(|| runtime::init().map(|_| ()));
         let started = std::time::Instant::now();
-        let repo = ModelRepo::open(&options.model, options.revision.as_deref())?;
-        let config = ModelConfig::load(&repo)?;
-        // Parsing tokenizer.json takes tens of ms: it runs beside the session's load below.
-        let (tokenizer_file, max_seq_length) = (repo.file("tokenizer.json")?, config.max_seq_length);
+        let files = ModelFiles::resolve(options)?;
+        let config = ModelConfig::load(&files.repo)?;
+        // Parsing tokenizer.json takes tens of ms: it runs beside the session's preload.
+        let (tokenizer_file, max_seq_length) = (files.repo.file("tokenizer.json")?, config.max_seq_length);
         let tokenizer = std::thread::spawn(move || Tokenizer::from_file(&tokenizer_file, max_seq_length));
-        let (onnx_file, onnx_path) = match &options.onnx_file {
-            Some(name) => (name.clone(), repo.file(name)?),
-            None => {
-                let path = repo.first_file(&["onnx/model.onnx", "model.onnx"])?;
-                let name = if path.ends_with("onnx/model.onnx") { "onnx/model.onnx" } else { "model.onnx" };
-                (name.to_string(), path)
-            }
-        };
-        // Large exports keep their weights beside the graph; fetch them into the same snapshot.
-        let external_data = repo.optional_file(&format!("{onnx_file}_data"))?.is_some()
-            | repo.optional_file(&format!("{onnx_file}.data"))?.is_some();
-        let mut session_options = options.session.clone();
-        let coreml = coreml_available();
-        // Only CoreML's caches are keyed by it; it reads 2 MiB of the model.
-        let content = coreml.then(|| device::content_key(&onnx_path).ok()).flatten();
-        if let Some(dir) = &session_options.coreml.cache_dir {
-            session_options.coreml.cache_dir =
-                Some(coreml_cache_dir(dir, &repo, &onnx_file, content.as_deref().unwrap_or("unreadable")));
-        }
-        // --device coreml without CoreML: a clear error.
-        choose_provider(options.session.device, coreml)?;
-        // External weights are found relative to the file, so such models are loaded as they are;
-        // CoreML has no kernel for the fused op, so its graph stays whole. A fused graph is used
-        // only once it gave the same hidden states as the exported one (see `fusion`).
-        let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !external_data);
-        let cpu_options = SessionOptions { device: Device::Cpu, ..session_options.clone() };
-        let graphs = crate::session::cache::graphs_dir();
-        // Where the CPU serves, a ready optimized graph loads while the tokenizer is parsed.
-        let preloaded = match (options.session.device, coreml, heads) {
-            (Device::Cpu, _, Some(h)) | (Device::Auto, false, Some(h)) => {
-                fusion::preload(&onnx_path, h, &cpu_options, graphs.as_deref())
-            }
-            _ => None,
-        };
+        let budget = Budget::new(options.max_batch_tokens(), options.max_batch_size);
+        let plan = SessionPlan::new(&files, &config, options, budget)?;
+        let preloaded = plan.preload();
         let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         tracing::debug!(elapsed = ?started.elapsed(), preloaded = preloaded.is_some(), "tokenizer loaded");
-        let cpu = CpuLoader {
-            path: onnx_path.clone(),
-            heads,
-            options: cpu_options,
-            tokenizer: tokenizer.clone(),
-            graphs,
-            preloaded: parking_lot::Mutex::new(preloaded),
-        };
-        let coreml_options = SessionOptions { device: Device::CoreMl, ..session_options };
-        let budget = Budget::new(options.max_batch_tokens, options.max_batch_size);
-        let (session, fused_attention, decision) = match (options.session.device, coreml) {
-            (Device::Cpu, _) => {
-                let (session, n) = cpu.load()?;
-                (DeviceSession::new(session, None), n, Decision::fixed(Provider::Cpu, "--device cpu"))
-            }
-            (Device::Auto, false) => {
-                let (session, n) = cpu.load()?;
-                let decision = Decision::fixed(Provider::Cpu, device::NO_COREML);
-                (DeviceSession::new(session, None), n, decision)
-            }
-            (Device::CoreMl, _) => {
-                let session = Session::load(&onnx_path, None, &coreml_options)?;
-                (DeviceSession::new(session, None), 0, Decision::fixed(Provider::CoreMl, "--device coreml"))
-            }
-            (Device::Auto, true) => {
-                let measure = Measure {
-                    tokenizer: &tokenizer,
-                    output: Output::of(&config),
-                    max_seq_length: config.max_seq_length,
-                    budget,
-                };
-                let parts = [
-                    content.as_deref().unwrap_or("unreadable"),
-                    &format!("{}@{}:{onnx_file}", repo.id(), repo.revision().unwrap_or("local")),
-                    &format!("{:?} fuse={:?} threads={:?}", coreml_options.coreml, heads, options.session.threads),
-                    &format!("{budget:?} max_seq_length={}", config.max_seq_length),
-                ];
-                let cache = crate::session::cache::cache_dir().map(|d| DecisionCache::new(&d.join("device"), &parts));
-                let load_coreml = || Session::load(&onnx_path, None, &coreml_options);
-                choose_by_measurement(cpu, &load_coreml, &measure, cache.as_ref())?
-            }
-        };
+        let probe = Probe::new(&tokenizer)?;
+        let measure = Measure { tokenizer: &tokenizer, readout: Readout::rows(&config), max_seq_length, budget };
+        let (session, fused_attention, decision) = plan.choose_device(preloaded, probe, measure)?;
         let info = ModelInfo {
-            id: repo.id().to_string(),
-            revision: repo.revision().map(str::to_string),
-            onnx_file,
+            id: files.repo.id().to_string(),
+            revision: files.repo.revision().map(str::to_string),
+            onnx_file: files.onnx_file,
             kind: config.kind,
             dimension: config.dimension,
             max_seq_length: config.max_seq_length,
@@ -245,37 +107,37 @@ impl Model {
             labels: config.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
             activation: config.head.as_ref().map(|h| h.activation),
             provider: session.provider().as_str(),
-            onnx_runtime_version: crate::session::runtime::init()?.to_string(),
+            onnx_runtime_version: runtime::init()?.to_string(),
             fused_attention,
             prompts: config.prompts.clone(),
             default_prompt_name: config.default_prompt_name.clone(),
         };
         tracing::debug!(elapsed = ?started.elapsed(), "session ready");
-        let embedder = Self { info, config, tokenizer, session, decision, budget };
-        let warm = embedder.embed(&["warm-up"], false)?;
+        let model = Self { info, config, tokenizer, session, decision, budget };
+        let warm = model.embed(&["warm-up"], false)?;
         tracing::debug!(elapsed = ?started.elapsed(), "warmed up");
         let got = warm.vectors.first().map_or(0, Vec::len);
-        if got != embedder.config.output_width() {
+        if got != model.config.output_width() {
             return Err(EngineError::DimensionMismatch {
-                model: embedder.info.id.clone(),
+                model: model.info.id.clone(),
                 got,
-                expected: embedder.config.output_width(),
+                expected: model.config.output_width(),
             });
         }
         tracing::info!(
-            model = %embedder.info.id,
-            revision = embedder.info.revision.as_deref().unwrap_or("local"),
-            onnx = %embedder.info.onnx_file,
-            dimension = embedder.info.dimension,
-            max_seq_length = embedder.info.max_seq_length,
-            kind = %embedder.info.kind,
-            pooling = embedder.info.pooling,
-            provider = embedder.info.provider,
-            fused_attention = embedder.info.fused_attention,
-            device = %embedder.device(),
+            model = %model.info.id,
+            revision = model.info.revision.as_deref().unwrap_or("local"),
+            onnx = %model.info.onnx_file,
+            dimension = model.info.dimension,
+            max_seq_length = model.info.max_seq_length,
+            kind = %model.info.kind,
+            pooling = model.info.pooling,
+            provider = model.info.provider,
+            fused_attention = model.info.fused_attention,
+            device = %model.device(),
             "model loaded"
         );
-        Ok(embedder)
+        Ok(model)
     }
 
     pub fn info(&self) -> &ModelInfo {
@@ -368,8 +230,8 @@ impl Model {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        let output = Output::of(&self.config);
-        Ok(self.session.run(|session| forward(session, &batch, output))?)
+        let readout = Readout::rows(&self.config);
+        Ok(self.session.run(|session| forward(session, &batch, readout))?)
     }
 
     /// Like [`Model::infer`] without pooling: each item's real tokens' hidden states, one
@@ -387,12 +249,23 @@ impl Model {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        Ok(self.session.run(|session| forward(session, &batch, Output::Tokens))?)
+        Ok(self.session.run(|session| forward(session, &batch, Readout::Tokens))?)
     }
 
     /// Runs tokenized inputs in length-sorted batches (little padding), keeping input order: an
     /// embedder's vectors (unit length with `normalize`), or a head's logits.
     pub fn embed_tokens(&self, tokens: &[Tokens], normalize: bool) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.embed_tokens_reporting(tokens, normalize, &mut |_| {})
+    }
+
+    /// [`Model::embed_tokens`], calling `done` with the number of inputs of each batch as it
+    /// completes (a corpus run's progress moves per batch, not per window of texts).
+    pub fn embed_tokens_reporting(
+        &self,
+        tokens: &[Tokens],
+        normalize: bool,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<Vec<f32>>, EngineError> {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
@@ -405,6 +278,7 @@ impl Model {
                 }
                 out[i] = v;
             }
+            done(members.len());
         }
         Ok(out)
     }
@@ -421,9 +295,20 @@ impl Model {
         normalize: bool,
         options: &EncodeOptions,
     ) -> Result<Rows, EngineError> {
+        self.embed_reporting(texts, normalize, options, &mut |_| {})
+    }
+
+    /// [`Model::embed_with`], calling `done` with the number of texts of each batch as it completes.
+    pub fn embed_reporting<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        normalize: bool,
+        options: &EncodeOptions,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Rows, EngineError> {
         let tokens = self.tokenize_texts(texts, options)?;
         let total_tokens = tokens.iter().map(Tokens::len).sum();
-        let vectors = self.embed_tokens(&tokens, normalize)?;
+        let vectors = self.embed_tokens_reporting(&tokens, normalize, done)?;
         Ok(Rows { vectors, total_tokens })
     }
 
@@ -436,256 +321,29 @@ impl Model {
     }
 }
 
-/// What one inference call returns per row.
-#[derive(Debug, Clone, Copy)]
-enum Output {
-    Pooled(Pooling),
-    Logits,
-    /// The real tokens' hidden states, flattened.
-    Tokens,
-}
-
-impl Output {
-    fn of(config: &ModelConfig) -> Self {
-        if config.head.is_some() {
-            Output::Logits
-        } else {
-            Output::Pooled(config.pooling)
-        }
-    }
-}
-
-/// Runs one batch: one row per member, in the batch's order (vectors unnormalized).
-fn forward(session: &Session, batch: &Batch, output: Output) -> Result<Vec<Vec<f32>>, RuntimeError> {
-    let mask = batch.attention_mask.view();
-    match output {
-        Output::Pooled(pooling) => {
-            let pooled = batch.pool_mask.as_ref().map_or(mask, |m| m.view());
-            session.run(batch, |hidden| pooling::pool(hidden, pooled, pooling))
-        }
-        Output::Logits => session
-            .run(batch, |logits: ndarray::ArrayView2<'_, f32>| logits.outer_iter().map(|row| row.to_vec()).collect()),
-        Output::Tokens => session.run(batch, |hidden: ndarray::ArrayView3<'_, f32>| {
-            hidden
-                .outer_iter()
-                .zip(mask.outer_iter())
-                .map(|(tokens, mask)| {
-                    let len = mask.iter().take_while(|&&m| m != 0).count();
-                    tokens.slice(ndarray::s![..len, ..]).iter().copied().collect()
-                })
-                .collect()
-        }),
-    }
-}
-
-/// Loads the CPU session, with the verified attention-fused graph when it can (see `fusion`); kept
-/// whole so `auto` can rebuild the CPU session after a CoreML failure.
-struct CpuLoader {
-    path: PathBuf,
-    /// Attention heads, when the graph is to be fused.
-    heads: Option<usize>,
-    options: SessionOptions,
-    /// Tokenizes the probe batch that checks a fused graph.
-    tokenizer: Tokenizer,
-    /// Where verified fused graphs (and refusals) are kept.
-    graphs: Option<PathBuf>,
-    /// A session loaded ahead (`fusion::preload`), served by the first `load`.
-    preloaded: parking_lot::Mutex<Option<Loaded>>,
-}
-
-impl CpuLoader {
-    /// The session and how many attention blocks were fused.
-    fn load(&self) -> Result<(Session, usize), RuntimeError> {
-        if let Some(Loaded { session, fused }) = self.preloaded.lock().take() {
-            return Ok((session, fused));
-        }
-        let Some(heads) = self.heads else {
-            return Ok((Session::load(&self.path, None, &self.options)?, 0));
-        };
-        let Loaded { session, fused } =
-            fusion::load(&self.path, heads, &self.options, &self.tokenizer, self.graphs.as_deref())?;
-        Ok((session, fused))
-    }
-}
-
-/// What the `auto` warm-up runs: the shapes the server will see, through the real pipeline.
-struct Measure<'a> {
-    tokenizer: &'a Tokenizer,
-    output: Output,
-    max_seq_length: usize,
-    budget: Budget,
-}
-
-impl Measure<'_> {
-    fn batches(&self) -> Result<Vec<Batch>, EngineError> {
-        device::warmup_shapes(self.max_seq_length, self.budget.max_tokens, self.budget.max_rows)
-            .into_iter()
-            .map(|shape| {
-                let tokens = self.tokenizer.encode(&device::warmup_texts(shape))?;
-                let refs: Vec<&Tokens> = tokens.iter().collect();
-                Ok(self.tokenizer.batch(&refs))
-            })
-            .collect()
-    }
-
-    fn run(&self, session: &Session, batches: &[Batch]) -> Outcome {
-        device::measure(batches, device::REPEATS, |batch| forward(session, batch, self.output))
-    }
-}
-
-/// `auto` where CoreML is available: the cached decision, or both sessions timed over the warm-up
-/// and compared ([`device::decide`]). CoreML keeps a way back to the CPU for run-time failures.
-fn choose_by_measurement(
-    cpu: CpuLoader,
-    load_coreml: &dyn Fn() -> Result<Session, RuntimeError>,
-    measure: &Measure<'_>,
-    cache: Option<&DecisionCache>,
-) -> Result<(DeviceSession<Session>, usize, Decision), EngineError> {
-    let cached = cache.filter(|_| !cpu.options.remeasure_device).and_then(DecisionCache::load);
-    let (decision, mut cpu_session, mut coreml_session) = match cached {
-        Some(decision) => (decision, None, None),
-        None => {
-            let batches = measure.batches()?;
-            let (cpu_session, fused) = cpu.load()?;
-            let cpu_outcome = measure.run(&cpu_session, &batches);
-            if let Outcome::Failed(e) = &cpu_outcome {
-                return Err(RuntimeError::Ort(format!("the CPU session failed its warm-up: {e}")).into());
-            }
-            let (coreml_outcome, coreml_session) = match load_coreml() {
-                Ok(session) => (measure.run(&session, &batches), Some(session)),
-                Err(e) => (Outcome::Failed(e.to_string()), None),
-            };
-            let decision = device::decide(&cpu_outcome, Some(&coreml_outcome));
-            tracing::info!(
-                provider = decision.provider.as_str(),
-                cpu_ms = decision.cpu_ms,
-                coreml_ms = decision.coreml_ms,
-                min_cosine = decision.min_cosine,
-                shapes = batches.len(),
-                "device decision: {}",
-                decision.reason
-            );
-            if let Some(cache) = cache {
-                cache.store(&decision);
-            }
-            (decision, Some((cpu_session, fused)), coreml_session)
-        }
-    };
-    let mut decision = decision;
-    if decision.provider == Provider::CoreMl {
-        let session = match coreml_session.take() {
-            Some(session) => Ok(session),
-            None => load_coreml(), // a cached decision
-        };
-        match session {
-            Ok(session) => {
-                drop(cpu_session.take());
-                let rebuild = Box::new(move || cpu.load().map(|(session, _)| session));
-                return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
-            }
-            Err(e) => {
-                tracing::warn!("the cached decision was CoreML, but its session did not load ({e}); using the CPU");
-                decision =
-                    Decision { provider: Provider::Cpu, reason: format!("CoreML did not load: {e}"), ..decision };
-            }
-        }
-    }
-    drop(coreml_session);
-    let (session, fused) = match cpu_session {
-        Some(loaded) => loaded,
-        None => cpu.load()?,
-    };
-    Ok((DeviceSession::new(session, None), fused, decision))
-}
-
-/// Compiled CoreML models are only valid for one model's content and one ONNX Runtime version
-/// (cached models have broken across versions; ONNX Runtime recompiles only when metadata or graph
-/// structure change, not weights), so the directory is keyed by both: `content` is
-/// [`device::content_key`], which changes when a model is re-exported to the same path and size.
-fn coreml_cache_dir(base: &Path, repo: &ModelRepo, onnx_file: &str, content: &str) -> PathBuf {
-    let clean = |s: &str| s.replace(['/', '\\', ':'], "--");
-    base.join(format!("onnxruntime-{}", crate::session::runtime::PINNED_VERSION)).join(clean(repo.id())).join(format!(
-        "{}-{}-{content}",
-        repo.revision().unwrap_or("local"),
-        clean(onnx_file)
-    ))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
     use super::*;
+    use crate::{hub::tests::test_model, session::runtime::SessionOptions};
 
-    /// The `auto` measurement with real ONNX Runtime sessions on the tiny test model. No CoreML
-    /// here, so the unfused graph on the CPU stands in for it: the real warm-up, timing, vector
-    /// comparison, decision cache and session hand-over run; only the provider differs on a Mac.
+    /// Many texts in small batches: `done` hears of every text once, batch by batch, and the rows
+    /// are the ones `embed` gives.
     #[test]
-    fn auto_measures_real_sessions_caches_the_decision_and_remeasures_on_request() {
-        if std::env::var_os("HF_HOME").is_none() {
-            std::env::set_var("HF_HOME", Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/hf"));
-        }
-        std::env::set_var("HF_HUB_OFFLINE", "1");
-        let repo = ModelRepo::open("akidb-test/tiny-bert-cls", None).expect("tiny model in the HF cache");
-        let config = ModelConfig::load(&repo).unwrap();
-        let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), config.max_seq_length).unwrap();
-        let path = repo.first_file(&["onnx/model.onnx", "model.onnx"]).unwrap();
-        let cpu_options = SessionOptions { device: Device::Cpu, threads: Some(1), ..Default::default() };
-        let dir = tempfile::tempdir().unwrap();
-        let loader = |remeasure: bool| CpuLoader {
-            path: path.clone(),
-            heads: config.num_attention_heads,
-            options: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
-            tokenizer: tokenizer.clone(),
-            graphs: Some(dir.path().join("graphs")),
-            preloaded: parking_lot::Mutex::new(None),
+    fn progress_is_reported_per_batch() {
+        let dir = test_model("akidb-test/tiny-bert-cls").file("tokenizer.json").unwrap();
+        let dir = dir.parent().unwrap().to_string_lossy().into_owned();
+        let options = ModelOptions {
+            model: dir,
+            max_batch_tokens: Some(64),
+            session: SessionOptions { threads: Some(1), fuse_attention: false, ..Default::default() },
+            ..Default::default()
         };
-        let measure = Measure {
-            tokenizer: &tokenizer,
-            output: Output::of(&config),
-            max_seq_length: config.max_seq_length,
-            budget: Budget::new(256, 16),
-        };
-        let cache = DecisionCache::new(dir.path(), &[&device::content_key(&path).unwrap(), "tiny"]);
-        let loads = AtomicUsize::new(0);
-        let stand_in = || {
-            loads.fetch_add(1, Ordering::SeqCst);
-            Session::load(&path, None, &cpu_options)
-        };
-
-        let (session, _, decision) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
-        assert_eq!(loads.load(Ordering::SeqCst), 1);
-        assert!(!decision.cached);
-        assert!(decision.cpu_ms.unwrap() > 0.0 && decision.coreml_ms.unwrap() > 0.0, "{decision:?}");
-        assert!(decision.min_cosine.unwrap() >= device::MIN_COSINE, "same model, same vectors: {decision:?}");
-        assert!(decision.reason.contains("faster"), "{decision:?}");
-        let batch = measure.batches().unwrap().remove(0);
-        let vectors = session.run(|s| forward(s, &batch, Output::of(&config))).unwrap();
-        assert_eq!(vectors[0].len(), config.dimension);
-
-        // A second start reads the decision: nothing measured, the stand-in only loaded if chosen.
-        let (_, _, again) = choose_by_measurement(loader(false), &stand_in, &measure, Some(&cache)).unwrap();
-        // (serde_json's default float parser is not bit-exact: compare the timing closely, not exactly)
-        let same_timing = (again.cpu_ms.unwrap() - decision.cpu_ms.unwrap()).abs() < 1e-9;
-        assert!(again.cached && again.provider == decision.provider && same_timing, "{again:?} vs {decision:?}");
-        let expected = if decision.provider == Provider::CoreMl { 2 } else { 1 };
-        assert_eq!(loads.load(Ordering::SeqCst), expected);
-
-        // --remeasure-device measures again.
-        let (_, _, fresh) = choose_by_measurement(loader(true), &stand_in, &measure, Some(&cache)).unwrap();
-        assert!(!fresh.cached && loads.load(Ordering::SeqCst) == expected + 1, "{fresh:?}");
-
-        // A candidate that cannot even load leaves the CPU serving.
-        let broken = || -> Result<Session, RuntimeError> { Err(RuntimeError::CoreMlUnavailable) };
-        let (session, _, d) = choose_by_measurement(loader(true), &broken, &measure, None).unwrap();
-        assert!(d.provider == Provider::Cpu && d.reason.contains("failed during the warm-up"), "{d:?}");
-        assert_eq!(session.provider(), Provider::Cpu);
-
-        // A cached CoreML decision whose session no longer loads: the CPU serves, start-up goes on.
-        let stale = DecisionCache::new(dir.path(), &["stale"]);
-        stale.store(&Decision::fixed(Provider::CoreMl, "measured faster earlier"));
-        let (session, _, d) = choose_by_measurement(loader(false), &broken, &measure, Some(&stale)).unwrap();
-        assert!(d.provider == Provider::Cpu && d.reason.contains("CoreML did not load"), "{d:?}");
-        assert!(session.run(|s| forward(s, &batch, Output::of(&config))).is_ok());
+        let model = Model::load(&options).unwrap();
+        let texts: Vec<String> = (0..40).map(|i| format!("text number {i} of the progress test")).collect();
+        let mut reports = Vec::new();
+        let rows = model.embed_reporting(&texts, true, &EncodeOptions::default(), &mut |n| reports.push(n)).unwrap();
+        assert_eq!(reports.iter().sum::<usize>(), texts.len(), "{reports:?}");
+        assert!(reports.len() > 4, "several batches of at most 64 padded tokens: {reports:?}");
+        assert_eq!(rows.vectors, model.embed(&texts, true).unwrap().vectors);
     }
 }

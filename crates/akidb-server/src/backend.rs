@@ -5,7 +5,8 @@
 
 use akidb_engine::{
     batching::Budget,
-    model::{EncodeOptions, ModelInfo},
+    model::ModelInfo,
+    options::EncodeOptions,
     tokenize::{Input, Token, Tokens},
     EngineError, Model,
 };

@@ -8,11 +8,11 @@ use axum::{
 use serde::Serialize;
 use utoipa::ToSchema;
 
-use super::{
+use crate::{
     error::ApiError,
-    openapi::{Failures, OpenAiFailures},
     registry::Served,
-    AppState, Flavor,
+    schema::{Failures, OpenAiFailures},
+    state::AppState,
 };
 
 /// One model as OpenAI lists it.
@@ -45,7 +45,7 @@ fn openai_model(model: &Served, created: u64) -> OpenAiModel {
 #[utoipa::path(get, path = "/v1/models", tag = "OpenAI",
     responses((status = 200, description = "The served models", body = OpenAiModelList), OpenAiFailures))]
 pub async fn list_models(State(state): State<AppState>) -> Result<Json<OpenAiModelList>, ApiError> {
-    let registry = state.registry().map_err(|e| e.flavor(Flavor::OpenAi))?;
+    let registry = state.registry()?;
     let data = registry.models().iter().map(|m| openai_model(m, registry.ready_at)).collect();
     Ok(Json(OpenAiModelList { object: "list", data }))
 }
@@ -55,8 +55,8 @@ pub async fn list_models(State(state): State<AppState>) -> Result<Json<OpenAiMod
     params(("model" = String, Path, description = "A served model's id, short name or served name")),
     responses((status = 200, description = "The model", body = OpenAiModel), OpenAiFailures))]
 pub async fn get_model(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<OpenAiModel>, ApiError> {
-    let registry = state.registry().map_err(|e| e.flavor(Flavor::OpenAi))?;
-    let model = registry.find(&name).map_err(|e| e.flavor(Flavor::OpenAi))?;
+    let registry = state.registry()?;
+    let model = registry.find(&name)?;
     Ok(Json(openai_model(model, registry.ready_at)))
 }
 

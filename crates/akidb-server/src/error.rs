@@ -1,15 +1,14 @@
 //! Every failure is JSON with the right status, in the shape the calling client expects:
-//! OpenAI's `{"error":{"message","type","param","code"}}` on `/v1/*`, TEI's
-//! `{"error","error_type"}` elsewhere (Ollama clients read `error` too).
+//! OpenAI's `{"error":{"message","type","param","code"}}` on OpenAI's and Cohere's routes, TEI's
+//! `{"error","error_type"}` elsewhere (Ollama clients read `error` too). Code that fails only says
+//! what went wrong; which shape the client gets is decided once, by [`Flavor::of`] the request's
+//! path, in the `middleware::shape_errors` layer.
 
-use axum::body::Bytes;
 use axum::{
-    extract::rejection::BytesRejection,
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
-use serde::de::DeserializeOwned;
 use serde_json::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,7 +17,22 @@ pub enum Flavor {
     OpenAi,
 }
 
-#[derive(Debug)]
+impl Flavor {
+    /// The shape a path's errors take — the one place this is decided. OpenAI's clients (and
+    /// LangChain's, LiteLLM's) read `error.message`: OpenAI's shape on `/v1/*`, on `/embeddings`
+    /// (OpenAI's route for clients whose base URL has no `/v1`), and on Cohere's `/v2/rerank`,
+    /// whose clients parse the same shape as on `/v1/rerank`. TEI's shape everywhere else.
+    pub fn of(path: &str) -> Self {
+        if path.starts_with("/v1/") || path == "/embeddings" || path == "/v2/rerank" {
+            Self::OpenAi
+        } else {
+            Self::Native
+        }
+    }
+}
+
+/// Clone so that a response can carry it (an extension) to the layer that shapes it.
+#[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
@@ -98,11 +112,10 @@ impl ApiError {
             _ => "invalid_request_error",
         }
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let body = match self.flavor {
+    /// The body in this error's flavour.
+    pub fn body(&self) -> serde_json::Value {
+        match self.flavor {
             Flavor::Native => json!({ "error": self.message, "error_type": self.error_type() }),
             Flavor::OpenAi => json!({ "error": {
                 "message": self.message,
@@ -110,47 +123,19 @@ impl IntoResponse for ApiError {
                 "param": self.param,
                 "code": self.error_type(),
             }}),
-        };
-        let mut response = (self.status, Json(body)).into_response();
-        if let Some(secs) = self.retry_after {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        response
     }
 }
 
-/// Parses a JSON body: 415 for another content type, 413 over the size limit, 400 for broken
-/// JSON, 422 for JSON of the wrong shape.
-pub fn parse_json<T: DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<T, ApiError> {
-    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let mime = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    if !(mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))) {
-        let shown = if content_type.is_empty() { "none".to_string() } else { format!("'{content_type}'") };
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            format!("expected Content-Type: application/json, got {shown}"),
-        ));
-    }
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is larger than the {limit}-byte limit"))
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {rejection}"))
+/// Rendered in the error's own flavour (TEI's unless set), and carried along as an extension so
+/// that `middleware::shape_errors` can render it again in the shape its route's clients read.
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-    })?;
-    // The path names the offending field (`truncation_direction: unknown variant …`).
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
-    let (path, result) = match serde_path_to_error::deserialize(&mut de) {
-        Ok(value) => (".".to_string(), de.end().map(|()| value)),
-        Err(e) => (e.path().to_string(), Err(e.into_inner())),
-    };
-    result.map_err(|e| match e.classify() {
-        serde_json::error::Category::Data if path == "." => ApiError::unprocessable(format!("invalid request: {e}")),
-        serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {path}: {e}")),
-        _ => ApiError::bad_request(format!("malformed JSON: {e}")),
-    })
+        response.extensions_mut().insert(self);
+        response
+    }
 }

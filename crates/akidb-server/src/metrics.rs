@@ -62,6 +62,9 @@ pub struct Metrics {
     dropped_texts: PerModel<Counter>,
     tokens: PerModel<Counter>,
     texts: PerModel<Counter>,
+    request_tokenize: PerModel<Histogram>,
+    request_queue: PerModel<Histogram>,
+    request_inference: PerModel<Histogram>,
 }
 
 /// One model's series of the per-model metrics (handles onto the same values `/metrics` shows).
@@ -75,6 +78,13 @@ pub struct ModelMetrics {
     pub dropped_texts: Counter,
     pub tokens: Counter,
     pub texts: Counter,
+    /// Per request: tokenizing its texts.
+    pub request_tokenize: Histogram,
+    /// Per request: from entering the queue to the start of the first batch with any of its texts.
+    pub request_queue: Histogram,
+    /// Per request: from the start of its first batch to its answer (with the batches of others
+    /// in between when it spans several).
+    pub request_inference: Histogram,
 }
 
 fn latency_histogram() -> Histogram {
@@ -104,6 +114,9 @@ impl Default for Metrics {
         let dropped_texts = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
         let tokens = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
         let texts = PerModel::new_with_constructor(Counter::default as fn() -> Counter);
+        let request_tokenize = PerModel::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_queue = PerModel::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_inference = PerModel::new_with_constructor(latency_histogram as fn() -> Histogram);
         registry.register("http_requests", "HTTP requests by route and status", requests.clone());
         registry.register("http_request_duration_seconds", "HTTP request latency by route", request_duration.clone());
         registry.register("batch_requests", "Requests sharing one inference call", batch_requests.clone());
@@ -118,6 +131,22 @@ impl Default for Metrics {
         );
         registry.register("tokens", "Tokens computed", tokens.clone());
         registry.register("texts", "Texts (and pairs) computed", texts.clone());
+        // Where one request's time went; each counts the requests that reached that stage.
+        registry.register(
+            "request_tokenize_seconds",
+            "Per request, time tokenizing its texts",
+            request_tokenize.clone(),
+        );
+        registry.register(
+            "request_queue_seconds",
+            "Per request, time from entering the queue to its first batch",
+            request_queue.clone(),
+        );
+        registry.register(
+            "request_inference_seconds",
+            "Per request, time from its first batch to its answer",
+            request_inference.clone(),
+        );
         Self {
             registry,
             requests,
@@ -130,6 +159,9 @@ impl Default for Metrics {
             dropped_texts,
             tokens,
             texts,
+            request_tokenize,
+            request_queue,
+            request_inference,
         }
     }
 }
@@ -152,6 +184,9 @@ impl Metrics {
             dropped_texts: self.dropped_texts.get_or_create(&labels).clone(),
             tokens: self.tokens.get_or_create(&labels).clone(),
             texts: self.texts.get_or_create(&labels).clone(),
+            request_tokenize: self.request_tokenize.get_or_create(&labels).clone(),
+            request_queue: self.request_queue.get_or_create(&labels).clone(),
+            request_inference: self.request_inference.get_or_create(&labels).clone(),
         }
     }
 

@@ -1,107 +1,44 @@
-//! The embedding routes. Each speaks its clients' format, picks an embedding model from the
-//! registry and funnels into [`AppState::run`].
+//! The embedding routes. Each speaks its clients' format (read by [`ApiJson`]), counts its inputs
+//! ([`AppState::inputs`]), picks an embedding model from the registry and funnels into
+//! [`AppState::run`]; errors take their shape from the route's path, not from here.
 
 use std::time::Instant;
 
-use axum::{
-    body::Bytes,
-    extract::{rejection::BytesRejection, State},
-    http::HeaderMap,
-    Json,
-};
+use axum::{extract::State, http::StatusCode, Json};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{
+use crate::{
+    api::{texts, ApiJson},
     backend::Output,
-    error::{parse_json, ApiError, Flavor},
-    openapi::{texts_schema, Failures, OpenAiFailures},
-    AppState,
+    error::ApiError,
+    infer::Encode,
+    protocol::{EmbedResponse, Usage},
+    registry::Served,
+    schema::{texts_schema, Failures, OpenAiFailures},
+    state::AppState,
 };
-use crate::protocol::{EmbedResponse, Usage};
 use akidb_engine::{
-    model::EncodeOptions,
     model_config::Kind,
     pooling,
     tokenize::{Input, Side},
+    Rows,
 };
 
-pub(crate) type Body = Result<Bytes, BytesRejection>;
-
-/// Where token ids usually come from: LangChain's `OpenAIEmbeddings` sends tiktoken ids unless told not to.
-const TOKEN_IDS_HINT: &str = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))";
-
-/// A string or an array of strings, with a message that says which element is wrong.
-pub(crate) fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {
-    match value {
-        Value::String(s) => Ok(vec![s]),
-        Value::Array(items) => items
-            .into_iter()
-            .enumerate()
-            .map(|(i, item)| match item {
-                Value::String(s) => Ok(s),
-                Value::Number(_) => Err(ApiError::unprocessable(format!(
-                    "{field}[{i}] is a number: token-id inputs are not supported, send text{TOKEN_IDS_HINT}"
-                ))
-                .param(field)),
-                Value::Array(_) => Err(ApiError::unprocessable(format!(
-                    "{field}[{i}] is an array: token-id inputs are not supported, send text{TOKEN_IDS_HINT}"
-                ))
-                .param(field)),
-                other => Err(ApiError::unprocessable(format!("{field}[{i}] must be a string, not {}", kind(&other)))
-                    .param(field)),
-            })
-            .collect(),
-        Value::Null => Err(ApiError::unprocessable(format!("missing field `{field}`")).param(field)),
-        other => Err(ApiError::unprocessable(format!(
-            "{field} must be a string or an array of strings, not {}",
-            kind(&other)
-        ))
-        .param(field)),
-    }
-}
-
-pub(crate) fn kind(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// What a request asks of tokenization: refuse or cut long inputs, from which end, with which prompt.
-#[derive(Debug, Clone)]
-pub(crate) struct Encode {
-    pub truncate: bool,
-    pub options: EncodeOptions,
-}
-
-impl Encode {
-    pub fn new(truncate: Option<bool>, side: Option<Side>, prompt_name: Option<String>) -> Self {
-        let options = EncodeOptions { side: side.unwrap_or_default(), prompt_name };
-        Self { truncate: truncate.unwrap_or(true), options }
-    }
-}
-
-/// Long inputs cut at the end, the model's default prompt: what routes without these fields get.
-impl Default for Encode {
-    fn default() -> Self {
-        Self::new(None, None, None)
-    }
-}
-
 /// A requested `dimensions` within the model's: Matryoshka models are trained so that a vector's
-/// first dimensions make a good vector by themselves.
-fn dimensions(requested: Option<i64>, dimension: usize) -> Result<Option<usize>, String> {
+/// first dimensions make a good vector by themselves. Out of range is a 422, or `status` where the
+/// API says otherwise (OpenAI answers 400).
+fn dimensions(requested: Option<i64>, model: &Served, status: StatusCode) -> Result<Option<usize>, ApiError> {
+    let dimension = model.backend.info().dimension;
     match requested {
         None => Ok(None),
         Some(d) if d >= 1 && (d as usize) <= dimension => Ok(Some(d as usize)),
-        Some(d) => Err(format!("dimensions must be between 1 and the model's {dimension}, not {d}")),
+        Some(d) => {
+            Err(ApiError::new(status, format!("dimensions must be between 1 and the model's {dimension}, not {d}"))
+                .param("dimensions"))
+        }
     }
 }
 
@@ -115,10 +52,6 @@ fn shorten(vectors: &mut [Vec<f32>], d: Option<usize>, normalize: bool) {
             }
         }
     }
-}
-
-fn singles(texts: Vec<String>) -> Vec<Input> {
-    texts.into_iter().map(Input::Single).collect()
 }
 
 const EMBEDDER: &[Kind] = &[Kind::Embedder];
@@ -150,24 +83,37 @@ pub struct NativeRequest {
     responses((status = 200, description = "One vector per input, in order", body = EmbedResponse), Failures))]
 pub async fn native_embed(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<NativeRequest>,
 ) -> Result<Json<EmbedResponse>, ApiError> {
     let started = Instant::now();
-    let req: NativeRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
-    let texts = texts(req.inputs, "inputs")?;
-    let model = state.pick(req.model.as_deref(), "POST /api/v1/embed", EMBEDDER)?;
-    let cut = dimensions(req.dimensions, model.backend.info().dimension)
-        .map_err(|m| ApiError::unprocessable(m).param("dimensions"))?;
-    let normalize = req.normalize.unwrap_or(true);
-    let mut out = state.run(model, singles(texts), Output::Rows, normalize && cut.is_none(), encode).await?;
-    shorten(&mut out.vectors, cut, normalize);
+    let route = "POST /api/v1/embed";
+    let (model, out) = embed(&state, route, req.model, req.inputs, req.normalize, req.dimensions, encode).await?;
     Ok(Json(EmbedResponse {
         model: model.name.clone(),
         embeddings: out.vectors,
         usage: Usage { total_tokens: out.total_tokens, duration_ms: started.elapsed().as_millis() as u64 },
     }))
+}
+
+/// `/api/v1/embed` and `/embed`: one request under two APIs. Unit vectors unless `normalize` is
+/// false; with `dimensions`, cut first and normalized after the cut.
+async fn embed<'a>(
+    state: &'a AppState,
+    route: &str,
+    model: Option<String>,
+    inputs: Value,
+    normalize: Option<bool>,
+    dimensions: Option<i64>,
+    encode: Encode,
+) -> Result<(&'a Served, Rows), ApiError> {
+    let inputs = state.inputs(texts(inputs, "inputs")?, "inputs")?;
+    let model = state.pick(model.as_deref(), route, EMBEDDER)?;
+    let cut = self::dimensions(dimensions, model, StatusCode::UNPROCESSABLE_ENTITY)?;
+    let normalize = normalize.unwrap_or(true);
+    let mut out = state.run(model, inputs.singles(), Output::Rows, normalize && cut.is_none(), encode).await?;
+    shorten(&mut out.vectors, cut, normalize);
+    Ok((model, out))
 }
 
 /// `POST /embed` and `POST /embed_all`.
@@ -198,18 +144,10 @@ pub struct TeiRequest {
     responses((status = 200, description = "One vector per input, in order", body = Vec<Vec<f32>>), Failures))]
 pub async fn tei_embed(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<TeiRequest>,
 ) -> Result<Json<Vec<Vec<f32>>>, ApiError> {
-    let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
-    let texts = texts(req.inputs, "inputs")?;
-    let model = state.pick(req.model.as_deref(), "POST /embed", EMBEDDER)?;
-    let cut = dimensions(req.dimensions, model.backend.info().dimension)
-        .map_err(|m| ApiError::unprocessable(m).param("dimensions"))?;
-    let normalize = req.normalize.unwrap_or(true);
-    let mut out = state.run(model, singles(texts), Output::Rows, normalize && cut.is_none(), encode).await?;
-    shorten(&mut out.vectors, cut, normalize);
+    let (_, out) = embed(&state, "POST /embed", req.model, req.inputs, req.normalize, req.dimensions, encode).await?;
     Ok(Json(out.vectors))
 }
 
@@ -218,15 +156,13 @@ pub async fn tei_embed(
     responses((status = 200, description = "Per input, one vector per token", body = Vec<Vec<Vec<f32>>>), Failures))]
 pub async fn embed_all(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<TeiRequest>,
 ) -> Result<Json<Vec<Vec<Vec<f32>>>>, ApiError> {
-    let req: TeiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
-    let texts = texts(req.inputs, "inputs")?;
+    let inputs = state.inputs(texts(req.inputs, "inputs")?, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /embed_all", EMBEDDER)?;
     let dim = model.backend.info().dimension.max(1);
-    let out = state.run(model, singles(texts), Output::Tokens, false, encode).await?;
+    let out = state.run(model, inputs.singles(), Output::Tokens, false, encode).await?;
     Ok(Json(out.vectors.into_iter().map(|flat| flat.chunks(dim).map(<[f32]>::to_vec).collect()).collect()))
 }
 
@@ -257,17 +193,17 @@ pub struct SimilarityRequest {
     responses((status = 200, description = "One cosine per sentence", body = Vec<f32>), Failures))]
 pub async fn similarity(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<SimilarityRequest>,
 ) -> Result<Json<Vec<f32>>, ApiError> {
-    let req: SimilarityRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
+    // Not the count rule (the source sentence is an input too): nothing to compare it with.
     if req.inputs.sentences.is_empty() {
         return Err(ApiError::unprocessable("inputs.sentences must not be empty").param("inputs.sentences"));
     }
-    let model = state.pick(req.model.as_deref(), "POST /similarity", EMBEDDER)?;
     let mut inputs = vec![Input::Single(req.inputs.source_sentence)];
-    inputs.extend(singles(req.inputs.sentences));
+    inputs.extend(req.inputs.sentences.into_iter().map(Input::Single));
+    let inputs = state.inputs(inputs, "inputs")?;
+    let model = state.pick(req.model.as_deref(), "POST /similarity", EMBEDDER)?;
     let out = state.run(model, inputs, Output::Rows, true, encode).await?;
     let (source, others) = out.vectors.split_first().ok_or_else(|| ApiError::unprocessable("no vectors"))?;
     Ok(Json(others.iter().map(|v| v.iter().zip(source).map(|(a, b)| a * b).sum()).collect()))
@@ -298,14 +234,12 @@ pub struct OllamaResponse {
     responses((status = 200, description = "Ollama's embed response", body = OllamaResponse), Failures))]
 pub async fn ollama_embed(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<OllamaRequest>,
 ) -> Result<Json<OllamaResponse>, ApiError> {
     let started = Instant::now();
-    let req: OllamaRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let texts = texts(req.input, "input")?;
+    let inputs = state.inputs(texts(req.input, "input")?, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
-    let out = state.run(model, singles(texts), Output::Rows, true, Encode::new(req.truncate, None, None)).await?;
+    let out = state.run(model, inputs.singles(), Output::Rows, true, Encode::new(req.truncate, None, None)).await?;
     Ok(Json(OllamaResponse {
         model: model.name.clone(),
         embeddings: out.vectors,
@@ -335,15 +269,14 @@ pub struct OllamaLegacyResponse {
     responses((status = 200, description = "The text's vector", body = OllamaLegacyResponse), Failures))]
 pub async fn ollama_embeddings(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<OllamaLegacyRequest>,
 ) -> Result<Json<OllamaLegacyResponse>, ApiError> {
-    let req: OllamaLegacyRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let model = state.pick(req.model.as_deref(), "POST /api/embeddings", EMBEDDER)?;
     if req.prompt.is_empty() {
         return Ok(Json(OllamaLegacyResponse { embedding: Vec::new() }));
     }
-    let mut out = state.run(model, singles(vec![req.prompt]), Output::Rows, false, Encode::default()).await?;
+    let inputs = state.inputs(vec![Input::Single(req.prompt)], "prompt")?;
+    let mut out = state.run(model, inputs, Output::Rows, false, Encode::default()).await?;
     Ok(Json(OllamaLegacyResponse { embedding: out.vectors.pop().unwrap_or_default() }))
 }
 
@@ -397,14 +330,8 @@ pub struct OpenAiUsage {
     responses((status = 200, description = "OpenAI's embeddings list", body = OpenAiResponse), OpenAiFailures))]
 pub async fn openai_embeddings(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<OpenAiRequest>,
 ) -> Result<Json<OpenAiResponse>, ApiError> {
-    openai(state, headers, body).await.map_err(|e| e.flavor(Flavor::OpenAi))
-}
-
-async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<OpenAiResponse>, ApiError> {
-    let req: OpenAiRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let base64 = match req.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
@@ -413,11 +340,10 @@ async fn openai(state: AppState, headers: HeaderMap, body: Body) -> Result<Json<
                 .param("encoding_format"))
         }
     };
-    let texts = texts(req.input, "input")?;
+    let inputs = state.inputs(texts(req.input, "input")?, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /v1/embeddings", EMBEDDER)?;
-    let cut = dimensions(req.dimensions, model.backend.info().dimension)
-        .map_err(|m| ApiError::bad_request(m).param("dimensions"))?;
-    let mut out = state.run(model, singles(texts), Output::Rows, cut.is_none(), Encode::default()).await?;
+    let cut = dimensions(req.dimensions, model, StatusCode::BAD_REQUEST)?;
+    let mut out = state.run(model, inputs.singles(), Output::Rows, cut.is_none(), Encode::default()).await?;
     shorten(&mut out.vectors, cut, true);
     let data = out
         .vectors

@@ -15,6 +15,10 @@
 //! - **Bounded work.** Admission is by queued tokens ([`Scheduler::admit`]); the [`Ticket`] travels
 //!   with the job and is released as its texts are done or dropped, so work that is queued, not
 //!   just handlers that are alive, is what the bound covers.
+//! - **The request's span travels too** (as text-embeddings-inference's queue carries each
+//!   entry's): the worker records into it how long the request queued and was in inference, and
+//!   each batch it is part of is a child span of it, so a trace shows the inference thread's work
+//!   for that request under the request.
 
 use std::{
     sync::{
@@ -26,6 +30,7 @@ use std::{
 };
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
+use tracing::Span;
 
 use super::{
     backend::{Backend, Output},
@@ -124,6 +129,9 @@ struct Job {
     ticket: Ticket,
     /// The handler's concurrency permit: a client that hangs up frees it only when its work is gone.
     _permit: Option<OwnedSemaphorePermit>,
+    /// The span the request was submitted in.
+    span: Span,
+    queued_at: Instant,
 }
 
 /// Handle for request handlers and `/health`. The worker stops when the last handle is dropped.
@@ -201,7 +209,8 @@ impl Scheduler {
     }
 
     /// Queues tokenized texts now; the returned future yields their vectors in order. Dropping
-    /// the future abandons the request: its remaining texts are never computed.
+    /// the future abandons the request: its remaining texts are never computed. The current span
+    /// goes with the job: the worker records the request's queue and inference times into it.
     pub fn submit(
         &self,
         tokens: Vec<Tokens>,
@@ -212,7 +221,17 @@ impl Scheduler {
     ) -> impl std::future::Future<Output = Result<Vec<Vec<f32>>, SchedulerError>> + Send + 'static {
         let (reply, rx) = oneshot::channel();
         self.shared.metrics.queue_depth.inc();
-        let sent = self.tx.send(Job { tokens, output, normalize, reply, ticket, _permit: permit });
+        let job = Job {
+            tokens,
+            output,
+            normalize,
+            reply,
+            ticket,
+            _permit: permit,
+            span: Span::current(),
+            queued_at: Instant::now(),
+        };
+        let sent = self.tx.send(job);
         if sent.is_err() {
             self.shared.metrics.queue_depth.dec();
         }
@@ -272,6 +291,10 @@ struct Entry {
     reply: Option<Reply>,
     ticket: Ticket,
     permit: Option<OwnedSemaphorePermit>,
+    span: Span,
+    queued_at: Instant,
+    /// When the first batch with any of its texts started.
+    started: Option<Instant>,
 }
 
 impl Entry {
@@ -291,6 +314,9 @@ impl Entry {
             reply: Some(job.reply),
             ticket: job.ticket,
             permit: job._permit,
+            span: job.span,
+            queued_at: job.queued_at,
+            started: None,
         }
     }
 
@@ -304,6 +330,44 @@ impl Entry {
 
     fn remaining_texts(&self) -> usize {
         self.back - self.front
+    }
+
+    /// Its first batch is starting: the time it queued is known.
+    fn start(&mut self, now: Instant, metrics: &ModelMetrics) {
+        if self.started.is_none() {
+            self.started = Some(now);
+            let queued = now.saturating_duration_since(self.queued_at);
+            metrics.request_queue.observe(queued.as_secs_f64());
+            self.span.record("queue_ms", queued.as_secs_f64() * 1e3);
+        }
+    }
+
+    /// It leaves the worker: answered (`answered`) or dropped. Its span says how long it queued
+    /// and ran either way; the histogram counts the answered ones, so a timeout's partial time
+    /// does not pass for an inference time.
+    fn leave(&self, answered: bool, metrics: &ModelMetrics) {
+        match self.started {
+            Some(started) => {
+                let ran = started.elapsed();
+                if answered {
+                    metrics.request_inference.observe(ran.as_secs_f64());
+                }
+                self.span.record("inference_ms", ran.as_secs_f64() * 1e3);
+            }
+            None => {
+                self.span.record("queue_ms", self.queued_at.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+}
+
+/// Runs `f` in `span`, under the subscriber the span was made with rather than this thread's: a
+/// span the inference thread opens for a request then lands in the request's trace even when the
+/// request's subscriber is a scoped one (tests, an embedding application).
+fn within<R>(span: &Span, f: impl FnOnce() -> R) -> R {
+    match span.with_subscriber(|(_, dispatch)| dispatch.clone()) {
+        Some(dispatch) => tracing::dispatcher::with_default(&dispatch, || span.in_scope(f)),
+        None => f(),
     }
 }
 
@@ -431,6 +495,7 @@ impl Worker {
             }
             metrics.dropped_texts.inc_by(e.remaining_texts() as u64);
             metrics.queue_depth.dec();
+            e.leave(false, metrics);
             false
         });
     }
@@ -465,6 +530,19 @@ impl Worker {
             self.finish_done();
             return;
         }
+        // One child span per request in the call, open for the call's duration.
+        let now = Instant::now();
+        let spans: Vec<Span> = takes
+            .iter()
+            .map(|t| {
+                let e = &mut self.entries[t.entry];
+                e.start(now, &self.shared.metrics);
+                let texts = t.from_front + t.from_back;
+                within(&e.span, || {
+                    tracing::debug_span!("batch", texts, batch_texts = rows.len(), batch_requests = takes.len())
+                })
+            })
+            .collect();
         let batch: Vec<&Tokens> = rows.iter().map(|&(e, i)| &self.entries[e].tokens[i]).collect();
         let padded = batch.len() * batch.iter().map(|t| t.len()).max().unwrap_or(0);
         let real: usize = batch.iter().map(|t| t.len()).sum();
@@ -476,6 +554,7 @@ impl Worker {
             Output::Tokens => self.backend.forward_tokens(&batch),
         };
         self.shared.busy_since.store(0, Ordering::Release);
+        drop(spans);
         let elapsed = started.elapsed();
         self.observe(rows.len(), takes.len(), padded, elapsed);
 
@@ -500,6 +579,7 @@ impl Worker {
                     entry.ticket.release(usize::MAX);
                     entry.permit = None;
                     if let Some(reply) = entry.reply.take() {
+                        entry.leave(true, &self.shared.metrics);
                         let _ = reply.send(Err(SchedulerError::Inference(message.clone())));
                     }
                 }
@@ -521,6 +601,8 @@ impl Worker {
             e.ticket.release(usize::MAX);
             metrics.queue_depth.dec();
             if let Some(reply) = e.reply.take() {
+                // Before the reply, so whoever hears the answer finds the request counted.
+                e.leave(true, metrics);
                 let mut vectors = std::mem::take(&mut e.results);
                 if e.normalize {
                     vectors.iter_mut().for_each(|v| pooling::normalize(v));

@@ -28,7 +28,8 @@ use super::{
 use crate::metrics::Metrics;
 use akidb_engine::{
     batching::Budget,
-    model::{EncodeOptions, ModelInfo},
+    model::ModelInfo,
+    options::EncodeOptions,
     tokenize::{Input, Tokens},
 };
 
@@ -509,4 +510,151 @@ async fn pooled_and_per_token_requests_never_share_a_call() {
     assert_eq!(pooled.await.unwrap(), vec![vec![3.0, 2.0]]);
     assert_eq!(per_token.await.unwrap(), vec![vec![2.0, 0.0, 2.0, 1.0]; 2]);
     control.open();
+}
+
+// --- where a request's time goes: histograms and spans ---------------------------------------
+
+/// Observations of histogram `name` in its largest bucket bounded below `seconds`.
+fn observed_below(text: &str, name: &str, seconds: f64) -> f64 {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter_map(|line| {
+            let (labels, count) = line.strip_prefix(prefix.as_str())?.split_once("} ")?;
+            let le = labels.split(',').find_map(|l| l.strip_prefix("le=\""))?.trim_end_matches('"');
+            Some((le.parse::<f64>().ok()?, count.parse::<f64>().ok()?))
+        })
+        .filter(|&(le, _)| le < seconds)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map_or(0.0, |(_, count)| count)
+}
+
+/// Each request's tokenizing, queueing (entering the queue → its first batch) and inference
+/// (first batch → answer) are histograms per model; a batch the test holds shows up as the queue
+/// time of the request behind it and the inference time of the request in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_request_histograms_show_a_held_batch_as_queue_and_inference_time() {
+    let mut control = fake(Budget::new(64, 128));
+    let (app, state) = app(&control, ServerConfig::default(), Duration::from_secs(3600));
+    let bulk = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(1, 16, 7))).await })
+    };
+    assert_eq!(control.next_batch(), vec![1; 8], "the bulk request's first batch runs, and is held");
+    let probe = {
+        let app = app.clone();
+        tokio::spawn(async move { call(&app, "POST", "/embed", Some(embed_body(2, 1, 0))).await })
+    };
+    for _ in 0..1000 {
+        if metric(&state.metrics, "akidb_queue_depth") == 2.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&state.metrics, "akidb_queue_depth"), 2.0, "the probe is queued behind the held batch");
+    let held = Duration::from_millis(300);
+    tokio::time::sleep(held).await;
+    control.step(Step::Go);
+    assert_eq!(control.next_batch(), vec![2], "the probe leads the next batch");
+    control.open();
+    assert_eq!(probe.await.unwrap().0, StatusCode::OK);
+    assert_eq!(bulk.await.unwrap().0, StatusCode::OK);
+
+    let text = state.metrics.render();
+    let held = held.as_secs_f64();
+    for stage in ["tokenize", "queue", "inference"] {
+        let name = format!("akidb_request_{stage}_seconds");
+        assert!(text.contains(&format!("{name}_count{{model=\"test/fake\"}} 2")), "{name}: one per request\n{text}");
+    }
+    // The probe queued for the whole hold; the bulk request was in inference for all of it.
+    for stage in ["queue", "inference"] {
+        let name = format!("akidb_request_{stage}_seconds");
+        assert!(metric(&state.metrics, &format!("{name}_sum")) >= held, "{name}\n{text}");
+        assert!(observed_below(&text, &name, held) <= 1.0, "{name}: one request took at least {held} s\n{text}");
+    }
+}
+
+/// What the spans of one test saw: name, parent and fields (as recorded so far).
+#[derive(Clone, Default)]
+struct Spans(Arc<Mutex<Vec<Seen>>>);
+
+#[derive(Debug, Clone)]
+struct Seen {
+    id: u64,
+    name: &'static str,
+    parent: Option<u64>,
+    fields: std::collections::BTreeMap<String, String>,
+}
+
+struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+
+impl tracing::field::Visit for Fields<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.insert(field.name().to_string(), format!("{value:?}"));
+    }
+}
+
+impl<S> tracing_subscriber::Layer<S> for Spans
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let parent = ctx.span(id).and_then(|s| s.parent()).map(|p| p.id().into_u64());
+        let mut fields = std::collections::BTreeMap::new();
+        attrs.record(&mut Fields(&mut fields));
+        self.0.lock().push(Seen { id: id.into_u64(), name: attrs.metadata().name(), parent, fields });
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        // Ids are reused once a span closes: the latest span with this id is the one.
+        if let Some(seen) = self.0.lock().iter_mut().rev().find(|s| s.id == id.into_u64()) {
+            values.record(&mut Fields(&mut seen.fields));
+        }
+    }
+}
+
+impl Spans {
+    fn named(&self, name: &str) -> Vec<Seen> {
+        self.0.lock().iter().filter(|s| s.name == name).cloned().collect()
+    }
+}
+
+/// The request's span is opened by the middleware, tokenizing runs in a child of it, and the job
+/// carries it through the queue: the inference thread records the request's queue and inference
+/// times into it and runs each batch the request is in under a child span of it — even though
+/// that thread never saw the (thread-local) subscriber this test installs.
+#[tokio::test]
+async fn a_requests_span_travels_with_its_job_to_the_inference_thread() {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    let spans = Spans::default();
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans.clone()));
+    let mut control = fake(Budget::new(64, 128));
+    control.open();
+    let (app, _) = app(&control, ServerConfig::default(), Duration::from_secs(3600));
+    let (status, _, body) = call(&app, "POST", "/embed", Some(embed_body(5, 2, 3))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let requests = spans.named("request");
+    let [request] = requests.as_slice() else { panic!("one request span: {requests:?}") };
+    let field = |name: &str| request.fields.get(name).cloned().unwrap_or_else(|| panic!("{name} in {request:?}"));
+    assert_eq!((field("method"), field("route")), ("POST".to_string(), "/embed".to_string()));
+    assert_eq!((field("model"), field("tokens")), ("\"test/fake\"".to_string(), "8".to_string()));
+    for timing in ["tokenize_ms", "queue_ms", "inference_ms"] {
+        assert!(field(timing).parse::<f64>().is_ok_and(|ms| ms >= 0.0), "{timing} in {request:?}");
+    }
+    let tokenize = spans.named("tokenize");
+    assert!(tokenize.iter().any(|t| t.parent == Some(request.id)), "tokenizing under the request: {tokenize:?}");
+    let batches = spans.named("batch");
+    let [batch] = batches.as_slice() else { panic!("one batch: {batches:?}") };
+    assert_eq!(batch.parent, Some(request.id), "the inference thread's batch is the request's child");
+    assert_eq!(batch.fields.get("texts").map(String::as_str), Some("2"));
 }

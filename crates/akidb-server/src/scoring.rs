@@ -4,19 +4,19 @@
 
 use std::time::Instant;
 
-use axum::{extract::State, http::HeaderMap, Json};
+use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
 
-use super::{
+use crate::{
+    api::{kind, ApiJson},
     backend::{Backend, BackendError, Output},
-    error::{parse_json, ApiError, Flavor},
-    openapi::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
+    error::ApiError,
+    infer::{tokenizer_work, Encode, Inputs},
     registry::Served,
-    routes::{kind, Body},
-    tokens::tokenizer_work,
-    AppState, Encode,
+    schema::{documents_schema, predict_inputs_schema, Failures, OpenAiFailures},
+    state::AppState,
 };
 use akidb_engine::{
     model_config::Kind,
@@ -30,12 +30,11 @@ async fn pair_scores(
     state: &AppState,
     model: &Served,
     query: &str,
-    texts: &[String],
+    texts: &Inputs<String>,
     raw: bool,
     encode: Encode,
 ) -> Result<(Vec<f32>, usize), ApiError> {
-    let inputs = texts.iter().map(|t| Input::Pair(query.to_string(), t.clone())).collect();
-    let out = state.run(model, inputs, Output::Rows, false, encode).await?;
+    let out = state.run(model, texts.pairs(query), Output::Rows, false, encode).await?;
     let activation = model.backend.info().activation;
     let scores = out.vectors.into_iter().map(|logits| scores::relevance(logits, activation, raw)).collect();
     Ok((scores, out.total_tokens))
@@ -76,17 +75,13 @@ pub struct Rank {
     responses((status = 200, description = "Texts by score, highest first", body = Vec<Rank>), Failures))]
 pub async fn rerank(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<RerankRequest>,
 ) -> Result<Json<Vec<Rank>>, ApiError> {
-    let req: RerankRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    if req.texts.is_empty() {
-        return Err(ApiError::unprocessable("texts must not be empty").param("texts"));
-    }
+    let texts = state.inputs(req.texts, "texts")?;
     let model = state.pick(req.model.as_deref(), "POST /rerank", RERANKER)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, None);
-    let (scores, _) = pair_scores(&state, model, &req.query, &req.texts, req.raw_scores, encode).await?;
-    let mut texts: Vec<Option<String>> = req.texts.into_iter().map(Some).collect();
+    let (scores, _) = pair_scores(&state, model, &req.query, &texts, req.raw_scores, encode).await?;
+    let mut texts: Vec<Option<String>> = texts.into_vec().into_iter().map(Some).collect();
     Ok(Json(
         ranked(&scores)
             .into_iter()
@@ -177,10 +172,9 @@ fn documents(value: Value) -> Result<Vec<String>, ApiError> {
     responses((status = 200, description = "Documents by relevance, highest first", body = CohereRerankResponse), OpenAiFailures))]
 pub async fn cohere_rerank(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<CohereRerankRequest>,
 ) -> Result<Json<CohereRerankResponse>, ApiError> {
-    cohere(state, headers, body, "POST /v1/rerank").await.map(Json).map_err(|e| e.flavor(Flavor::OpenAi))
+    cohere(&state, req, "POST /v1/rerank").await.map(Json)
 }
 
 /// `POST /v2/rerank`'s answer: v1's, with the `id` and `meta` Cohere's v2 clients read.
@@ -208,10 +202,9 @@ pub struct CohereApiVersion {
     responses((status = 200, description = "Documents by relevance, highest first", body = CohereRerankV2Response), OpenAiFailures))]
 pub async fn cohere_rerank_v2(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<CohereRerankRequest>,
 ) -> Result<Json<CohereRerankV2Response>, ApiError> {
-    let ranked = cohere(state, headers, body, "POST /v2/rerank").await.map_err(|e| e.flavor(Flavor::OpenAi))?;
+    let ranked = cohere(&state, req, "POST /v2/rerank").await?;
     Ok(Json(CohereRerankV2Response {
         id: request_id(),
         ranked,
@@ -227,32 +220,20 @@ fn request_id() -> String {
     format!("{nanos:x}-{n:x}")
 }
 
-/// Each document cut after its first `n` tokens (special tokens aside), as Cohere's
-/// `max_tokens_per_doc` asks; pairs are then cut to the model's maximum as usual.
-fn cap_tokens(backend: &dyn Backend, docs: Vec<String>, n: usize) -> Result<Vec<String>, BackendError> {
-    docs.into_iter()
-        .map(|doc| {
-            let tokens = backend.tokens(&doc, false)?;
-            match tokens.get(n.saturating_sub(1)).and_then(|t| t.stop) {
-                Some(stop) if tokens.len() > n => Ok(doc.chars().take(stop).collect()),
-                _ => Ok(doc),
-            }
-        })
-        .collect()
+/// `doc` cut after its first `n` tokens (special tokens aside), as Cohere's `max_tokens_per_doc`
+/// asks; pairs are then cut to the model's maximum as usual.
+fn cap_tokens(backend: &dyn Backend, doc: String, n: usize) -> Result<String, BackendError> {
+    let tokens = backend.tokens(&doc, false)?;
+    match tokens.get(n.saturating_sub(1)).and_then(|t| t.stop) {
+        Some(stop) if tokens.len() > n => Ok(doc.chars().take(stop).collect()),
+        _ => Ok(doc),
+    }
 }
 
-async fn cohere(
-    state: AppState,
-    headers: HeaderMap,
-    body: Body,
-    route: &str,
-) -> Result<CohereRerankResponse, ApiError> {
+/// `/v1/rerank` and `/v2/rerank`: one request, two answers.
+async fn cohere(state: &AppState, req: CohereRerankRequest, route: &str) -> Result<CohereRerankResponse, ApiError> {
     let started = Instant::now();
-    let req: CohereRerankRequest = parse_json(&headers, body, state.config.payload_limit)?;
-    let docs = documents(req.documents)?;
-    if docs.is_empty() {
-        return Err(ApiError::unprocessable("documents must not be empty").param("documents"));
-    }
+    let docs = state.inputs(documents(req.documents)?, "documents")?;
     let top_n = match req.top_n {
         None => docs.len(),
         Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX).min(docs.len()),
@@ -266,13 +247,14 @@ async fn cohere(
     let docs = match req.max_tokens_per_doc {
         Some(n) if (n as usize) < model.backend.info().max_seq_length => {
             let backend = model.backend.clone();
-            let bytes: usize = docs.iter().map(String::len).sum();
-            tokenizer_work(bytes, move || cap_tokens(backend.as_ref(), docs, n as usize)).await?
+            let (count, bytes) = (docs.len(), docs.iter().map(String::len).sum());
+            tokenizer_work(count, bytes, move || docs.try_map(|doc| cap_tokens(backend.as_ref(), doc, n as usize)))
+                .await?
         }
         _ => docs,
     };
-    let (scores, total_tokens) = pair_scores(&state, model, &req.query, &docs, false, Encode::default()).await?;
-    let mut docs: Vec<Option<String>> = docs.into_iter().map(Some).collect();
+    let (scores, total_tokens) = pair_scores(state, model, &req.query, &docs, false, Encode::default()).await?;
+    let mut docs: Vec<Option<String>> = docs.into_vec().into_iter().map(Some).collect();
     let results = ranked(&scores)
         .into_iter()
         .take(top_n)
@@ -313,7 +295,7 @@ pub enum PredictResponse {
 }
 
 /// TEI's input grammar: `"text"` or `["a", "b"]` (one sequence) or `[["a"], ["a", "b"], …]` (a
-/// batch); `true` for a batch.
+/// batch); `true` for a batch. `[]` is an empty batch, which the count rule refuses.
 fn predict_inputs(value: Value) -> Result<(Vec<Input>, bool), ApiError> {
     let bad = |message: String| ApiError::unprocessable(message).param("inputs");
     let sequence = |items: Vec<Value>, at: &str| -> Result<Input, ApiError> {
@@ -337,7 +319,7 @@ fn predict_inputs(value: Value) -> Result<(Vec<Input>, bool), ApiError> {
     };
     match value {
         Value::String(s) => Ok((vec![Input::Single(s)], false)),
-        Value::Array(items) if items.is_empty() => Err(bad("inputs must not be empty".into())),
+        Value::Array(items) if items.is_empty() => Ok((Vec::new(), true)),
         Value::Array(items) if items[0].is_string() => Ok((vec![sequence(items, "")?], false)),
         Value::Array(items) => {
             let batch = items
@@ -366,11 +348,10 @@ fn predict_inputs(value: Value) -> Result<(Vec<Input>, bool), ApiError> {
     responses((status = 200, description = "Labels by score, best first; a list of those for a batch", body = PredictResponse), Failures))]
 pub async fn predict(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
+    ApiJson(req): ApiJson<PredictRequest>,
 ) -> Result<Json<PredictResponse>, ApiError> {
-    let req: PredictRequest = parse_json(&headers, body, state.config.payload_limit)?;
     let (inputs, batch) = predict_inputs(req.inputs)?;
+    let inputs = state.inputs(inputs, "inputs")?;
     let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
     let info = model.backend.info();
     let (labels, activation) = (&info.labels, info.activation);
@@ -393,6 +374,7 @@ mod tests {
         assert_eq!(one(json!("a")).unwrap(), (vec![Input::Single("a".into())], false));
         assert_eq!(one(json!(["a"])).unwrap(), (vec![Input::Single("a".into())], false));
         assert_eq!(one(json!(["q", "p"])).unwrap(), (vec![Input::Pair("q".into(), "p".into())], false));
+        assert_eq!(one(json!([])).unwrap(), (vec![], true), "an empty batch, refused by the count rule");
         assert_eq!(
             one(json!([["a"], ["q", "p"]])).unwrap(),
             (vec![Input::Single("a".into()), Input::Pair("q".into(), "p".into())], true)
@@ -401,7 +383,6 @@ mod tests {
             (json!(["a", "b", "c"]), "has 3 strings"),
             (json!([["a", "b", "c"]]), "inputs[0] has 3 strings"),
             (json!([[]]), "inputs[0] has 0 strings"),
-            (json!([]), "must not be empty"),
             (json!([["a"], "b"]), "inputs[1] must be an array"),
             (json!(["a", 3]), "inputs[1] must be a string, not a number"),
             (json!(5), "not a number"),

@@ -69,9 +69,30 @@ pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
-/// CI runs with `CI=true`: there a test whose tool is missing fails instead of skipping.
+/// CI runs with `CI=true`.
 pub fn under_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// Why a `tool_*` test is ignored by a plain `cargo test`: it needs a program from outside Rust,
+/// which scripts/test.sh installs before running these tests with `--ignored tool_`. A plain run
+/// reports them as ignored (skipped, and counted as such); a run that asks for them fails when the
+/// tool is missing, never passes without it.
+pub const NEEDS_TOOL: &str = "needs a tool from outside Rust: scripts/test.sh installs it and runs the tool_ tests";
+
+/// The Python scripts/test.sh sets up (`AKIDB_TEST_PYTHON`), with `modules` importable; a test
+/// that asks for it fails without it.
+pub fn tool_python(modules: &str) -> PathBuf {
+    let python = std::env::var_os("AKIDB_TEST_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("AKIDB_TEST_PYTHON is not set: run the tool_ tests through scripts/test.sh"));
+    let import = Command::new(&python).args(["-c", &format!("import {modules}")]).output();
+    assert!(
+        import.as_ref().is_ok_and(|o| o.status.success()),
+        "{} cannot import {modules}: run scripts/test.sh ({import:?})",
+        python.display()
+    );
+    python
 }
 
 /// The real binary against the shared cache, offline, with no model or log level from the caller's

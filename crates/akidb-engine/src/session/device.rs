@@ -7,19 +7,21 @@
 //! later is rebuilt on the CPU once ([`DeviceSession`]), unless CoreML was asked for explicitly.
 
 use std::{
-    io::{Read, Seek, SeekFrom},
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Instant, UNIX_EPOCH},
+    time::Instant,
 };
 
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
-use crate::session::runtime::{Provider, RuntimeError};
+use crate::session::{
+    cache::{self, Key},
+    runtime::{self, Provider, RuntimeError},
+};
 
 /// CoreML's vectors must match the CPU's this closely (as the reference tests do).
-pub const MIN_COSINE: f32 = 0.9999;
+pub const COREML_MIN_COSINE: f32 = 0.9999;
 /// CoreML must take at most this share of the CPU's time to be worth a split graph.
 pub const FASTER_RATIO: f64 = 0.95;
 /// Why `auto` runs on the CPU where the linked library has no CoreML (Linux, the Linux wheel).
@@ -29,14 +31,14 @@ pub const REPEATS: usize = 3;
 
 /// One warm-up input: `batch` texts of about `tokens` tokens each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Shape {
+pub struct WarmupShape {
     pub batch: usize,
     pub tokens: usize,
 }
 
 /// The shapes the server will see: several lengths up to `max_seq_length`, each at one text, a
 /// small batch and the largest batch the per-call budget allows.
-pub fn warmup_shapes(max_seq_length: usize, max_batch_tokens: usize, max_batch_size: usize) -> Vec<Shape> {
+pub fn warmup_shapes(max_seq_length: usize, max_batch_tokens: usize, max_batch_size: usize) -> Vec<WarmupShape> {
     let max_seq_length = max_seq_length.max(1);
     let mut lengths: Vec<usize> = [16, 64, 128].into_iter().filter(|&n| n < max_seq_length).collect();
     lengths.push(max_seq_length);
@@ -44,7 +46,7 @@ pub fn warmup_shapes(max_seq_length: usize, max_batch_tokens: usize, max_batch_s
     for tokens in lengths {
         let largest = (max_batch_tokens / tokens).clamp(1, max_batch_size.max(1));
         for batch in [1, 8.min(largest), largest] {
-            let shape = Shape { batch, tokens };
+            let shape = WarmupShape { batch, tokens };
             if !shapes.contains(&shape) {
                 shapes.push(shape);
             }
@@ -55,7 +57,7 @@ pub fn warmup_shapes(max_seq_length: usize, max_batch_tokens: usize, max_batch_s
 
 /// Texts for `shape`: different words per row, `tokens - 2` one-token words (the special tokens
 /// make up the rest for BERT-style tokenizers; the tokenizer truncates at the model's maximum).
-pub fn warmup_texts(shape: Shape) -> Vec<String> {
+pub fn warmup_texts(shape: WarmupShape) -> Vec<String> {
     const WORDS: [&str; 8] = ["the", "cat", "sat", "on", "a", "warm", "red", "mat"];
     (0..shape.batch)
         .map(|row| {
@@ -165,9 +167,9 @@ pub fn decide(cpu: &Outcome, coreml: Option<&Outcome>) -> Decision {
         }
     });
     decision.min_cosine = Some(min_cosine);
-    if min_cosine.is_nan() || min_cosine < MIN_COSINE {
+    if min_cosine.is_nan() || min_cosine < COREML_MIN_COSINE {
         decision.reason =
-            format!("CoreML's vectors differ from the CPU's (lowest cosine {min_cosine:.6} < {MIN_COSINE})");
+            format!("CoreML's vectors differ from the CPU's (lowest cosine {min_cosine:.6} < {COREML_MIN_COSINE})");
     } else if coreml_ms > cpu_ms * FASTER_RATIO {
         decision.reason = format!("CoreML is correct but not faster ({coreml_ms:.1} ms vs {cpu_ms:.1} ms on the CPU)");
     } else {
@@ -186,47 +188,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f32 {
     dot / (norm(a) * norm(b))
 }
 
-/// FNV-1a, 64 bits: stable across Rust releases and builds (std's hasher is not), for cache keys.
-fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
-    bytes.iter().fold(hash, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3))
-}
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// A key that changes when the file's content does: size, modification time and a hash of the
-/// first and last MiB. A model re-exported to the same path with the same size still differs in
-/// its weights, which sit in both ends of an ONNX file.
-pub fn content_key(path: &Path) -> std::io::Result<String> {
-    const MIB: u64 = 1 << 20;
-    let mut file = std::fs::File::open(path)?;
-    let meta = file.metadata()?;
-    let size = meta.len();
-    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
-    let mut hash = fnv1a(FNV_OFFSET, &size.to_le_bytes());
-    hash = fnv1a(hash, &mtime.to_le_bytes());
-    let mut buf = Vec::with_capacity(MIB as usize);
-    file.by_ref().take(MIB).read_to_end(&mut buf)?;
-    hash = fnv1a(hash, &buf);
-    if size > MIB {
-        buf.clear();
-        file.seek(SeekFrom::Start(size.saturating_sub(MIB).max(MIB)))?;
-        file.take(MIB).read_to_end(&mut buf)?;
-        hash = fnv1a(hash, &buf);
-    }
-    Ok(format!("{hash:016x}"))
-}
-
-/// This machine, as far as a timing is concerned: OS, architecture, cores and host name.
-pub fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, usize::from);
-    let host = std::env::var("HOSTNAME")
-        .ok()
-        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
-        .map(|h| h.trim().to_string())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown-host".into());
-    format!("{}-{}-{cores}cores-{host}", std::env::consts::OS, std::env::consts::ARCH)
-}
-
 /// Decisions on disk, one JSON file per key (model content + ONNX Runtime version + machine +
 /// everything else that changes the timings), so later starts skip the measurement.
 pub struct DecisionCache {
@@ -241,11 +202,11 @@ struct CachedDecision {
 }
 
 impl DecisionCache {
-    /// `parts` is everything that changes the timings besides the machine and ONNX Runtime.
-    pub fn new(dir: &Path, parts: &[&str]) -> Self {
-        let key = format!("{} onnxruntime-{} {}", parts.join(" "), crate::session::runtime::PINNED_VERSION, machine());
-        let file = dir.join(format!("{:016x}.json", fnv1a(FNV_OFFSET, key.as_bytes())));
-        Self { file, key }
+    /// `key` is everything that changes the timings; the machine and the linked ONNX Runtime
+    /// are added here.
+    pub fn new(dir: &Path, key: Key) -> Self {
+        let key = key.with("machine", cache::machine()).with("onnxruntime", runtime::linked_version());
+        Self { file: dir.join(format!("{}.json", key.hex())), key: key.describe().to_string() }
     }
 
     pub fn load(&self) -> Option<Decision> {
@@ -257,7 +218,7 @@ impl DecisionCache {
     /// Best effort: a decision that cannot be saved is measured again next time.
     pub fn store(&self, decision: &Decision) {
         let cached = CachedDecision { key: self.key.clone(), decision: Decision { cached: false, ..decision.clone() } };
-        let tmp = self.file.with_extension(format!("{}.tmp", std::process::id()));
+        let tmp = self.file.with_extension(cache::scratch_suffix());
         let saved = self.file.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| {
             std::fs::write(&tmp, serde_json::to_vec_pretty(&cached).unwrap_or_default())?;
             std::fs::rename(&tmp, &self.file)
@@ -378,7 +339,7 @@ mod tests {
         let d = decide(&cpu, Some(&coreml));
         assert_eq!(d.provider, Provider::CoreMl, "{d:?}");
         assert_eq!((d.cpu_ms, d.coreml_ms), (Some(100.0), Some(60.0)));
-        assert!(d.min_cosine.unwrap() >= MIN_COSINE && d.reason.contains("faster"), "{d:?}");
+        assert!(d.min_cosine.unwrap() >= COREML_MIN_COSINE && d.reason.contains("faster"), "{d:?}");
     }
 
     #[test]
@@ -396,7 +357,7 @@ mod tests {
         let cpu = measured(100.0, &CPU_VECTORS);
         let d = decide(&cpu, Some(&measured(10.0, &[[1.0, 0.0, 0.0], [0.0, 0.8, 0.6]])));
         assert_eq!(d.provider, Provider::Cpu);
-        assert!(d.reason.contains("differ") && d.min_cosine.unwrap() < MIN_COSINE, "{d:?}");
+        assert!(d.reason.contains("differ") && d.min_cosine.unwrap() < COREML_MIN_COSINE, "{d:?}");
         let d = decide(&cpu, Some(&measured(10.0, &[[1.0, 0.0, 0.0]])));
         assert!(d.provider == Provider::Cpu && d.reason.contains("1 vectors"), "{d:?}");
         let d = decide(&cpu, Some(&measured(10.0, &[[f32::NAN, 0.0, 0.0], [0.0, 0.6, 0.8]])));
@@ -432,45 +393,34 @@ mod tests {
     #[test]
     fn warmup_covers_lengths_up_to_the_maximum_within_the_budget() {
         let shapes = warmup_shapes(256, 1024, 128);
-        assert!(shapes.contains(&Shape { batch: 1, tokens: 256 }) && shapes.contains(&Shape { batch: 4, tokens: 256 }));
-        assert!(shapes.contains(&Shape { batch: 64, tokens: 16 }) && shapes.contains(&Shape { batch: 8, tokens: 64 }));
+        assert!(
+            shapes.contains(&WarmupShape { batch: 1, tokens: 256 })
+                && shapes.contains(&WarmupShape { batch: 4, tokens: 256 })
+        );
+        assert!(
+            shapes.contains(&WarmupShape { batch: 64, tokens: 16 })
+                && shapes.contains(&WarmupShape { batch: 8, tokens: 64 })
+        );
         assert!(shapes.iter().all(|s| s.batch * s.tokens <= 1024 && s.tokens <= 256), "{shapes:?}");
-        assert_eq!(warmup_shapes(8, 4, 2), vec![Shape { batch: 1, tokens: 8 }]);
-        let texts = warmup_texts(Shape { batch: 3, tokens: 10 });
+        assert_eq!(warmup_shapes(8, 4, 2), vec![WarmupShape { batch: 1, tokens: 8 }]);
+        let texts = warmup_texts(WarmupShape { batch: 3, tokens: 10 });
         assert_eq!(texts.len(), 3);
         assert!(texts.iter().all(|t| t.split(' ').count() == 8) && texts[0] != texts[1], "{texts:?}");
     }
 
     #[test]
-    fn content_key_changes_with_content_of_the_same_size_and_mtime() {
-        let dir = tempfile::tempdir().unwrap();
-        for size in [1000usize, 3 << 20] {
-            let path = dir.path().join(format!("model-{size}.onnx"));
-            let mut bytes = vec![7u8; size];
-            std::fs::write(&path, &bytes).unwrap();
-            let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
-            let before = content_key(&path).unwrap();
-            assert_eq!(before, content_key(&path).unwrap(), "stable");
-            // A re-export: same path, same size, same mtime (set back), different weights at the end.
-            let last = bytes.len() - 1;
-            bytes[last] = 8;
-            std::fs::write(&path, &bytes).unwrap();
-            std::fs::File::options().write(true).open(&path).unwrap().set_modified(mtime).unwrap();
-            assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
-            assert_ne!(before, content_key(&path).unwrap(), "size {size}");
-        }
-    }
-
-    #[test]
     fn decisions_are_cached_per_key() {
         let dir = tempfile::tempdir().unwrap();
-        let cache = DecisionCache::new(dir.path(), &["model-a", "all"]);
+        let cache = DecisionCache::new(dir.path(), Key::new("device").with("model", "a"));
         assert!(cache.load().is_none());
         let mut decision = decide(&measured(100.0, &CPU_VECTORS), Some(&measured(50.0, &CPU_VECTORS)));
         cache.store(&decision);
         decision.cached = true;
         assert_eq!(cache.load(), Some(decision));
-        assert!(DecisionCache::new(dir.path(), &["model-b", "all"]).load().is_none(), "another model");
+        assert!(
+            DecisionCache::new(dir.path(), Key::new("device").with("model", "b")).load().is_none(),
+            "another model"
+        );
         std::fs::write(cache.path(), "{not json").unwrap();
         assert!(cache.load().is_none(), "a broken file is a miss");
     }

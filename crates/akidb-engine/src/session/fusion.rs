@@ -5,30 +5,28 @@
 //! source hash), a refusal as `<path>-<key>.rejected`; when the original changes, its key changes, the
 //! new graph is verified again and the stale entries of that file are removed.
 
-use std::{
-    hash::{Hash, Hasher},
-    io::Read,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use ndarray::{ArrayD, ArrayViewD, Axis};
 use onnx_protobuf::StringStringEntryProto;
 
-use crate::{
-    session::{
-        graph::{self, Rewritten},
-        runtime::{Optimization, RuntimeError, Session, SessionOptions},
-    },
-    tokenize::{Batch, Tokenizer},
+use crate::session::{
+    cache::{self, Key},
+    graph::{self, AttentionOp, Rewritten},
+    runtime::{Inputs, Optimization, RuntimeError, Session, SessionOptions},
 };
 
+/// The tracing target of the line saying a graph is being prepared (a first run's only message).
+pub const PREPARING: &str = "akidb::preparing";
+
 /// Fused and original hidden states must agree at least this well, token by token.
-pub const MIN_COSINE: f64 = 0.99999;
+pub const FUSED_MIN_COSINE: f64 = 0.99999;
 /// How far a fused graph's logits may be from the exported graph's.
 pub const LOGIT_TOLERANCE: f64 = 1e-4;
 
-/// Texts of very different lengths: the batch pads the short ones, so masking is exercised.
-const PROBE: [&str; 4] = [
+/// Texts of very different lengths: batched, the short ones are padded, so masking is exercised.
+/// The loader tokenizes them into the probe batch that every check here runs.
+pub const PROBE_TEXTS: [&str; 4] = [
     "a",
     "The quick brown fox jumps over the lazy dog.",
     "Attention masks matter: padded positions must not change what the real tokens see, however long the longest text in the batch happens to be.",
@@ -51,17 +49,20 @@ pub struct CacheEntry {
 }
 
 impl CacheEntry {
-    /// The entry for `onnx_path` in `dir`, keyed by the file's content, the head count and the
-    /// akidb and ONNX Runtime versions.
-    pub fn new(dir: &Path, onnx_path: &Path, heads: usize) -> std::io::Result<Self> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        onnx_path.hash(&mut h);
-        let path_key = format!("{:016x}", h.finish());
-        let source = source_hash(onnx_path, &dir.join(format!("{path_key}.source")))?;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        let rewrite = (graph::REWRITE_VERSION, akidb_kernels::VERSION, format!("{:?}", attention_op()));
-        (&source, heads, env!("CARGO_PKG_VERSION"), crate::session::runtime::PINNED_VERSION, rewrite).hash(&mut h);
-        let key = format!("{:016x}", h.finish());
+    /// The entry for `onnx_path` in `dir`, keyed by the file's content, the head count, the
+    /// attention kernel, the rewrite's and kernels' versions and the akidb and ONNX Runtime versions.
+    pub fn new(dir: &Path, onnx_path: &Path, heads: usize, attention: AttentionOp) -> std::io::Result<Self> {
+        let path_key = Key::new("graph-path").with("path", onnx_path.display()).short();
+        let source = cache::content_hash(onnx_path, Some(dir))?;
+        let key = Key::new("fused-graph")
+            .with("source", &source)
+            .with("heads", heads)
+            .with("attention", format!("{attention:?}"))
+            .with("rewrite", graph::REWRITE_VERSION)
+            .with("kernels", akidb_kernels::VERSION)
+            .with("akidb", env!("CARGO_PKG_VERSION"))
+            .with("onnxruntime", crate::session::runtime::linked_version())
+            .short();
         Ok(Self { dir: dir.to_path_buf(), prefix: format!("{path_key}-"), key, source })
     }
 
@@ -94,9 +95,13 @@ impl CacheEntry {
     pub fn optimized_dir(&self, fused_graph: &Path, fused: usize) -> std::io::Result<PathBuf> {
         let meta = std::fs::metadata(fused_graph)?;
         let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (OPTIMIZED_FORMAT, cpu_signature(), meta.len(), modified).hash(&mut h);
-        Ok(self.dir.join(format!("{}{}-{fused}.opt-{:016x}", self.prefix, self.key, h.finish())))
+        let key = Key::new("optimized-graph")
+            .with("format", OPTIMIZED_FORMAT)
+            .with("machine", cache::machine())
+            .with("size", meta.len())
+            .with("modified", modified)
+            .short();
+        Ok(self.dir.join(format!("{}{}-{fused}.opt-{key}", self.prefix, self.key)))
     }
 
     pub fn rejected_path(&self) -> PathBuf {
@@ -125,15 +130,6 @@ impl CacheEntry {
 /// Bumped when what is saved beside an optimized graph changes (2: prepacked weights too).
 const OPTIMIZED_FORMAT: u32 = 2;
 
-/// What makes ONNX Runtime's optimized graph specific to this CPU: its model and feature flags.
-fn cpu_signature() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let field = |name: &str| {
-        cpuinfo.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_once(':')).map_or("", |(_, v)| v.trim())
-    };
-    format!("{} {} {} {}", std::env::consts::OS, std::env::consts::ARCH, field("model name"), field("flags"))
-}
-
 /// The session for the verified fused graph `cached`: ONNX Runtime's saved optimization of it
 /// when there is one (no graph optimizations, weights mapped from the file: the cold start's
 /// largest costs), else the graph loaded with full optimizations, whose optimized form is saved,
@@ -144,7 +140,7 @@ fn load_cached(
     cached: &Path,
     fused: usize,
     options: &SessionOptions,
-    tokenizer: &Tokenizer,
+    probe: Inputs<'_>,
 ) -> Result<Session, RuntimeError> {
     let Ok(dir) = entry.optimized_dir(cached, fused) else { return Session::load(cached, None, options) };
     let graph = dir.join("model.onnx");
@@ -159,7 +155,7 @@ fn load_cached(
     }
     let started = std::time::Instant::now();
     let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { return Session::load(cached, None, options) };
-    let tmp = dir.with_file_name(format!("{name}.{}.tmp", std::process::id()));
+    let tmp = dir.with_file_name(format!("{name}.{}", cache::scratch_suffix()));
     if std::fs::create_dir_all(&tmp).is_err() {
         return Session::load(cached, None, options);
     }
@@ -172,10 +168,7 @@ fn load_cached(
     };
     let checked = Session::load_with(&tmp.join("model.onnx"), None, options, &Optimization::Done)
         .map_err(|e| format!("it did not load: {e}"))
-        .and_then(|optimized| {
-            let probe = probe_batch(tokenizer).map_err(|e| format!("no probe batch: {e}"))?;
-            verify(&session, &optimized, &probe).map(|_| optimized)
-        });
+        .and_then(|optimized| verify(&session, &optimized, probe).map(|_| optimized));
     let result = match checked {
         Ok(optimized) => {
             // Older optimizations of this entry (another fused file, another CPU) go first.
@@ -197,72 +190,11 @@ fn load_cached(
     Ok(result)
 }
 
-/// The content hash of the model file: hf-hub keeps files as blobs named by their hash (sha256
-/// for LFS files, the git object id otherwise), so that name is taken as it is; other files are
-/// hashed, and the hash is remembered in `memo` beside the file's size and modification time so
-/// that a start with an unchanged file does not read it.
-fn source_hash(path: &Path, memo: &Path) -> std::io::Result<String> {
-    let real = std::fs::canonicalize(path)?;
-    let in_blobs = real.parent().and_then(Path::file_name).is_some_and(|d| d == "blobs");
-    if let Some(name) = real.file_name().and_then(|n| n.to_str()) {
-        if in_blobs && matches!(name.len(), 40 | 64) && name.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Ok(format!("hub-{name}"));
-        }
-    }
-    let meta = std::fs::metadata(&real)?;
-    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    let stamp = format!("{} {modified} ", meta.len());
-    if let Some(hash) = std::fs::read_to_string(memo).ok().and_then(|m| m.strip_prefix(&stamp).map(str::to_string)) {
-        return Ok(hash);
-    }
-    let mut file = std::fs::File::open(&real)?;
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.write(&buf[..n]);
-        len += n as u64;
-    }
-    let hash = format!("sip-{:016x}-{len}", h.finish());
-    if std::fs::create_dir_all(memo.parent().unwrap_or(Path::new(".")))
-        .and_then(|()| std::fs::write(memo, format!("{stamp}{hash}")))
-        .is_err()
-    {
-        tracing::debug!("could not remember the hash of {} in {}", path.display(), memo.display());
-    }
-    Ok(hash)
-}
-
-/// Which kernel a fused attention block runs on: akidb's own where it was measured fastest (see
-/// `kernel::measured_faster`), else ONNX Runtime's `Attention` over packed Q/K/V.
-/// `AKIDB_ATTENTION=akidb|packed|multihead` chooses, for comparing them (docs/performance.md).
-pub fn attention_op() -> graph::AttentionOp {
-    match std::env::var("AKIDB_ATTENTION").as_deref() {
-        Ok("akidb") => graph::AttentionOp::Akidb,
-        Ok("packed") => graph::AttentionOp::Packed,
-        Ok("multihead") => graph::AttentionOp::MultiHead,
-        other => {
-            if let Ok(v) = other {
-                tracing::warn!("AKIDB_ATTENTION={v:?} is none of akidb, packed, multihead; using the default");
-            }
-            if akidb_kernels::measured_faster() {
-                graph::AttentionOp::Akidb
-            } else {
-                graph::AttentionOp::Packed
-            }
-        }
-    }
-}
-
 /// The session of the verified fused graph of `onnx_path` when ONNX Runtime's optimization of it
 /// is cached and loads (the common warm start), needing no tokenizer, so it can be loaded while
 /// the tokenizer is parsed; `None` sends the caller to [`load`].
 pub fn preload(onnx_path: &Path, heads: usize, options: &SessionOptions, cache_dir: Option<&Path>) -> Option<Loaded> {
-    let entry = CacheEntry::new(cache_dir?, onnx_path, heads).ok()?;
+    let entry = CacheEntry::new(cache_dir?, onnx_path, heads, options.attention()).ok()?;
     let (cached, fused) = entry.cached()?;
     let graph = entry.optimized_dir(&cached, fused).ok()?.join("model.onnx");
     if !graph.exists() {
@@ -279,12 +211,12 @@ pub fn load(
     onnx_path: &Path,
     heads: usize,
     options: &SessionOptions,
-    tokenizer: &Tokenizer,
+    probe: Inputs<'_>,
     cache_dir: Option<&Path>,
 ) -> Result<Loaded, RuntimeError> {
     let original = || Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
     let scratch = std::env::temp_dir();
-    let entry = match CacheEntry::new(cache_dir.unwrap_or(&scratch), onnx_path, heads) {
+    let entry = match CacheEntry::new(cache_dir.unwrap_or(&scratch), onnx_path, heads, options.attention()) {
         Ok(entry) => entry,
         Err(e) => {
             tracing::debug!("not fusing {}: {e}", onnx_path.display());
@@ -300,7 +232,7 @@ pub fn load(
             return original();
         }
         if let Some((cached, fused)) = entry.cached() {
-            match load_cached(&entry, &cached, fused, options, tokenizer) {
+            match load_cached(&entry, &cached, fused, options, probe) {
                 Ok(session) => return Ok(Loaded { session, fused }),
                 Err(e) => {
                     tracing::warn!("the cached fused graph {} did not load ({e}); making it again", cached.display());
@@ -310,8 +242,15 @@ pub fn load(
         }
     }
     let started = std::time::Instant::now();
+    // The one thing a first run says (at info, under a target the binary shows on a terminal):
+    // why it takes a moment longer than the next.
+    tracing::info!(
+        target: PREPARING,
+        "preparing {} for this CPU (rewriting and verifying its graph; later runs reuse it)",
+        onnx_path.display()
+    );
     let model = match graph::read_model(onnx_path)
-        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", attention_op()))
+        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", options.attention()))
     {
         Ok(Some(rewritten)) => rewritten,
         Ok(None) => return original(),
@@ -321,7 +260,7 @@ pub fn load(
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), "read and rewrote {}", onnx_path.display());
-    adopt(onnx_path, model, options, tokenizer, &entry, cache_dir.is_some())
+    adopt(onnx_path, model, options, probe, &entry, cache_dir.is_some())
 }
 
 /// Verifies `rewritten` against the original on the probe batch and keeps whichever is right:
@@ -331,7 +270,7 @@ pub fn adopt(
     onnx_path: &Path,
     mut rewritten: Rewritten,
     options: &SessionOptions,
-    tokenizer: &Tokenizer,
+    probe: Inputs<'_>,
     entry: &CacheEntry,
     keep: bool,
 ) -> Result<Loaded, RuntimeError> {
@@ -353,7 +292,7 @@ pub fn adopt(
         return Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
     }
     let started = std::time::Instant::now();
-    let tmp = entry.dir.join(format!("{}{}.{}.tmp", entry.prefix, entry.key, std::process::id()));
+    let tmp = entry.dir.join(format!("{}{}.{}", entry.prefix, entry.key, cache::scratch_suffix()));
     // The original session loads on a second thread while the candidate is written and loaded.
     let (original, candidate) = std::thread::scope(|scope| {
         let original = scope.spawn(|| Session::load(onnx_path, None, options));
@@ -376,10 +315,7 @@ pub fn adopt(
         }
     };
     tracing::debug!(elapsed = ?started.elapsed(), "wrote the fused graph and loaded both sessions");
-    let verdict = candidate.and_then(|session| {
-        let probe = probe_batch(tokenizer).map_err(|e| format!("no probe batch: {e}"))?;
-        verify(&original, &session, &probe).map(|worst| (session, worst))
-    });
+    let verdict = candidate.and_then(|session| verify(&original, &session, probe).map(|worst| (session, worst)));
     tracing::debug!(elapsed = ?started.elapsed(), "verified");
     let result = match verdict {
         Ok((session, worst)) => {
@@ -407,16 +343,11 @@ pub fn adopt(
     Ok(result)
 }
 
-fn probe_batch(tokenizer: &Tokenizer) -> Result<Batch, crate::tokenize::TokenizeError> {
-    let tokens = tokenizer.encode(&PROBE)?;
-    Ok(tokenizer.batch(&tokens.iter().collect::<Vec<_>>()))
-}
-
 /// Runs both sessions on `probe`; `Ok(worst agreement)` when they agree, else why not. Hidden
 /// states agree when every real (unpadded) token's vector has a cosine of at least
-/// [`MIN_COSINE`]; the logits of a classification head when every one is within
+/// [`FUSED_MIN_COSINE`]; the logits of a classification head when every one is within
 /// [`LOGIT_TOLERANCE`] (relative above 1), reported as 1 − the largest difference.
-pub fn verify(original: &Session, fused: &Session, probe: &Batch) -> Result<f64, String> {
+pub fn verify(original: &Session, fused: &Session, probe: Inputs<'_>) -> Result<f64, String> {
     let run = |s: &Session| {
         s.run(probe, |h: ArrayViewD<'_, f32>| h.to_owned()).map_err(|e| format!("the probe run failed: {e}"))
     };
@@ -446,8 +377,8 @@ pub fn verify(original: &Session, fused: &Session, probe: &Batch) -> Result<f64,
             let norms = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt()
                 * v.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
             let cosine = if norms > 0.0 { dot / norms } else { f64::from(u == v) };
-            if cosine.is_nan() || cosine < MIN_COSINE {
-                return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {MIN_COSINE}"));
+            if cosine.is_nan() || cosine < FUSED_MIN_COSINE {
+                return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {FUSED_MIN_COSINE}"));
             }
             worst = worst.min(cosine);
         }

@@ -3,7 +3,7 @@
 
 use std::{ffi::CStr, path::Path, sync::OnceLock};
 
-use ndarray::{ArrayView, Dimension};
+use ndarray::{ArrayView, ArrayView2, Dimension};
 use ort::{
     ep::{self, ExecutionProvider},
     session::{
@@ -15,7 +15,7 @@ use ort::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
-use crate::tokenize::Batch;
+use crate::session::graph::AttentionOp;
 
 /// The ONNX Runtime version pinned in Cargo.toml, which build.rs provided and linked.
 pub const PINNED_VERSION: &str = env!("AKIDB_ORT_VERSION");
@@ -56,6 +56,12 @@ static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
 /// Hands the linked library's API to `ort` (once) and returns its version string.
 pub fn init() -> Result<&'static str, RuntimeError> {
     runtime().map(|r| r.version.as_str())
+}
+
+/// The version of the ONNX Runtime actually linked, as the library reports it (the pin when it
+/// cannot be bound, which then fails the load anyway): what caches of its output are keyed by.
+pub fn linked_version() -> &'static str {
+    init().unwrap_or(PINNED_VERSION)
 }
 
 fn runtime() -> Result<&'static Runtime, RuntimeError> {
@@ -171,8 +177,13 @@ impl CoreMlOptions {
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
     pub device: Device,
-    /// Replace exported attention blocks with ONNX Runtime's fused kernel (see `graph`).
+    /// Rewrite the exported graph before loading it: packed Q/K/V and a fused attention kernel,
+    /// and with akidb's kernels the residual LayerNorms, bias + GELU and unpadding (see `graph`);
+    /// used only once verified on a probe batch (see `fusion`).
     pub fuse_attention: bool,
+    /// The kernel fused attention runs on; `None`: akidb's where it was measured faster (an
+    /// AVX-512 CPU), else ONNX Runtime's packed `Attention` ([`SessionOptions::attention`]).
+    pub attention: Option<AttentionOp>,
     /// Intra-op threads; `None` lets ONNX Runtime use one per physical core.
     pub threads: Option<usize>,
     pub coreml: CoreMlOptions,
@@ -188,11 +199,29 @@ impl Default for SessionOptions {
         Self {
             device: Device::Auto,
             fuse_attention: true,
+            attention: None,
             threads: None,
             coreml: CoreMlOptions::default(),
             remeasure_device: false,
             profile: None,
         }
+    }
+}
+
+/// One batch as a session reads it, `[rows, tokens]` each: plain tensors, so the session layer
+/// knows nothing of tokenizers (the pipeline and the loader's probes build them).
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub input_ids: ArrayView2<'a, i64>,
+    pub attention_mask: ArrayView2<'a, i64>,
+    /// Fed only to graphs that declare `token_type_ids`.
+    pub token_type_ids: ArrayView2<'a, i64>,
+}
+
+impl SessionOptions {
+    /// The attention kernel a rewritten graph uses: the one asked for, else the measured default.
+    pub fn attention(&self) -> AttentionOp {
+        self.attention.unwrap_or_else(AttentionOp::measured_default)
     }
 }
 
@@ -407,15 +436,15 @@ impl Session {
     /// classification head. An output of another rank is an error.
     pub fn run<D: Dimension, R>(
         &self,
-        batch: &Batch,
+        batch: Inputs<'_>,
         f: impl FnOnce(ArrayView<'_, f32, D>) -> R,
     ) -> Result<R, RuntimeError> {
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
-            ("input_ids", TensorRef::from_array_view(batch.input_ids.view())?.into()),
-            ("attention_mask", TensorRef::from_array_view(batch.attention_mask.view())?.into()),
+            ("input_ids", TensorRef::from_array_view(batch.input_ids)?.into()),
+            ("attention_mask", TensorRef::from_array_view(batch.attention_mask)?.into()),
         ];
         if self.token_type_ids {
-            inputs.push(("token_type_ids", TensorRef::from_array_view(batch.token_type_ids.view())?.into()));
+            inputs.push(("token_type_ids", TensorRef::from_array_view(batch.token_type_ids)?.into()));
         }
         let mut session = self.inner.lock();
         let outputs = session.run(inputs)?;
