@@ -53,8 +53,9 @@ run() {
 have() { command -v "$1" >/dev/null 2>&1; }
 
 NAME=akidb
-VERSION=$(sed -n '/^\[package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n 1)
-[ -n "$VERSION" ] || die "no [package] version in $ROOT/Cargo.toml"
+# The version every crate of the workspace shares ([workspace.package] in the root manifest).
+VERSION=$(sed -n '/^\[workspace\.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$ROOT/Cargo.toml" | head -n 1)
+[ -n "$VERSION" ] || die "no [workspace.package] version in $ROOT/Cargo.toml"
 
 EXPLICIT_TARGET=1
 if [ -z "$TARGET" ]; then

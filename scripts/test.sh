@@ -31,16 +31,16 @@ export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
 export PATH="$PWD/$venv/bin:$PATH"
 
 # Formatting and lints first: a dirty tree fails before the (long) tests run.
-echo "test.sh: cargo fmt --check" >&2
-cargo fmt --check
-echo "test.sh: cargo clippy --all-targets --locked -- -D warnings" >&2
-cargo clippy --all-targets --locked -- -D warnings
+echo "test.sh: cargo fmt --all --check" >&2
+cargo fmt --all --check
+echo "test.sh: cargo clippy --workspace --all-targets --locked -- -D warnings" >&2
+cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The tests read ../shared/hf through hf-hub, offline, unless HF_HOME says otherwise.
 # --release: the release-tarball test builds the release binary anyway, so the tests share its
 # optimized dependencies instead of compiling every dependency a second time (a fifth less time
 # from a clean clone), and timings in tests are those of the shipped build.
-cargo test --release --locked "$@"
+cargo test --workspace --release --locked "$@"
 # The tests that need a tool from outside Rust (Python clients and readers, shellcheck,
 # check-jsonschema) are ignored by a plain `cargo test`, which counts them as skipped; the tools
 # are installed above, so here they run, and fail if a tool is missing.

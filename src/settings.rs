@@ -626,7 +626,7 @@ mod tests {
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 3 + 4 + 2, "device, compute units and model format names");
+        assert_eq!(parsed, 3 + 3 + 4 + 2, "device, attention kernel, compute units and model format names");
     }
 
     #[test]

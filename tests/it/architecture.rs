@@ -80,7 +80,7 @@ fn modules(src: &str) -> (BTreeSet<String>, BTreeMap<String, String>) {
         lines
             .iter()
             .enumerate()
-            .filter(|(i, l)| !l.trim_start().starts_with("//") && !(*i > 0 && lines[i - 1].trim() == "#[cfg(test)]"))
+            .filter(|(i, l)| !(l.trim_start().starts_with("//") || *i > 0 && lines[i - 1].trim() == "#[cfg(test)]"))
             .map(|(_, l)| *l)
             .filter_map(|l| {
                 let l = l.trim();
