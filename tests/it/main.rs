@@ -1,4 +1,4 @@
-//! akidb's integration tests, one binary (as uv's `tests/it`): one link instead of one per file.
+//! akidb's integration tests in one binary, as uv's `tests/it` (the timing tests are in `tests/timing`).
 //! Each module tests through real components: the ONNX Runtime session, the hf-hub cache in
 //! `../shared/hf`, an HTTP server on 127.0.0.1 with a real client, the built `akidb` binary.
 
@@ -17,5 +17,4 @@ mod profile;
 mod prompts;
 mod release;
 mod server;
-mod serving;
 mod soak;
