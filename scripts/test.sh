@@ -33,8 +33,9 @@ export PATH="$PWD/$venv/bin:$PATH"
 # Formatting and lints first: a dirty tree fails before the (long) tests run.
 echo "test.sh: cargo fmt --all --check" >&2
 cargo fmt --all --check
-echo "test.sh: cargo clippy --workspace --all-targets --locked -- -D warnings" >&2
-cargo clippy --workspace --all-targets --locked -- -D warnings
+# --release: the build scripts and proc macros clippy compiles are then the ones the tests reuse.
+echo "test.sh: cargo clippy --workspace --all-targets --release --locked -- -D warnings" >&2
+cargo clippy --workspace --all-targets --release --locked -- -D warnings
 
 # The tests read ../shared/hf through hf-hub, offline, unless HF_HOME says otherwise.
 # --release: the release-tarball test builds the release binary anyway, so the tests share its
@@ -44,4 +45,5 @@ cargo test --workspace --release --locked "$@"
 # The tests that need a tool from outside Rust (Python clients and readers, shellcheck,
 # check-jsonschema) are ignored by a plain `cargo test`, which counts them as skipped; the tools
 # are installed above, so here they run, and fail if a tool is missing.
-exec cargo test --release --locked --test it -- --ignored tool_
+# --workspace as above: the same packages, so the same features and nothing rebuilt.
+exec cargo test --workspace --release --locked --test it -- --ignored tool_

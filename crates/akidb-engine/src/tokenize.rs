@@ -7,8 +7,9 @@ use ndarray::Array2;
 use serde::{Deserialize, Serialize};
 use tokenizers::{EncodeInput, TruncationDirection, TruncationParams, TruncationStrategy};
 
-/// Up to this many texts are tokenized on the calling thread (see [`Tokenizer::encode`]).
-const SEQUENTIAL_UP_TO: usize = 8;
+/// Up to this many texts are tokenized on the calling thread (see [`Tokenizer::encode`]); more
+/// go to the tokenizers crate's rayon pool. The server keeps exactly these requests inline.
+pub const SEQUENTIAL_UP_TO: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TokenizeError {

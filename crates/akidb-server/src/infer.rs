@@ -39,10 +39,10 @@ use akidb_engine::{
     Rows,
 };
 
-/// The engine tokenizes up to 8 inputs on the calling thread and more on the tokenizers crate's
-/// rayon pool (`akidb_engine::tokenize`): an async worker must never wait in that pool behind a
-/// bulk request's texts, so only requests the engine keeps on the calling thread stay inline.
-const INLINE_INPUTS: usize = 8;
+/// The engine tokenizes up to this many inputs on the calling thread and more on the tokenizers
+/// crate's rayon pool: an async worker must never wait in that pool behind a bulk request's
+/// texts, so only requests the engine keeps on the calling thread stay inline.
+const INLINE_INPUTS: usize = akidb_engine::tokenize::SEQUENTIAL_UP_TO;
 
 /// Even a few texts take a while to tokenize when they are long: past this many bytes a request
 /// goes off the async workers too.
