@@ -17,4 +17,3 @@ mod profile;
 mod prompts;
 mod release;
 mod server;
-mod soak;
