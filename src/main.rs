@@ -40,6 +40,17 @@ enum Command {
     Rerank(Box<RerankArgs>),
     /// Classify texts with a classifier (or score them with a cross-encoder) and print JSON
     Predict(Box<PredictArgs>),
+    /// Load a model and report what akidb found: kind, family, the ONNX inputs it feeds and the output it reads, pooling, Dense layers, padding side, prompts, max length, fused or not and why
+    Inspect(Box<InspectArgs>),
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Print the report as JSON (the same fields as the model's entry in the server's /info)
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -133,6 +144,7 @@ fn main() {
         Command::Embed(a) if !a.verbose => "warn",
         Command::Rerank(a) if !a.verbose => "warn",
         Command::Predict(a) if !a.verbose => "warn",
+        Command::Inspect(_) => "warn",
         _ => "info",
     };
     init_logging(default_level);
@@ -158,7 +170,64 @@ fn run(cli: Cli) -> Result<()> {
         Command::Serve(args) => serve(*args, &file),
         Command::Rerank(args) => rerank(*args, &file),
         Command::Predict(args) => predict(*args, &file),
+        Command::Inspect(args) => inspect(*args, &file),
     }
+}
+
+/// `akidb inspect`: what the loader found in the model's files and graph, and what it will do.
+fn inspect(args: InspectArgs, file: &ConfigFile) -> Result<()> {
+    let model = load_embedder(&args.model, false, file)?;
+    let info = model.info();
+    let device = model.device();
+    let budget = model.budget();
+    if args.json {
+        return print_json(&serde_json::json!({
+            "model": info,
+            "device": device,
+            "max_batch_tokens": budget.max_tokens,
+            "max_batch_size": budget.max_rows,
+        }));
+    }
+    let p = &info.pipeline;
+    let mut out = String::new();
+    let mut line = |key: &str, value: String| out.push_str(&format!("{key:<15}{value}\n"));
+    line("model", format!("{} @ {} ({})", info.id, info.revision.as_deref().unwrap_or("local"), info.onnx_file));
+    line("kind", info.kind.to_string());
+    let arch = if p.architectures.is_empty() { String::new() } else { format!(" ({})", p.architectures.join(", ")) };
+    line("family", format!("{}{arch}", p.family.as_deref().unwrap_or("unknown (no model_type in config.json)")));
+    let modules = if p.modules.is_empty() { "none (no modules.json)".to_string() } else { p.modules.join(" → ") };
+    line("modules", modules);
+    for (i, input) in p.inputs.iter().enumerate() {
+        line(if i == 0 { "inputs" } else { "" }, format!("{}: {}", input.name, input.fed));
+    }
+    line("output", p.output.clone());
+    line("rows", p.rows.clone());
+    for (i, d) in p.dense.iter().enumerate() {
+        let bias = if d.bias { ", bias" } else { "" };
+        line(
+            if i == 0 { "dense (akidb)" } else { "" },
+            format!("{}: {} → {}{bias}, {:?}", d.path, d.in_features, d.out_features, d.activation),
+        );
+    }
+    line("dimension", info.dimension.to_string());
+    if !info.labels.is_empty() {
+        line("labels", format!("{} ({:?})", info.labels.join(", "), info.activation));
+    }
+    line("padding", p.padding_side.to_string());
+    line("max length", format!("{} tokens (longer inputs are truncated, or refused where asked)", info.max_seq_length));
+    if info.prompts.is_empty() {
+        line("prompts", "none".into());
+    }
+    for (i, (name, text)) in info.prompts.iter().enumerate() {
+        line(if i == 0 { "prompts" } else { "" }, format!("{name}: {text:?}"));
+    }
+    line("default prompt", info.default_prompt_name.clone().unwrap_or_else(|| "none".into()));
+    line("attention", p.fusion.clone());
+    line("device", device.to_string());
+    line("onnx runtime", info.onnx_runtime_version.clone());
+    line("batches", format!("up to {} padded tokens, {} texts", budget.max_tokens, budget.max_rows));
+    print!("{out}");
+    Ok(())
 }
 
 /// Loads a model that must be one of `kinds`, for a command that needs them.

@@ -83,8 +83,45 @@ pub struct ModelArgs {
     /// Write ONNX Runtime's profile of the serving session (Chrome trace JSON: every node's time per run) to this file on exit; see docs/performance.md
     #[arg(long, env = "AKIDB_PROFILE")]
     pub profile: Option<PathBuf>,
+    /// A graph input only the model knows the meaning of, declared as NAME=INTEGER (e.g. jina-v3's task_id=3); repeatable. Without it such a model is refused at load, naming the input
+    #[arg(long, env = "AKIDB_MODEL_INPUT", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_input: Vec<ModelInput>,
     #[command(flatten)]
     pub coreml: CoreMlArgs,
+}
+
+/// `NAME=INTEGER`: a value akidb feeds to the graph input NAME (see `--model-input`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ModelInput {
+    pub name: String,
+    pub value: i64,
+}
+
+impl std::str::FromStr for ModelInput {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, value) = s.split_once('=').ok_or_else(|| format!("'{s}' is not NAME=INTEGER"))?;
+        let value = value.trim().parse().map_err(|_| format!("'{s}': the value of {name} must be an integer"))?;
+        if name.trim().is_empty() {
+            return Err(format!("'{s}' has no input name"));
+        }
+        Ok(Self { name: name.trim().to_string(), value })
+    }
+}
+
+impl TryFrom<String> for ModelInput {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<ModelInput> for String {
+    fn from(m: ModelInput) -> Self {
+        format!("{}={}", m.name, m.value)
+    }
 }
 
 /// CoreML options: flags `--coreml-*`, the file's `[coreml]` table.
@@ -372,6 +409,7 @@ impl ModelArgs {
                 },
                 remeasure_device: self.remeasure_device.unwrap_or(d.session.remeasure_device),
                 profile: self.profile.clone().or(d.session.profile),
+                model_inputs: self.model_input.iter().map(|m| (m.name.clone(), m.value)).collect(),
             },
             max_batch_tokens: self.max_batch_tokens.or(d.max_batch_tokens),
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),

@@ -8,6 +8,7 @@ mod cold_start;
 mod common;
 mod concurrent_sessions;
 mod corpus;
+mod families;
 mod fusion;
 mod hardening;
 mod models;

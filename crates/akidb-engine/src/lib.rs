@@ -9,6 +9,7 @@
 //! docs/architecture.md has the exact graph.
 
 pub mod batching;
+pub mod dense;
 pub mod error;
 mod forward;
 pub mod hub;

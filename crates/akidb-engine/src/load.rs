@@ -84,6 +84,8 @@ pub(crate) struct SessionPlan {
     onnx_path: PathBuf,
     /// Attention heads, when the graph is to be rewritten.
     heads: Option<usize>,
+    /// Why `heads` is `None`.
+    no_heads_reason: String,
     cpu: SessionOptions,
     coreml: SessionOptions,
     /// The device asked for, and whether the linked ONNX Runtime has CoreML.
@@ -118,6 +120,14 @@ impl SessionPlan {
         }
         // CoreML has no kernel for the rewritten graph's operators: its graph stays whole.
         let heads = config.num_attention_heads.filter(|_| options.session.fuse_attention && !files.external_data);
+        let no_heads_reason = if !options.session.fuse_attention {
+            "off (--fuse-attention false)"
+        } else if files.external_data {
+            "the graph keeps its weights in an external data file, and is loaded as it is"
+        } else {
+            "config.json gives no num_attention_heads"
+        }
+        .to_string();
         let decision_key = Key::new("device")
             .with("content", &content)
             .with(
@@ -132,6 +142,7 @@ impl SessionPlan {
         Ok(Self {
             onnx_path: files.onnx_path.clone(),
             heads,
+            no_heads_reason,
             cpu: SessionOptions { device: Device::Cpu, ..session.clone() },
             coreml: SessionOptions { device: Device::CoreMl, ..session },
             device: options.session.device,
@@ -139,6 +150,14 @@ impl SessionPlan {
             graphs: cache::graphs_dir(),
             decision_key,
         })
+    }
+
+    /// Why the graph will not be rewritten, when that is known before trying.
+    pub(crate) fn fusion_off_reason(&self) -> Option<String> {
+        if self.heads.is_some() {
+            return (self.device == Device::CoreMl).then(|| "CoreML runs the graph as exported".to_string());
+        }
+        Some(self.no_heads_reason.clone())
     }
 
     /// Whether the CPU will serve without a measurement.
@@ -201,7 +220,9 @@ fn device_cache(key: &Key) -> Option<DecisionCache> {
 /// What the `auto` warm-up runs: the shapes the server will see, through the real pipeline.
 pub(crate) struct Measure<'a> {
     pub tokenizer: &'a Tokenizer,
-    pub readout: Readout,
+    /// With `dense`, what the rows are made of ([`Readout::rows`] of each session measured).
+    pub config: &'a ModelConfig,
+    pub dense: &'a crate::dense::Layers,
     pub max_seq_length: usize,
     pub budget: Budget,
 }
@@ -219,7 +240,11 @@ impl Measure<'_> {
     }
 
     fn run(&self, session: &Session, batches: &[Batch]) -> Outcome {
-        device::measure(batches, device::REPEATS, |batch| forward(session, batch, self.readout))
+        let readout = match Readout::rows(self.config, session.outputs(), self.dense) {
+            Ok(readout) => readout,
+            Err(e) => return Outcome::Failed(e.to_string()),
+        };
+        device::measure(batches, device::REPEATS, |batch| forward(session, batch, &readout))
     }
 }
 
@@ -315,7 +340,7 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
-    use crate::hub::tests::test_model;
+    use crate::{dense::Dense, hub::tests::test_model};
 
     /// The `auto` measurement with real ONNX Runtime sessions on the tiny test model. No CoreML
     /// here, so the unfused graph on the CPU stands in for it: the real warm-up, timing, vector
@@ -331,6 +356,7 @@ mod tests {
         let plan = |remeasure: bool| SessionPlan {
             onnx_path: path.clone(),
             heads: config.num_attention_heads,
+            no_heads_reason: String::new(),
             cpu: SessionOptions { remeasure_device: remeasure, ..cpu_options.clone() },
             coreml: cpu_options.clone(),
             device: Device::Auto,
@@ -339,9 +365,12 @@ mod tests {
             decision_key: Key::new("device").with("model", "tiny"),
         };
         let probe = || Probe::new(&tokenizer).unwrap();
+        let dense: crate::dense::Layers = Ok(Vec::<Dense>::new().into());
+        let readout = |s: &Session| Readout::rows(&config, s.outputs(), &dense).unwrap();
         let measure = Measure {
             tokenizer: &tokenizer,
-            readout: Readout::rows(&config),
+            config: &config,
+            dense: &dense,
             max_seq_length: config.max_seq_length,
             budget: Budget::new(256, 16),
         };
@@ -360,7 +389,7 @@ mod tests {
         assert!(decision.min_cosine.unwrap() >= device::COREML_MIN_COSINE, "same model, same vectors: {decision:?}");
         assert!(decision.reason.contains("faster"), "{decision:?}");
         let batch = measure.batches().unwrap().remove(0);
-        let vectors = session.run(|s| forward(s, &batch, Readout::rows(&config))).unwrap();
+        let vectors = session.run(|s| forward(s, &batch, &readout(s))).unwrap();
         assert_eq!(vectors[0].len(), config.dimension);
 
         // A second start reads the decision: nothing measured, the stand-in only loaded if chosen.
@@ -386,6 +415,6 @@ mod tests {
         stale.store(&Decision::fixed(Provider::CoreMl, "measured faster earlier"));
         let (session, _, d) = choose_by_measurement(plan(false), probe(), &broken, &measure, Some(&stale)).unwrap();
         assert!(d.provider == Provider::Cpu && d.reason.contains("CoreML did not load"), "{d:?}");
-        assert!(session.run(|s| forward(s, &batch, Readout::rows(&config))).is_ok());
+        assert!(session.run(|s| forward(s, &batch, &readout(s))).is_ok());
     }
 }

@@ -1,14 +1,17 @@
 //! The pipeline in one place: model files → config → tokenizer → session → pooling (or, for a
 //! cross-encoder or classifier, the logits of its head).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use crate::{
     batching::{plan_batches, Budget},
+    dense::Dense,
     error::EngineError,
     forward::{forward, Readout},
     load::{Measure, ModelFiles, Probe, SessionPlan},
-    model_config::{Activation, Kind, ModelConfig, Pooling},
+    model_config::{Activation, DenseSpec, Kind, ModelConfig, Pooling},
     options::{EncodeOptions, ModelOptions},
     pooling,
     session::{
@@ -40,6 +43,37 @@ pub struct ModelInfo {
     /// The model's named prompts (see [`EncodeOptions::prompt_name`]).
     pub prompts: std::collections::BTreeMap<String, String>,
     pub default_prompt_name: Option<String>,
+    /// How the pipeline was put together from the model's files, for `akidb inspect` and `/info`:
+    /// the first thing to read when a model misbehaves.
+    pub pipeline: Pipeline,
+}
+
+/// What akidb found in a model and will do with it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pipeline {
+    /// config.json's `model_type` (`bert`, `qwen3`, `gemma3_text`, `xlm-roberta`, `modernbert`, …).
+    pub family: Option<String>,
+    pub architectures: Vec<String>,
+    /// sentence-transformers modules, by class, in order.
+    pub modules: Vec<String>,
+    /// Every graph input and what akidb feeds it.
+    pub inputs: Vec<InputFeed>,
+    /// The graph output read, and how rows are made from it.
+    pub output: String,
+    pub rows: String,
+    /// Dense layers akidb runs after pooling (empty when the graph holds them or there are none).
+    pub dense: Vec<DenseSpec>,
+    /// `left` (decoders) or `right`.
+    pub padding_side: &'static str,
+    /// Attention blocks fused (akidb's kernels or ONNX Runtime's), and if none, why.
+    pub fused_attention: usize,
+    pub fusion: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct InputFeed {
+    pub name: String,
+    pub fed: String,
 }
 
 impl ModelInfo {
@@ -73,6 +107,8 @@ pub struct Model {
     session: DeviceSession<Session>,
     decision: Decision,
     budget: Budget,
+    /// What a batch's rows are read as (pooled + Dense, the graph's sentence vector, logits).
+    readout: Readout,
 }
 
 impl Model {
@@ -87,15 +123,56 @@ impl Model {
         let config = ModelConfig::load(&files.repo)?;
         // Parsing tokenizer.json takes tens of ms: it runs beside the session's preload.
         let (tokenizer_file, max_seq_length) = (files.repo.file("tokenizer.json")?, config.max_seq_length);
-        let tokenizer = std::thread::spawn(move || Tokenizer::from_file(&tokenizer_file, max_seq_length));
+        let (pad_left, pad_token) = (config.padding_left, config.pad_token.clone());
+        let tokenizer = std::thread::spawn(move || {
+            Tokenizer::from_file(&tokenizer_file, max_seq_length).map(|t| t.pad_as(pad_left, pad_token.as_deref()))
+        });
+        // The Dense layers akidb may have to run (only read when the graph lacks them, below).
+        let dense_specs = config.dense.clone();
         let budget = Budget::new(options.max_batch_tokens(), options.max_batch_size);
         let plan = SessionPlan::new(&files, &config, options, budget)?;
         let preloaded = plan.preload();
         let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         tracing::debug!(elapsed = ?started.elapsed(), preloaded = preloaded.is_some(), "tokenizer loaded");
         let probe = Probe::new(&tokenizer)?;
-        let measure = Measure { tokenizer: &tokenizer, readout: Readout::rows(&config), max_seq_length, budget };
+        let fusion = plan.fusion_off_reason();
+        // The Dense layers akidb runs when the graph outputs token vectors; a graph with
+        // `sentence_embedding` holds them, so a failure to read them only matters without it.
+        let dense: crate::dense::Layers = if config.head.is_none() {
+            dense_specs.iter().map(|spec| Dense::load(&files.repo, spec)).collect::<Result<Vec<_>, _>>().map(Into::into).map_err(Arc::new)
+        } else {
+            Ok(Vec::new().into())
+        };
+        let measure =
+            Measure { tokenizer: &tokenizer, config: &config, dense: &dense, max_seq_length, budget };
         let (session, fused_attention, decision) = plan.choose_device(preloaded, probe, measure)?;
+        let readout = session.run(|s| Ok(Readout::rows(&config, s.outputs(), &dense)))??;
+        let pipeline = session.run(|s| {
+            Ok(Pipeline {
+                family: config.family.clone(),
+                architectures: config.architectures.clone(),
+                modules: config.modules.clone(),
+                inputs: s.feeds().iter().map(|(name, feed)| InputFeed { name: name.clone(), fed: feed.describe() }).collect(),
+                output: match &readout {
+                    Readout::Sentence => crate::forward::SENTENCE_OUTPUT.to_string(),
+                    _ => s.default_output().to_string(),
+                },
+                rows: readout.describe(),
+                dense: if matches!(&readout, Readout::Pooled { dense, .. } if !dense.is_empty()) {
+                    config.dense.clone()
+                } else {
+                    Vec::new()
+                },
+                padding_side: if tokenizer.pads_left() { "left" } else { "right" },
+                fused_attention,
+                fusion: match (fused_attention, &fusion) {
+                    (n, _) if n > 0 => format!("{n} attention blocks fused and verified on a probe batch"),
+                    (_, Some(off)) => off.clone(),
+                    (_, None) => "no attention block matches the pattern akidb fuses (BERT-style attention: rotary, causal, sliding-window and grouped-query attention run on ONNX Runtime's kernels), or the fused graph failed its verification (see the log)".into(),
+                },
+            })
+        })?;
+        tracing::info!(fused_attention, fusion = %pipeline.fusion, "attention");
         let info = ModelInfo {
             id: files.repo.id().to_string(),
             revision: files.repo.revision().map(str::to_string),
@@ -111,9 +188,10 @@ impl Model {
             fused_attention,
             prompts: config.prompts.clone(),
             default_prompt_name: config.default_prompt_name.clone(),
+            pipeline,
         };
         tracing::debug!(elapsed = ?started.elapsed(), "session ready");
-        let model = Self { info, config, tokenizer, session, decision, budget };
+        let model = Self { info, config, tokenizer, session, decision, budget, readout };
         let warm = model.embed(&["warm-up"], false)?;
         tracing::debug!(elapsed = ?started.elapsed(), "warmed up");
         let got = warm.vectors.first().map_or(0, Vec::len);
@@ -230,8 +308,7 @@ impl Model {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        let readout = Readout::rows(&self.config);
-        Ok(self.session.run(|session| forward(session, &batch, readout))?)
+        Ok(self.session.run(|session| forward(session, &batch, &self.readout))?)
     }
 
     /// Like [`Model::infer`] without pooling: each item's real tokens' hidden states, one
@@ -249,7 +326,7 @@ impl Model {
             return Ok(Vec::new());
         }
         let batch = self.tokenizer.batch(items);
-        Ok(self.session.run(|session| forward(session, &batch, Readout::Tokens))?)
+        Ok(self.session.run(|session| forward(session, &batch, &Readout::Tokens))?)
     }
 
     /// Runs tokenized inputs in length-sorted batches (little padding), keeping input order: an

@@ -33,6 +33,20 @@ pub enum ConfigError {
     UnsupportedActivation { path: PathBuf, name: String },
     #[error("{path}: default_prompt_name '{name}' is not one of its prompts")]
     UnknownDefaultPrompt { path: PathBuf, name: String },
+    #[error("{path}: module {index} is {module}, which akidb does not implement (it runs {supported}); running the model without it would give wrong vectors")]
+    UnsupportedModule { path: PathBuf, index: usize, module: String, supported: &'static str },
+    #[error("{path}: a Dense layer of {in_features} inputs follows {previous} values; the model's modules do not chain")]
+    DenseChain { path: PathBuf, in_features: usize, previous: usize },
+    #[error("{path}: unsupported Dense activation_function '{name}'; akidb supports Identity, Tanh, ReLU, Sigmoid and GELU")]
+    UnsupportedDenseActivation { path: PathBuf, name: String },
+}
+
+/// The sentence-transformers modules akidb runs, by class name (the last part of the module's
+/// `type`, which moved between packages across versions).
+pub const SUPPORTED_MODULES: &str = "Transformer, Pooling, Dense, Normalize";
+
+fn supported_module(class: &str) -> bool {
+    matches!(class, "Transformer" | "Pooling" | "Dense" | "Normalize")
 }
 
 /// What a model computes, which decides the routes that can use it.
@@ -161,6 +175,69 @@ pub struct ModelConfig {
     pub default_prompt_name: Option<String>,
     /// Whether the prompt's tokens count in pooling (the pooling config's `include_prompt`).
     pub include_prompt: bool,
+    /// sentence-transformers `Dense` modules after pooling, in order (weights read by `dense`).
+    pub dense: Vec<DenseSpec>,
+    /// Width of the transformer's token vectors (config.json's `hidden_size`).
+    pub hidden_size: Option<usize>,
+    /// config.json's `model_type` (`bert`, `qwen3`, `gemma3_text`, …), for `inspect` and logs.
+    pub family: Option<String>,
+    /// config.json's `architectures`.
+    pub architectures: Vec<String>,
+    /// The modules of `modules.json` by class name, in order (empty without one).
+    pub modules: Vec<String>,
+    /// Which end padding goes on: `tokenizer_config.json`'s `padding_side` (decoders pad left).
+    pub padding_left: bool,
+    /// `tokenizer_config.json`'s `pad_token`, when tokenizer.json itself sets no padding.
+    pub pad_token: Option<String>,
+}
+
+/// One `Dense` module: `activation(x · Wᵀ + b)`, weights in `<path>/model.safetensors`.
+#[derive(Debug, Clone, Serialize)]
+pub struct DenseSpec {
+    /// The module's directory inside the model (`2_Dense`).
+    pub path: String,
+    pub in_features: usize,
+    pub out_features: usize,
+    pub bias: bool,
+    pub activation: DenseActivation,
+}
+
+/// What a Dense module applies after its linear map (`activation_function`, a torch path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DenseActivation {
+    Identity,
+    Tanh,
+    Relu,
+    Sigmoid,
+    Gelu,
+}
+
+impl DenseActivation {
+    fn from_torch(name: &str) -> Option<Self> {
+        match name.rsplit('.').next().unwrap_or(name) {
+            "Identity" => Some(Self::Identity),
+            "Tanh" => Some(Self::Tanh),
+            "ReLU" => Some(Self::Relu),
+            "Sigmoid" => Some(Self::Sigmoid),
+            "GELU" => Some(Self::Gelu),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct DenseConfig {
+    in_features: usize,
+    out_features: usize,
+    #[serde(default = "yes")]
+    bias: bool,
+    /// sentence-transformers' default is Tanh.
+    activation_function: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -190,6 +267,7 @@ struct PoolingConfig {
 
 #[derive(Deserialize)]
 struct TransformerConfig {
+    model_type: Option<String>,
     hidden_size: Option<usize>,
     num_attention_heads: Option<usize>,
     max_position_embeddings: Option<usize>,
@@ -215,6 +293,9 @@ struct SentenceTransformersConfig {
 #[derive(Deserialize)]
 struct TokenizerConfig {
     model_max_length: Option<f64>,
+    padding_side: Option<String>,
+    /// A string, or (older files) `{"content": …}`.
+    pad_token: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -247,7 +328,20 @@ impl ModelConfig {
     /// Reads `modules.json`, the pooling module's config, `sentence_bert_config.json`,
     /// `config.json` and `tokenizer_config.json`, as sentence-transformers does.
     pub fn load(repo: &ModelRepo) -> Result<Self, ConfigError> {
-        let modules: Vec<Module> = optional_json(repo, "modules.json")?.map(|(_, m)| m).unwrap_or_default();
+        let modules_file = optional_json::<Vec<Module>>(repo, "modules.json")?;
+        let class = |m: &Module| m.kind.rsplit('.').next().unwrap_or(&m.kind).to_string();
+        if let Some((path, modules)) = &modules_file {
+            // A module akidb skipped would silently change every vector: refuse the model instead.
+            if let Some((index, m)) = modules.iter().enumerate().find(|(_, m)| !supported_module(&class(m))) {
+                return Err(ConfigError::UnsupportedModule {
+                    path: path.clone(),
+                    index,
+                    module: m.kind.clone(),
+                    supported: SUPPORTED_MODULES,
+                });
+            }
+        }
+        let modules: Vec<Module> = modules_file.map(|(_, m)| m).unwrap_or_default();
         let pooling_dir = modules
             .iter()
             .find(|m| m.kind.ends_with(".Pooling"))
@@ -267,17 +361,25 @@ impl ModelConfig {
         let max_positions = transformer.as_ref().and_then(|c| c.max_position_embeddings);
         let sbert = optional_json::<SentenceBertConfig>(repo, "sentence_bert_config.json")?.map(|(_, c)| c);
         let st_max = sbert.as_ref().and_then(|c| c.max_seq_length);
+        let tokenizer_config = optional_json::<TokenizerConfig>(repo, "tokenizer_config.json")?.map(|(_, c)| c);
         let max_seq_length = match st_max {
             Some(n) => n,
             None => {
                 // sentence-transformers: min(max_position_embeddings, tokenizer.model_max_length).
-                let tok_max = optional_json::<TokenizerConfig>(repo, "tokenizer_config.json")?
-                    .and_then(|(_, c)| c.model_max_length)
+                let tok_max = tokenizer_config
+                    .as_ref()
+                    .and_then(|c| c.model_max_length)
                     .filter(|n| *n > 0.0 && *n < 1e9)
                     .map(|n| n as usize);
                 [max_positions, tok_max].into_iter().flatten().min().unwrap_or(512)
             }
         };
+        let padding_left = tokenizer_config.as_ref().and_then(|c| c.padding_side.as_deref()) == Some("left");
+        let pad_token = tokenizer_config.and_then(|c| c.pad_token).and_then(|t| match t {
+            serde_json::Value::String(s) => Some(s),
+            serde_json::Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(str::to_string),
+            _ => None,
+        });
         // Position embeddings are a hard limit of the network itself.
         let max_seq_length = max_positions.map_or(max_seq_length, |p| max_seq_length.min(p)).max(2);
 
@@ -297,7 +399,18 @@ impl ModelConfig {
             Some(h) if h.labels.len() == 1 => Kind::CrossEncoder,
             Some(_) => Kind::Classifier,
         };
-        let dimension = transformer.and_then(|c| c.hidden_size).or(pooled_dim).ok_or(ConfigError::UnknownDimension)?;
+        let hidden_size = transformer.as_ref().and_then(|c| c.hidden_size).or(pooled_dim);
+        let pooled = hidden_size.ok_or(ConfigError::UnknownDimension)?;
+        let mut dense = Vec::new();
+        for m in modules.iter().filter(|m| class(m) == "Dense") {
+            dense.push(dense_spec(repo, m.path.trim_end_matches('/'), dense.last().map_or(pooled, |d: &DenseSpec| d.out_features))?);
+        }
+        // The vectors are as wide as the last Dense layer makes them.
+        let dimension = dense.last().map_or(pooled, |d| d.out_features);
+        let (family, architectures) = match transformer {
+            Some(c) => (c.model_type, c.architectures),
+            None => (None, Vec::new()),
+        };
         Ok(Self {
             max_seq_length,
             pooling,
@@ -308,6 +421,13 @@ impl ModelConfig {
             prompts,
             default_prompt_name,
             include_prompt,
+            dense,
+            hidden_size,
+            family,
+            architectures,
+            modules: modules.iter().map(class).collect(),
+            padding_left,
+            pad_token,
         })
     }
 
@@ -360,6 +480,26 @@ fn head(
         None => Activation::Softmax,
     };
     Ok(Some(Head { labels, activation }))
+}
+
+/// Reads one Dense module's config; its input must be what the step before it gives.
+fn dense_spec(repo: &ModelRepo, dir: &str, previous: usize) -> Result<DenseSpec, ConfigError> {
+    let file = format!("{dir}/config.json");
+    let path = repo.file(&file)?;
+    let cfg: DenseConfig = read_json(&path)?;
+    if cfg.in_features != previous {
+        return Err(ConfigError::DenseChain { path, in_features: cfg.in_features, previous });
+    }
+    let name = cfg.activation_function.unwrap_or_else(|| "torch.nn.modules.activation.Tanh".to_string());
+    let activation =
+        DenseActivation::from_torch(&name).ok_or_else(|| ConfigError::UnsupportedDenseActivation { path, name })?;
+    Ok(DenseSpec {
+        path: dir.to_string(),
+        in_features: cfg.in_features,
+        out_features: cfg.out_features,
+        bias: cfg.bias,
+        activation,
+    })
 }
 
 fn pooling_mode(path: &Path, cfg: &PoolingConfig) -> Result<Pooling, ConfigError> {

@@ -12,10 +12,13 @@ pub fn pool(hidden: ArrayView3<'_, f32>, mask: ArrayView2<'_, i64>, pooling: Poo
         .outer_iter()
         .zip(mask.outer_iter())
         .map(|(tokens, mask)| {
-            let len = mask.iter().take_while(|&&m| m != 0).count().max(1);
+            // Real tokens may follow padding (left-padded decoders) or precede it.
+            let first = mask.iter().position(|&m| m != 0).unwrap_or(0);
+            let last = mask.iter().rposition(|&m| m != 0).unwrap_or(0);
             match pooling {
-                Pooling::Cls => tokens.row(0).to_vec(),
-                Pooling::LastToken => tokens.row(len - 1).to_vec(),
+                Pooling::Cls => tokens.row(first).to_vec(),
+                // The last real token, whichever side the padding is on (sentence-transformers too).
+                Pooling::LastToken => tokens.row(last).to_vec(),
                 Pooling::Mean | Pooling::MeanSqrtLen => {
                     let mut out = vec![0f32; dim];
                     let mut count = 0f32;
@@ -77,6 +80,14 @@ mod tests {
         let mask = array![[1i64, 1, 1], [1, 1, 0]];
         assert_eq!(pool(hidden().view(), mask.view(), Pooling::Cls), vec![vec![1.0, 2.0], vec![-1.0, 1.0]]);
         assert_eq!(pool(hidden().view(), mask.view(), Pooling::LastToken), vec![vec![5.0, 0.0], vec![3.0, -3.0]]);
+    }
+
+    #[test]
+    fn last_token_and_cls_find_the_real_tokens_behind_left_padding() {
+        let mask = array![[1i64, 1, 1], [0, 1, 1]];
+        assert_eq!(pool(hidden().view(), mask.view(), Pooling::LastToken), vec![vec![5.0, 0.0], vec![100.0, 100.0]]);
+        assert_eq!(pool(hidden().view(), mask.view(), Pooling::Cls), vec![vec![1.0, 2.0], vec![3.0, -3.0]]);
+        assert_eq!(pool(hidden().view(), mask.view(), Pooling::Mean)[1], vec![51.5, 48.5]);
     }
 
     #[test]

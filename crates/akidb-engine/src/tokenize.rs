@@ -122,6 +122,8 @@ pub struct Tokenizer {
     /// The same cutting the start of long inputs, made on first use.
     left: std::sync::OnceLock<tokenizers::Tokenizer>,
     pad_id: i64,
+    /// Padding goes before the tokens (decoders such as Qwen3 are exported and pooled that way).
+    pad_left: bool,
 }
 
 impl Tokenizer {
@@ -129,6 +131,7 @@ impl Tokenizer {
         let load_err = |message: String| TokenizeError::Load { path: path.display().to_string(), message };
         let mut inner = tokenizers::Tokenizer::from_file(path).map_err(|e| load_err(e.to_string()))?;
         let pad_id = inner.get_padding().map_or(0, |p| i64::from(p.pad_id));
+        let pad_left = inner.get_padding().is_some_and(|p| matches!(p.direction, tokenizers::PaddingDirection::Left));
         // Padding is ours (per batch); truncation is the model's, whatever the file says.
         inner.with_padding(None);
         inner
@@ -139,7 +142,33 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self { inner, untruncated: std::sync::OnceLock::new(), left: std::sync::OnceLock::new(), pad_id })
+        Ok(Self {
+            inner,
+            untruncated: std::sync::OnceLock::new(),
+            left: std::sync::OnceLock::new(),
+            pad_id,
+            pad_left,
+        })
+    }
+
+    /// Pads as the model's `tokenizer_config.json` says, where tokenizer.json says nothing: on
+    /// the left for `padding_side: left`, with its `pad_token` (XLM-R's position ids count from
+    /// the pad id, so padding with another id moves them).
+    pub fn pad_as(mut self, left: bool, pad_token: Option<&str>) -> Self {
+        if self.inner.get_padding().is_none() {
+            self.pad_left = left;
+            if let Some(id) = pad_token.and_then(|t| self.inner.token_to_id(t)) {
+                self.pad_id = i64::from(id);
+            }
+        } else {
+            self.pad_left |= left;
+        }
+        self
+    }
+
+    /// Whether padding goes before the tokens.
+    pub fn pads_left(&self) -> bool {
+        self.pad_left
     }
 
     /// Tokenizes without computing offsets: a few texts on the calling thread, more in parallel on the
@@ -237,17 +266,20 @@ impl Tokenizer {
         let mut input_ids = Array2::from_elem((rows, width), self.pad_id);
         let mut attention_mask = Array2::zeros((rows, width));
         let mut token_type_ids = Array2::zeros((rows, width));
+        // Where each row's tokens start: 0, or after the padding when it goes first.
+        let start = |t: &Tokens| if self.pad_left { width - t.len() } else { 0 };
         for (row, tokens) in items.iter().enumerate() {
+            let from = start(tokens);
             for (col, (&id, &ty)) in tokens.ids.iter().zip(&tokens.type_ids).enumerate() {
-                input_ids[[row, col]] = i64::from(id);
-                attention_mask[[row, col]] = 1;
-                token_type_ids[[row, col]] = i64::from(ty);
+                input_ids[[row, from + col]] = i64::from(id);
+                attention_mask[[row, from + col]] = 1;
+                token_type_ids[[row, from + col]] = i64::from(ty);
             }
         }
         let pool_mask = items.iter().any(|t| t.pool_from > 0).then(|| {
             let mut mask = attention_mask.clone();
             for (row, tokens) in items.iter().enumerate() {
-                mask.row_mut(row).iter_mut().take(tokens.pool_from).for_each(|m| *m = 0);
+                mask.row_mut(row).iter_mut().skip(start(tokens)).take(tokens.pool_from).for_each(|m| *m = 0);
             }
             mask
         });

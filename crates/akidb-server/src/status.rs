@@ -63,6 +63,8 @@ fn model_info(model: &Served) -> serde_json::Value {
         "device": device,
         "max_batch_tokens": budget.max_tokens,
         "max_batch_size": budget.max_rows,
+        // What the loader found and does: inputs fed, output read, Dense layers, fusion and why.
+        "pipeline": info.pipeline,
     })
 }
 

@@ -6,11 +6,12 @@ use std::{ffi::CStr, path::Path, sync::OnceLock};
 use ndarray::{ArrayView, ArrayView2, Dimension};
 use ort::{
     ep::{self, ExecutionProvider},
+    memory::Allocator,
     session::{
         builder::{AutoDevicePolicy, GraphOptimizationLevel},
         Session as OrtSession, SessionInputValue,
     },
-    value::TensorRef,
+    value::{DynTensor, Tensor, TensorElementType, TensorRef, ValueType},
 };
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ pub enum RuntimeError {
     CoreMlUnavailable,
     #[error("ONNX model {path} has no input named input_ids or attention_mask (inputs: {inputs})")]
     UnsupportedInputs { path: String, inputs: String },
+    #[error("ONNX model {path} needs input '{name}', which akidb cannot fill: {why} (inputs: {inputs}; a model-specific input is declared with --model-input NAME=VALUE)")]
+    UnfillableInput { path: String, name: String, why: String, inputs: String },
     #[error("ONNX model output has shape {0:?}; expected [batch, tokens, hidden] for an embedder, [batch, labels] for a classification head")]
     UnexpectedOutput(Vec<usize>),
     #[error(
@@ -192,6 +195,9 @@ pub struct SessionOptions {
     /// Write ONNX Runtime's profile (Chrome trace JSON) of the serving session to this file when
     /// the session ends (see [`finish_profiling`]).
     pub profile: Option<std::path::PathBuf>,
+    /// Values for graph inputs only the model knows the meaning of (jina-v3's `task_id`),
+    /// declared rather than guessed: each is an int64 filled into the input's shape ([`Feed`]).
+    pub model_inputs: std::collections::BTreeMap<String, i64>,
 }
 
 impl Default for SessionOptions {
@@ -204,6 +210,7 @@ impl Default for SessionOptions {
             coreml: CoreMlOptions::default(),
             remeasure_device: false,
             profile: None,
+            model_inputs: Default::default(),
         }
     }
 }
@@ -225,10 +232,131 @@ impl SessionOptions {
     }
 }
 
+/// How a session fills one of its graph's inputs from a batch: what an encoder-style forward
+/// needs, read from the graph's declared inputs rather than assumed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Feed {
+    InputIds,
+    AttentionMask,
+    TokenTypeIds,
+    /// Positions counted over each row's real tokens (`cumsum(mask) - 1`), so left padding gives
+    /// the positions no padding would; padding gets 1, as transformers does.
+    PositionIds,
+    /// An empty key/value cache, `[rows, heads, 0, head_dim]`, for decoder exports with past
+    /// inputs (optimum's, onnx-community's): embedding runs one forward pass with no past.
+    EmptyPast { ty: TensorElementType, heads: i64, head_dim: i64 },
+    /// optimum's merged decoders choose their branch by this flag: `false`, no cache.
+    UseCacheBranch,
+    /// A value declared in [`SessionOptions::model_inputs`], int64, filled into the input's shape:
+    /// fixed dimensions as declared, a dynamic first dimension as the rows, a dynamic second as
+    /// the tokens.
+    Declared { value: i64, shape: Vec<i64> },
+}
+
+impl Feed {
+    /// What it is fed, for `inspect` and `/info`.
+    pub fn describe(&self) -> String {
+        match self {
+            Feed::InputIds => "token ids".into(),
+            Feed::AttentionMask => "attention mask".into(),
+            Feed::TokenTypeIds => "token type ids".into(),
+            Feed::PositionIds => "positions over real tokens".into(),
+            Feed::EmptyPast { ty, heads, head_dim } => format!("empty past [rows, {heads}, 0, {head_dim}] {ty:?}"),
+            Feed::UseCacheBranch => "false (no cache)".into(),
+            Feed::Declared { value, .. } => format!("{value} (declared)"),
+        }
+    }
+}
+
+/// One graph output: its name, rank and last dimension (when fixed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OutputInfo {
+    pub name: String,
+    pub rank: usize,
+    pub width: Option<usize>,
+}
+
+/// Decides each input's [`Feed`], or names the one that cannot be filled.
+fn plan_feeds(
+    path: &Path,
+    inputs: &[(String, ValueType)],
+    declared: &std::collections::BTreeMap<String, i64>,
+) -> Result<Vec<(String, Feed)>, RuntimeError> {
+    let names = || inputs.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ");
+    let unfillable = |name: &str, why: String| RuntimeError::UnfillableInput {
+        path: path.display().to_string(),
+        name: name.to_string(),
+        why,
+        inputs: names(),
+    };
+    if !inputs.iter().any(|(n, _)| n == "input_ids") || !inputs.iter().any(|(n, _)| n == "attention_mask") {
+        return Err(RuntimeError::UnsupportedInputs { path: path.display().to_string(), inputs: names() });
+    }
+    inputs
+        .iter()
+        .map(|(name, ty)| {
+            let (elem, shape) = match ty {
+                ValueType::Tensor { ty, shape, .. } => (*ty, shape.iter().copied().collect::<Vec<i64>>()),
+                other => return Err(unfillable(name, format!("it is a {other:?}, not a tensor"))),
+            };
+            let feed = if let Some(&value) = declared.get(name) {
+                Feed::Declared { value, shape }
+            } else {
+                match name.as_str() {
+                    "input_ids" => Feed::InputIds,
+                    "attention_mask" => Feed::AttentionMask,
+                    "token_type_ids" => Feed::TokenTypeIds,
+                    "position_ids" => Feed::PositionIds,
+                    "use_cache_branch" => Feed::UseCacheBranch,
+                    past if past.starts_with("past_key_values.") || past.starts_with("past_key.") || past.starts_with("past_value.") => {
+                        match shape.as_slice() {
+                            [_, heads, _, head_dim] if *heads > 0 && *head_dim > 0 => {
+                                Feed::EmptyPast { ty: elem, heads: *heads, head_dim: *head_dim }
+                            }
+                            _ => {
+                                return Err(unfillable(
+                                    name,
+                                    format!("a key/value cache of shape {shape:?}; akidb needs [batch, heads, past, head_dim] with heads and head_dim fixed in the graph"),
+                                ))
+                            }
+                        }
+                    }
+                    _ => return Err(unfillable(name, "its meaning is model-specific".into())),
+                }
+            };
+            let int_inputs =
+                matches!(feed, Feed::InputIds | Feed::AttentionMask | Feed::TokenTypeIds | Feed::PositionIds | Feed::Declared { .. });
+            if int_inputs && elem != TensorElementType::Int64 {
+                return Err(unfillable(name, format!("it takes {elem:?}; akidb feeds int64")));
+            }
+            if feed == Feed::UseCacheBranch && elem != TensorElementType::Bool {
+                return Err(unfillable(name, format!("it takes {elem:?}; akidb feeds a bool")));
+            }
+            Ok((name.clone(), feed))
+        })
+        .collect()
+}
+
+/// `cumsum(mask) - 1` per row over real tokens, 1 at padding.
+fn position_ids(mask: ArrayView2<'_, i64>) -> ndarray::Array2<i64> {
+    let mut out = ndarray::Array2::<i64>::ones(mask.raw_dim());
+    for (mut row, m) in out.outer_iter_mut().zip(mask.outer_iter()) {
+        let mut next = 0;
+        for (o, &m) in row.iter_mut().zip(m.iter()) {
+            if m != 0 {
+                *o = next;
+                next += 1;
+            }
+        }
+    }
+    out
+}
+
 /// A transformer session: token ids in, hidden states out.
 pub struct Session {
     inner: std::sync::Arc<Mutex<OrtSession>>,
-    token_type_ids: bool,
+    feeds: Vec<(String, Feed)>,
+    outputs: Vec<OutputInfo>,
     output: String,
     provider: Provider,
     /// Where this session's profile goes when it ends, if profiling.
@@ -396,31 +524,43 @@ impl Session {
         drop(turn);
         let session = session.map_err(load_err)?;
 
-        let inputs: Vec<String> = session.inputs().iter().map(|i| i.name().to_string()).collect();
-        if !inputs.iter().any(|n| n == "input_ids") || !inputs.iter().any(|n| n == "attention_mask") {
-            return Err(RuntimeError::UnsupportedInputs {
-                path: path.display().to_string(),
-                inputs: inputs.join(", "),
-            });
-        }
-        let outputs: Vec<String> = session.outputs().iter().map(|o| o.name().to_string()).collect();
+        let inputs: Vec<(String, ValueType)> =
+            session.inputs().iter().map(|i| (i.name().to_string(), i.dtype().clone())).collect();
+        let feeds = plan_feeds(path, &inputs, &options.model_inputs)?;
+        let outputs: Vec<OutputInfo> = session
+            .outputs()
+            .iter()
+            .map(|o| {
+                let (rank, width) = match o.dtype() {
+                    ValueType::Tensor { shape, .. } => {
+                        (shape.len(), shape.last().and_then(|&d| usize::try_from(d).ok()).filter(|&d| d > 0))
+                    }
+                    _ => (0, None),
+                };
+                OutputInfo { name: o.name().to_string(), rank, width }
+            })
+            .collect();
+        // The token vectors where the graph has them (the fused-graph check compares them token by
+        // token), else its first output (a head's logits).
         let output = ["last_hidden_state", "token_embeddings"]
             .into_iter()
-            .find(|name| outputs.iter().any(|o| o == name))
+            .find(|name| outputs.iter().any(|o| o.name == *name))
             .map(str::to_string)
-            .or_else(|| outputs.first().cloned())
+            .or_else(|| outputs.iter().find(|o| o.rank == 3).map(|o| o.name.clone()))
+            .or_else(|| outputs.first().map(|o| o.name.clone()))
             .ok_or_else(|| RuntimeError::Load {
                 path: path.display().to_string(),
                 message: "model has no outputs".into(),
             })?;
-        tracing::debug!(?inputs, %output, provider = provider.as_str(), "ONNX session ready");
+        tracing::debug!(?feeds, %output, provider = provider.as_str(), "ONNX session ready");
         let inner = std::sync::Arc::new(Mutex::new(session));
         if let Some(target) = &options.profile {
             PROFILING.lock().push((std::sync::Arc::downgrade(&inner), target.clone()));
         }
         Ok(Self {
             inner,
-            token_type_ids: inputs.iter().any(|n| n == "token_type_ids"),
+            feeds,
+            outputs,
             output,
             provider,
             profile: options.profile.clone(),
@@ -431,7 +571,22 @@ impl Session {
         self.provider
     }
 
-    /// Runs the batch and hands the output to `f` without copying: hidden states
+    /// Every graph input and how it is fed.
+    pub fn feeds(&self) -> &[(String, Feed)] {
+        &self.feeds
+    }
+
+    /// The graph's outputs.
+    pub fn outputs(&self) -> &[OutputInfo] {
+        &self.outputs
+    }
+
+    /// The output [`Session::run`] reads: the token vectors, or a head's logits.
+    pub fn default_output(&self) -> &str {
+        &self.output
+    }
+
+    /// Runs the batch and hands the default output to `f` without copying: hidden states
     /// `[batch, tokens, hidden]` (`Ix3`) for an embedder, logits `[batch, labels]` (`Ix2`) for a
     /// classification head. An output of another rank is an error.
     pub fn run<D: Dimension, R>(
@@ -439,18 +594,55 @@ impl Session {
         batch: Inputs<'_>,
         f: impl FnOnce(ArrayView<'_, f32, D>) -> R,
     ) -> Result<R, RuntimeError> {
-        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = vec![
-            ("input_ids", TensorRef::from_array_view(batch.input_ids)?.into()),
-            ("attention_mask", TensorRef::from_array_view(batch.attention_mask)?.into()),
-        ];
-        if self.token_type_ids {
-            inputs.push(("token_type_ids", TensorRef::from_array_view(batch.token_type_ids)?.into()));
+        self.run_output(batch, &self.output, f)
+    }
+
+    /// [`Session::run`], reading the output `name` (e.g. `sentence_embedding`).
+    pub fn run_output<D: Dimension, R>(
+        &self,
+        batch: Inputs<'_>,
+        name: &str,
+        f: impl FnOnce(ArrayView<'_, f32, D>) -> R,
+    ) -> Result<R, RuntimeError> {
+        let (rows, tokens) = batch.input_ids.dim();
+        let positions = self.feeds.iter().any(|(_, f)| *f == Feed::PositionIds).then(|| position_ids(batch.attention_mask));
+        let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(self.feeds.len());
+        for (input, feed) in &self.feeds {
+            let value: SessionInputValue<'_> = match feed {
+                Feed::InputIds => TensorRef::from_array_view(batch.input_ids)?.into(),
+                Feed::AttentionMask => TensorRef::from_array_view(batch.attention_mask)?.into(),
+                Feed::TokenTypeIds => TensorRef::from_array_view(batch.token_type_ids)?.into(),
+                Feed::PositionIds => match &positions {
+                    Some(p) => TensorRef::from_array_view(p.view())?.into(),
+                    None => return Err(RuntimeError::Ort("position ids were not computed".into())),
+                },
+                Feed::EmptyPast { ty, heads, head_dim } => {
+                    let shape = [rows as i64, *heads, 0, *head_dim];
+                    DynTensor::new(&Allocator::default(), *ty, shape)?.into()
+                }
+                Feed::UseCacheBranch => Tensor::from_array(([1usize], vec![false]))?.into(),
+                Feed::Declared { value, shape } => {
+                    let dims: Vec<usize> = shape
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &d)| match (i, usize::try_from(d)) {
+                            (_, Ok(d)) if d > 0 => d,
+                            (0, _) => rows,
+                            (1, _) => tokens,
+                            _ => 1,
+                        })
+                        .collect();
+                    let count = dims.iter().product();
+                    Tensor::from_array((dims, vec![*value; count]))?.into()
+                }
+            };
+            inputs.push((input.as_str(), value));
         }
         let mut session = self.inner.lock();
         let outputs = session.run(inputs)?;
         let value = outputs
-            .get(&self.output)
-            .ok_or_else(|| RuntimeError::Ort(format!("output {} missing from the run's results", self.output)))?;
+            .get(name)
+            .ok_or_else(|| RuntimeError::Ort(format!("output {name} missing from the run's results")))?;
         let output = value.try_extract_array::<f32>()?;
         let shape = output.shape().to_vec();
         let output = output.into_dimensionality::<D>().map_err(|_| RuntimeError::UnexpectedOutput(shape))?;
@@ -503,6 +695,13 @@ mod tests {
         }
         let ep = format!("{:?}", CoreMlOptions { compute_units: ComputeUnits::CpuOnly, ..Default::default() }.to_ep());
         assert!(ep.contains("CPUOnly") && !ep.contains("ModelCacheDirectory"), "{ep}");
+    }
+
+    #[test]
+    fn positions_count_real_tokens_whichever_side_the_padding_is() {
+        let mask = ndarray::array![[0i64, 0, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 1, 1, 1]];
+        let got = position_ids(mask.view());
+        assert_eq!(got, ndarray::array![[1i64, 1, 0, 1, 2], [0, 1, 2, 1, 1], [0, 1, 2, 3, 4]]);
     }
 
     #[test]
