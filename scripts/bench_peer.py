@@ -176,8 +176,23 @@ class Embedder:
             self.pooling = "mean"
         elif pooling.get("pooling_mode_cls_token"):
             self.pooling = "cls"
+        elif pooling.get("pooling_mode_lasttoken"):
+            self.pooling = "last"
         else:
-            die(f"unsupported pooling in {model_dir}/1_Pooling/config.json (mean or CLS only)")
+            die(f"unsupported pooling in {model_dir}/1_Pooling/config.json (mean, CLS or last token only)")
+        # sentence-transformers' Dense modules (weights in safetensors), run after pooling
+        # unless the graph outputs sentence_embedding (which holds them).
+        self.dense = []
+        modules_path = os.path.join(model_dir, "modules.json")
+        modules = read_json(modules_path, "modules.json") if os.path.isfile(modules_path) else []
+        for m in modules:
+            if m["type"].rsplit(".", 1)[-1] == "Dense":
+                cfg = read_json(os.path.join(model_dir, m["path"], "config.json"), "Dense config")
+                w = read_safetensors(os.path.join(model_dir, m["path"], "model.safetensors"))
+                act = (cfg.get("activation_function") or "Tanh").rsplit(".", 1)[-1]
+                self.dense.append((w["linear.weight"], w.get("linear.bias"), act))
+        tok_cfg_path = os.path.join(model_dir, "tokenizer_config.json")
+        tok_cfg = read_json(tok_cfg_path, "tokenizer_config.json") if os.path.isfile(tok_cfg_path) else {}
 
         tok_path = os.path.join(model_dir, "tokenizer.json")
         if not os.path.isfile(tok_path):
@@ -186,8 +201,13 @@ class Embedder:
         # tokenizer.json may carry fixed padding/truncation (MiniLM's says 128): replace both.
         pad = self.tokenizer.padding or {}
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        pad_token = pad.get("pad_token") or tok_cfg.get("pad_token") or "[PAD]"
+        pad_id = pad.get("pad_id", self.tokenizer.token_to_id(pad_token) or 0)
         self.tokenizer.enable_padding(
-            pad_id=pad.get("pad_id", 0), pad_type_id=pad.get("pad_type_id", 0), pad_token=pad.get("pad_token", "[PAD]")
+            pad_id=pad_id,
+            pad_type_id=pad.get("pad_type_id", 0),
+            pad_token=pad_token,
+            direction=pad.get("direction") or tok_cfg.get("padding_side", "right"),
         )
 
         onnx_path = os.path.join(model_dir, onnx_file)
@@ -202,11 +222,17 @@ class Embedder:
         self.threads = opts.intra_op_num_threads
         self.session = ort.InferenceSession(onnx_path, sess_options=opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
-        unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids"}
+        # Decoder exports (onnx-community's Qwen3): an empty key/value cache per layer.
+        self.past = {i.name: (i.shape[1], i.shape[3]) for i in self.session.get_inputs()
+                     if i.name.startswith("past_key_values.")}
+        unknown = set(self.inputs) - {"input_ids", "attention_mask", "token_type_ids", "position_ids"} - set(self.past)
         if unknown:
             die(f"{onnx_path} wants inputs this peer does not provide: {sorted(unknown)}")
         outputs = [o.name for o in self.session.get_outputs()]
-        self.output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
+        if "sentence_embedding" in outputs:
+            self.output, self.pooling, self.dense = "sentence_embedding", "graph", []
+        else:
+            self.output = "last_hidden_state" if "last_hidden_state" in outputs else outputs[0]
 
     def encode(self, texts: list[str]):
         return self.tokenizer.encode_batch(texts)
@@ -218,18 +244,47 @@ class Embedder:
         feeds = {"input_ids": ids, "attention_mask": mask}
         if "token_type_ids" in self.inputs:
             feeds["token_type_ids"] = np.array([e.type_ids for e in encodings], dtype=np.int64)
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        for name, (heads, head_dim) in self.past.items():
+            feeds[name] = np.zeros((len(encodings), heads, 0, head_dim), dtype=np.float32)
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
         hidden = self.session.run([self.output], feeds)[0]
-        if self.pooling == "mean":
+        if self.pooling == "graph":
+            pooled = hidden
+        elif self.pooling == "mean":
             m = mask[:, :, None].astype(hidden.dtype)
             pooled = (hidden * m).sum(axis=1) / np.clip(m.sum(axis=1), 1e-9, None)
+        elif self.pooling == "last":
+            last = mask.shape[1] - 1 - np.argmax(mask[:, ::-1], axis=1)
+            pooled = hidden[np.arange(len(encodings)), last, :]
         else:
             pooled = hidden[:, 0, :]
+        for weight, bias, act in self.dense:
+            pooled = pooled @ weight.T + (bias if bias is not None else 0)
+            pooled = {"Tanh": np.tanh, "Identity": lambda x: x, "ReLU": lambda x: np.maximum(x, 0)}[act](pooled)
         norms = np.linalg.norm(pooled, axis=1, keepdims=True)
         return pooled / np.clip(norms, 1e-12, None)
 
     def embed(self, texts: list[str]):
         return self.embed_encodings(self.encode(texts))
+
+
+def read_safetensors(path: str) -> dict:
+    """A safetensors file's float tensors as numpy arrays (F32/F16), without the safetensors package."""
+    import numpy as np
+    with open(path, "rb") as f:
+        data = f.read()
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n])
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = t["data_offsets"]
+        dtype = {"F32": np.float32, "F16": np.float16}[t["dtype"]]
+        out[name] = np.frombuffer(data[8 + n + start:8 + n + end], dtype=dtype).reshape(t["shape"]).astype(np.float32)
+    return out
 
 
 def read_corpus(path: str) -> list[str]:

@@ -133,7 +133,11 @@ async fn every_family_matches_its_references_over_http_with_and_without_prompts(
         let (s, v) = post(&base, "/v1/embeddings", json!({"model": model, "input": texts[1]})).await;
         assert_eq!(s, 200, "{v}");
         if prompt.is_none() {
-            assert_matches(&format!("/v1/embeddings {model}"), &vectors(&json!([v["data"][0]["embedding"]])), &want[1..2]);
+            assert_matches(
+                &format!("/v1/embeddings {model}"),
+                &vectors(&json!([v["data"][0]["embedding"]])),
+                &want[1..2],
+            );
         }
     }
     // /info says what the loader found.
@@ -204,7 +208,8 @@ fn load_error(dir: &Path, extra: &[&str]) -> String {
 }
 
 fn cli_vector(dir: &Path, extra: &[&str]) -> Vec<f32> {
-    let out = akidb().args(["embed", "--model", dir.to_str().unwrap()]).args(extra).arg("hello world").output().unwrap();
+    let out =
+        akidb().args(["embed", "--model", dir.to_str().unwrap()]).args(extra).arg("hello world").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     vectors(&v["embeddings"]).remove(0)

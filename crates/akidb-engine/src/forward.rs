@@ -23,7 +23,10 @@ pub const SENTENCE_OUTPUT: &str = "sentence_embedding";
 #[derive(Debug, Clone)]
 pub(crate) enum Readout {
     /// The token vectors pooled by akidb, then the model's Dense layers (if any).
-    Pooled { pooling: Pooling, dense: Arc<[Dense]> },
+    Pooled {
+        pooling: Pooling,
+        dense: Arc<[Dense]>,
+    },
     /// The graph's own sentence vector ([`SENTENCE_OUTPUT`]): pooling and Dense inside it.
     Sentence,
     Logits,

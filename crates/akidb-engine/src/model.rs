@@ -139,12 +139,16 @@ impl Model {
         // The Dense layers akidb runs when the graph outputs token vectors; a graph with
         // `sentence_embedding` holds them, so a failure to read them only matters without it.
         let dense: crate::dense::Layers = if config.head.is_none() {
-            dense_specs.iter().map(|spec| Dense::load(&files.repo, spec)).collect::<Result<Vec<_>, _>>().map(Into::into).map_err(Arc::new)
+            dense_specs
+                .iter()
+                .map(|spec| Dense::load(&files.repo, spec))
+                .collect::<Result<Vec<_>, _>>()
+                .map(Into::into)
+                .map_err(Arc::new)
         } else {
             Ok(Vec::new().into())
         };
-        let measure =
-            Measure { tokenizer: &tokenizer, config: &config, dense: &dense, max_seq_length, budget };
+        let measure = Measure { tokenizer: &tokenizer, config: &config, dense: &dense, max_seq_length, budget };
         let (session, fused_attention, decision) = plan.choose_device(preloaded, probe, measure)?;
         let readout = session.run(|s| Ok(Readout::rows(&config, s.outputs(), &dense)))??;
         let pipeline = session.run(|s| {

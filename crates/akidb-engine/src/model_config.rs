@@ -35,9 +35,13 @@ pub enum ConfigError {
     UnknownDefaultPrompt { path: PathBuf, name: String },
     #[error("{path}: module {index} is {module}, which akidb does not implement (it runs {supported}); running the model without it would give wrong vectors")]
     UnsupportedModule { path: PathBuf, index: usize, module: String, supported: &'static str },
-    #[error("{path}: a Dense layer of {in_features} inputs follows {previous} values; the model's modules do not chain")]
+    #[error(
+        "{path}: a Dense layer of {in_features} inputs follows {previous} values; the model's modules do not chain"
+    )]
     DenseChain { path: PathBuf, in_features: usize, previous: usize },
-    #[error("{path}: unsupported Dense activation_function '{name}'; akidb supports Identity, Tanh, ReLU, Sigmoid and GELU")]
+    #[error(
+        "{path}: unsupported Dense activation_function '{name}'; akidb supports Identity, Tanh, ReLU, Sigmoid and GELU"
+    )]
     UnsupportedDenseActivation { path: PathBuf, name: String },
 }
 
@@ -403,7 +407,11 @@ impl ModelConfig {
         let pooled = hidden_size.ok_or(ConfigError::UnknownDimension)?;
         let mut dense = Vec::new();
         for m in modules.iter().filter(|m| class(m) == "Dense") {
-            dense.push(dense_spec(repo, m.path.trim_end_matches('/'), dense.last().map_or(pooled, |d: &DenseSpec| d.out_features))?);
+            dense.push(dense_spec(
+                repo,
+                m.path.trim_end_matches('/'),
+                dense.last().map_or(pooled, |d: &DenseSpec| d.out_features),
+            )?);
         }
         // The vectors are as wide as the last Dense layer makes them.
         let dimension = dense.last().map_or(pooled, |d| d.out_features);

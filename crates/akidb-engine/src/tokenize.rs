@@ -142,13 +142,7 @@ impl Tokenizer {
                 direction: TruncationDirection::Right,
             }))
             .map_err(|e| load_err(e.to_string()))?;
-        Ok(Self {
-            inner,
-            untruncated: std::sync::OnceLock::new(),
-            left: std::sync::OnceLock::new(),
-            pad_id,
-            pad_left,
-        })
+        Ok(Self { inner, untruncated: std::sync::OnceLock::new(), left: std::sync::OnceLock::new(), pad_id, pad_left })
     }
 
     /// Pads as the model's `tokenizer_config.json` says, where tokenizer.json says nothing: on

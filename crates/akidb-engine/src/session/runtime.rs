@@ -244,13 +244,20 @@ pub enum Feed {
     PositionIds,
     /// An empty key/value cache, `[rows, heads, 0, head_dim]`, for decoder exports with past
     /// inputs (optimum's, onnx-community's): embedding runs one forward pass with no past.
-    EmptyPast { ty: TensorElementType, heads: i64, head_dim: i64 },
+    EmptyPast {
+        ty: TensorElementType,
+        heads: i64,
+        head_dim: i64,
+    },
     /// optimum's merged decoders choose their branch by this flag: `false`, no cache.
     UseCacheBranch,
     /// A value declared in [`SessionOptions::model_inputs`], int64, filled into the input's shape:
     /// fixed dimensions as declared, a dynamic first dimension as the rows, a dynamic second as
     /// the tokens.
-    Declared { value: i64, shape: Vec<i64> },
+    Declared {
+        value: i64,
+        shape: Vec<i64>,
+    },
 }
 
 impl Feed {
@@ -557,14 +564,7 @@ impl Session {
         if let Some(target) = &options.profile {
             PROFILING.lock().push((std::sync::Arc::downgrade(&inner), target.clone()));
         }
-        Ok(Self {
-            inner,
-            feeds,
-            outputs,
-            output,
-            provider,
-            profile: options.profile.clone(),
-        })
+        Ok(Self { inner, feeds, outputs, output, provider, profile: options.profile.clone() })
     }
 
     pub fn provider(&self) -> Provider {
@@ -605,7 +605,8 @@ impl Session {
         f: impl FnOnce(ArrayView<'_, f32, D>) -> R,
     ) -> Result<R, RuntimeError> {
         let (rows, tokens) = batch.input_ids.dim();
-        let positions = self.feeds.iter().any(|(_, f)| *f == Feed::PositionIds).then(|| position_ids(batch.attention_mask));
+        let positions =
+            self.feeds.iter().any(|(_, f)| *f == Feed::PositionIds).then(|| position_ids(batch.attention_mask));
         let mut inputs: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(self.feeds.len());
         for (input, feed) in &self.feeds {
             let value: SessionInputValue<'_> = match feed {
