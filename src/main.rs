@@ -42,6 +42,8 @@ enum Command {
     Predict(Box<PredictArgs>),
     /// Load a model and report what akidb found: kind, family, the ONNX inputs it feeds and the output it reads, pooling, Dense layers, padding side, prompts, max length, fused or not and why
     Inspect(Box<InspectArgs>),
+    /// Ask a running server's /health whether it is ready; exit 0 if so (a probe for images with no shell or curl)
+    Health(HealthArgs),
 }
 
 #[derive(clap::Args)]
@@ -51,6 +53,16 @@ struct InspectArgs {
     /// Print the report as JSON (the same fields as the model's entry in the server's /info)
     #[arg(long)]
     json: bool,
+}
+
+#[derive(clap::Args)]
+struct HealthArgs {
+    /// The URL to ask
+    #[arg(long, env = "AKIDB_HEALTH_URL", default_value = "http://127.0.0.1:8080/health")]
+    url: String,
+    /// Seconds to wait for the answer
+    #[arg(long, default_value_t = 2)]
+    timeout: u64,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +183,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Rerank(args) => rerank(*args, &file),
         Command::Predict(args) => predict(*args, &file),
         Command::Inspect(args) => inspect(*args, &file),
+        Command::Health(args) => health(&args),
     }
 }
 
@@ -360,7 +373,44 @@ fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     Ok(())
 }
 
+/// `akidb health`: 2xx from the server is healthy; anything else (or no answer) exits 1.
+fn health(args: &HealthArgs) -> Result<()> {
+    let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(args.timeout)).build();
+    match agent.get(&args.url).call() {
+        Ok(r) => {
+            println!("{} {}", r.status(), r.into_string().unwrap_or_default().trim());
+            Ok(())
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            bail!("{} answered {code}: {}", args.url, r.into_string().unwrap_or_default().trim())
+        }
+        Err(e) => bail!("{e}"),
+    }
+}
+
+/// `embed --worker`: the model loads once, then stdin requests are answered on stdout until EOF.
+fn embed_worker(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
+    if !args.texts.is_empty() {
+        bail!("--worker reads its texts from stdin, not arguments");
+    }
+    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
+    embedder.info().prompt(args.prompt_name.as_deref())?;
+    let stdout = std::io::stdout();
+    let n = akidb_corpus::worker::run_worker(
+        &embedder,
+        !args.no_normalize,
+        &args.encode_options(),
+        std::io::stdin().lock(),
+        std::io::BufWriter::new(stdout.lock()),
+    )?;
+    tracing::info!("worker answered {n} requests");
+    Ok(())
+}
+
 fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
+    if args.corpus.worker {
+        return embed_worker(args, file);
+    }
     if args.corpus.requested() {
         return embed_corpus(args, file);
     }

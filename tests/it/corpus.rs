@@ -577,3 +577,59 @@ fn a_null_parquet_text_names_its_row() {
     ok(&embed(TINY, &["--skip-invalid", "--input", s(&input), "--output", s(&skipped)]));
     assert_eq!(read_jsonl(&skipped).len(), 2);
 }
+
+#[test]
+fn three_shards_one_killed_and_resumed_equal_one_whole_run() {
+    const N: usize = 30_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("corpus.jsonl");
+    let mut f = fs::File::create(&input).unwrap();
+    for (i, line) in synthetic_lines(N).lines().enumerate() {
+        writeln!(f, "{}", serde_json::json!({"text": line, "id": format!("doc-{i}")})).unwrap();
+    }
+    drop(f);
+    let common = ["embed", "--model", TINY, "--id-field", "id", "--input", s(&input)];
+    let full = dir.path().join("full.parquet");
+    ok(&akidb().args(common).args(["--max-batch-size", "16", "--output", s(&full)]).output().unwrap());
+
+    let part = |i: usize| dir.path().join(format!("part-{i}.parquet"));
+    // Shard 1 is SIGKILLed once a Parquet part of it is on disk, then resumed (as a Job retry would).
+    let child = akidb()
+        .args(common)
+        .args(["--max-batch-size", "8", "--shard", "1/3", "--output", s(&part(1))])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let parts = output_parts(&part(1));
+    kill_when(child, || parts.join("part-000000.parquet").exists());
+    let wrong = akidb().args(common).args(["--shard", "2/3", "--resume", "--output", s(&part(1))]).output().unwrap();
+    let wrong_err = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && wrong_err.contains("--shard"), "another shard cannot resume it: {wrong_err}");
+    // The batch size differs between shards and runs: the split does not depend on it.
+    for (i, batch) in [(0, "32"), (1, "4"), (2, "8")] {
+        let (out, shard) = (part(i), format!("{i}/3"));
+        let mut args = vec!["--max-batch-size", batch, "--output", s(&out)];
+        args.extend(["--shard", &shard]);
+        if i == 1 {
+            args.push("--resume");
+        }
+        let stderr = ok(&akidb().args(common).args(&args).output().unwrap());
+        if i == 1 {
+            assert!(kept_rows(&stderr) >= 4096, "the killed shard keeps its complete rows: {stderr}");
+        }
+    }
+
+    let mut union = Vec::new();
+    for i in 0..3 {
+        let rows = read_parquet(&part(i), 32);
+        let share = rows.len() as f64 / (N as f64 / 3.0);
+        assert!((0.9..=1.1).contains(&share), "shard {i} has {} rows of {N}", rows.len());
+        assert!(rows.iter().all(|r| r.index % 3 == i as u64), "shard {i} keeps whole-corpus indexes");
+        union.extend(rows);
+    }
+    union.sort_by_key(|r| r.index);
+    let want = read_parquet(&full, 32);
+    assert_eq!(want.len(), N);
+    assert_same_rows(&union, &want);
+    assert_eq!(union[N - 1].id, Some(Value::from(format!("doc-{}", N - 1))));
+}

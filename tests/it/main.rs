@@ -4,6 +4,7 @@
 
 mod architecture;
 mod cli;
+mod cluster;
 mod cold_start;
 mod common;
 mod concurrent_sessions;

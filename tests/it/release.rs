@@ -58,6 +58,36 @@ fn linux_tarball_runs_akidb_embed_from_an_empty_directory() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let got: Vec<f32> = v["embeddings"][0].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     assert!(cosine(&got, &rows[0].1) >= 0.9999);
+
+    // The Dockerfile copies this directory into gcr.io/distroless/cc-debian12: everything the
+    // binary and ONNX Runtime load must be beside them or in that image (glibc, libgcc, libstdc++).
+    let distroless_cc = [
+        "linux-vdso",
+        "ld-linux",
+        "libc.so",
+        "libm.so",
+        "libdl.so",
+        "librt.so",
+        "libpthread.so",
+        "libgcc_s.so",
+        "libstdc++.so",
+    ];
+    for file in ["akidb", "libonnxruntime.so.1"] {
+        // Without cargo's LD_LIBRARY_PATH (target/release), as the image runs it.
+        let ldd = Command::new("ldd").env_remove("LD_LIBRARY_PATH").arg(top.join(file)).output().expect("ldd");
+        let text = String::from_utf8_lossy(&ldd.stdout).to_string();
+        for lib in text.lines().filter_map(|l| l.split_whitespace().next()) {
+            let beside = lib == "libonnxruntime.so.1" && text.contains(&format!("{}", top.join(lib).display()));
+            assert!(beside || distroless_cc.iter().any(|d| lib.contains(d)), "{file} needs {lib}:\n{text}");
+        }
+    }
+    // The probe client the image's HEALTHCHECK runs, from the unpacked layout: no server, exit 1.
+    let health = Command::new(top.join("akidb"))
+        .env_clear()
+        .args(["health", "--url", "http://127.0.0.1:9/health", "--timeout", "1"])
+        .output()
+        .expect("run akidb health");
+    assert!(!health.status.success() && String::from_utf8_lossy(&health.stderr).contains("127.0.0.1:9"));
 }
 
 /// `check-jsonschema` from scripts/test.sh's venv (or PATH); `None` means skip, except in CI.

@@ -6,6 +6,7 @@
 pub mod input;
 pub mod output;
 pub mod progress;
+pub mod worker;
 
 use std::{
     path::PathBuf,
@@ -14,7 +15,7 @@ use std::{
 };
 
 pub use input::{Id, InputError, InputFormat, InputSpec, Record};
-pub use output::{OutputError, OutputFormat, OutputSpec};
+pub use output::{OutputError, OutputFormat, OutputSpec, Shard};
 pub use progress::Summary;
 
 use akidb_engine::{EncodeOptions, EngineError, Model};
@@ -51,9 +52,17 @@ pub struct CorpusArgs {
     /// Continue an interrupted .jsonl or .parquet output, keeping its complete rows
     #[arg(long)]
     pub resume: bool,
+    /// Embed only shard I of N (0-based): the valid records whose number k has k mod N = I. Rows
+    /// keep the whole corpus's `index`, so N shards' outputs together are one whole run.
+    #[arg(long, value_name = "I/N", env = "AKIDB_SHARD")]
+    pub shard: Option<Shard>,
     /// Log and skip invalid records instead of stopping at the first one
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Stay running as a worker: one {"texts": [...]} request per stdin line, one
+    /// {"embeddings": [...]} answer per stdout line, flushed (for Ray actors and other pipelines)
+    #[arg(long, conflicts_with_all = ["input", "output", "resume", "shard", "id_field", "skip_invalid"])]
+    pub worker: bool,
     /// No progress bar, progress lines or summary
     #[arg(long, short = 'q')]
     pub quiet: bool,
@@ -132,7 +141,9 @@ pub fn run(
         dimension: embedder.info().dimension,
         with_ids: args.id_field.is_some(),
         resume: args.resume,
+        shard: args.shard.unwrap_or_default(),
     };
+    let shard = output.shard;
     let mut sink = output::open(&output)?;
     let resumed = sink.done();
     let (records, total) = input::open(&input)?;
@@ -152,10 +163,11 @@ pub fn run(
         })
         .map_err(|source| InputError::Io { file: input.name(), source })?;
 
-    let mut progress = progress::Progress::new(total, resumed, args.quiet);
+    let mut progress = progress::Progress::new(total.map(|t| shard.share(t)), resumed, args.quiet);
     let mut summary = Summary { resumed, ..Summary::default() };
     let started = Instant::now();
-    let mut window = Window { seen: 0, skip: resumed, skip_invalid: args.skip_invalid, records: Vec::new() };
+    let mut window =
+        Window { seen: 0, skip: shard.global(resumed), shard, skip_invalid: args.skip_invalid, records: Vec::new() };
     let result = loop {
         let stop = window.fill(&rx, &mut summary.skipped);
         if !window.records.is_empty() {
@@ -209,10 +221,11 @@ enum Stop {
 }
 
 struct Window {
-    /// Valid records received so far (including skipped resumed ones).
+    /// Valid records received so far (including skipped resumed ones and other shards' ones).
     seen: u64,
-    /// Records already in the output from an earlier run.
+    /// The whole-corpus number of the first record not yet in the output from an earlier run.
     skip: u64,
+    shard: Shard,
     skip_invalid: bool,
     records: Vec<Record>,
 }
@@ -234,8 +247,9 @@ impl Window {
             };
             match item {
                 Ok(record) => {
+                    let k = self.seen;
                     self.seen += 1;
-                    if self.seen <= self.skip {
+                    if k < self.skip || !self.shard.owns(k) {
                         continue;
                     }
                     self.records.push(record);

@@ -68,6 +68,52 @@ pub enum OutputError {
     MixedIds { got: String, want: &'static str },
 }
 
+/// One process's share of a corpus: record `k` (0-based, counting valid records) belongs to shard
+/// `k mod count`. Round-robin needs no record count up front (stdin works), is the same whatever
+/// the batch sizes, and leaves shards at most one record apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub index: u64,
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl Shard {
+    /// Whether record `k` of the whole corpus is this shard's.
+    pub fn owns(self, k: u64) -> bool {
+        k % self.count == self.index
+    }
+
+    /// The whole-corpus number of this shard's `j`-th record.
+    pub fn global(self, j: u64) -> u64 {
+        self.index + j * self.count
+    }
+
+    /// How many of `total` records are this shard's.
+    pub fn share(self, total: u64) -> u64 {
+        total.saturating_sub(self.index).div_ceil(self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a shard: expected I/N with 0 <= I < N, e.g. 0/8");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (i.trim().parse::<u64>().map_err(|_| bad())?, n.trim().parse::<u64>().map_err(|_| bad())?);
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
 /// Where and how to write, and what each row carries.
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
@@ -76,6 +122,8 @@ pub struct OutputSpec {
     pub dimension: usize,
     pub with_ids: bool,
     pub resume: bool,
+    /// Rows are this shard's records, numbered as in the whole corpus.
+    pub shard: Shard,
 }
 
 impl OutputSpec {
@@ -120,6 +168,7 @@ struct JsonlRow<'a> {
 struct JsonlSink {
     out: BufWriter<Box<dyn Write>>,
     path: PathBuf,
+    shard: Shard,
     done: u64,
     next: u64,
 }
@@ -129,7 +178,7 @@ impl JsonlSink {
         let path = spec.path.clone();
         if spec.is_stdout() {
             let out: Box<dyn Write> = Box::new(std::io::stdout());
-            return Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, done: 0, next: 0 });
+            return Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, shard: spec.shard, done: 0, next: 0 });
         }
         let err = io_err(&spec.path);
         let done = if path.exists() {
@@ -142,7 +191,7 @@ impl JsonlSink {
         };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(&err)?;
         let out: Box<dyn Write> = Box::new(file);
-        Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, done, next: done })
+        Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, shard: spec.shard, done, next: done })
     }
 }
 
@@ -182,10 +231,14 @@ fn truncate_to_complete_lines(path: &Path, spec: &OutputSpec) -> Result<u64, Out
                         why: "it was started with a different --id-field".into(),
                     });
                 }
-                if v["index"].as_u64() != Some(rows - 1) {
+                let want = spec.shard.global(rows - 1);
+                if v["index"].as_u64() != Some(want) {
                     return Err(OutputError::Mismatch {
                         path: path.to_path_buf(),
-                        why: format!("its last row has index {}, expected {}", v["index"], rows - 1),
+                        why: format!(
+                            "its last row has index {}, expected {want} (was it started with another --shard?)",
+                            v["index"]
+                        ),
                     });
                 }
             }
@@ -208,7 +261,7 @@ impl Sink for JsonlSink {
     fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
         let err = io_err(&self.path);
         for (id, embedding) in ids.iter().zip(vectors) {
-            let row = JsonlRow { index: self.next, id: id.as_ref(), embedding };
+            let row = JsonlRow { index: self.shard.global(self.next), id: id.as_ref(), embedding };
             serde_json::to_writer(&mut self.out, &row).map_err(|e| err(e.into()))?;
             self.out.write_all(b"\n").map_err(&err)?;
             self.next += 1;
@@ -260,6 +313,7 @@ struct ParquetSink {
     parts: PathBuf,
     dimension: usize,
     with_ids: bool,
+    shard: Shard,
     id_type: Option<IdType>,
     done: u64,
     next_part: usize,
@@ -278,6 +332,7 @@ impl ParquetSink {
             parts: parts.clone(),
             dimension: spec.dimension,
             with_ids: spec.with_ids,
+            shard: spec.shard,
             id_type: None,
             done: 0,
             next_part: 0,
@@ -331,7 +386,11 @@ impl ParquetSink {
                 });
             }
             self.id_type = self.id_type_of(schema);
-            self.done += u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            let rows = u64::try_from(builder.metadata().file_metadata().num_rows()).unwrap_or(0);
+            if n == 0 {
+                self.check_first_index(builder, &file)?;
+            }
+            self.done += rows;
             n += 1;
         }
         self.next_part = n;
@@ -347,6 +406,32 @@ impl ParquetSink {
             }
         }
         Ok(())
+    }
+
+    /// A part written by another shard (or without one) starts at another index: refuse to mix them.
+    fn check_first_index(
+        &self,
+        builder: ParquetRecordBatchReaderBuilder<File>,
+        file: &Path,
+    ) -> Result<(), OutputError> {
+        let first = builder
+            .with_batch_size(1)
+            .build()
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(Result::ok)
+            .and_then(|b| b.column(0).as_any().downcast_ref::<UInt64Array>().map(|a| a.value(0)));
+        let want = self.shard.global(0);
+        match first {
+            Some(got) if got != want => Err(OutputError::Mismatch {
+                path: self.path.clone(),
+                why: format!(
+                    "{} starts at index {got}, expected {want} (was it started with another --shard?)",
+                    file.display()
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     fn id_type_of(&self, schema: &Schema) -> Option<IdType> {
@@ -374,7 +459,9 @@ impl ParquetSink {
         }
         let schema = self.schema(self.id_type);
         let start = self.done;
-        let index: ArrayRef = Arc::new(UInt64Array::from_iter_values(start..start + self.rows as u64));
+        let shard = self.shard;
+        let index: ArrayRef =
+            Arc::new(UInt64Array::from_iter_values((start..start + self.rows as u64).map(|j| shard.global(j))));
         let mut columns = vec![index];
         if self.with_ids {
             columns.push(id_column(&self.ids, self.id_type));
@@ -603,5 +690,17 @@ mod tests {
         assert_eq!(OutputFormat::from_path(Path::new("x.npy")), Some(OutputFormat::Npy));
         assert_eq!(OutputFormat::from_path(Path::new("x.csv")), None);
         assert_eq!(parts_dir(Path::new("d/e.parquet")), PathBuf::from("d/e.parquet.parts"));
+    }
+
+    #[test]
+    fn shards_parse_and_split_round_robin() {
+        let s: Shard = "2/3".parse().unwrap();
+        assert_eq!(s, Shard { index: 2, count: 3 });
+        assert!(s.owns(5) && !s.owns(6));
+        assert_eq!(s.global(4), 14);
+        assert_eq!((s.share(10), "0/3".parse::<Shard>().unwrap().share(10)), (3, 4));
+        for bad in ["3/3", "1/0", "1", "a/2", "-1/2"] {
+            assert!(bad.parse::<Shard>().is_err(), "{bad}");
+        }
     }
 }
