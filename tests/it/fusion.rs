@@ -15,7 +15,7 @@ use std::{
 use akidb_engine::{
     load::Probe,
     session::{
-        fusion::{self, CacheEntry},
+        fusion::{self, CacheEntry, Rewrite},
         graph::{fuse_attention, read_model, write_model, AttentionOp},
         runtime::SessionOptions,
     },
@@ -57,7 +57,7 @@ fn a_verified_fused_graph_is_cached_and_reused() {
     let model = snapshot().join("onnx/model.onnx");
     let options = SessionOptions::default();
     let loaded = fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap();
-    assert_eq!(loaded.fused, 2);
+    assert_eq!(loaded.rewrite, Rewrite::Fused(2));
     let entries = names(cache.path());
     assert_eq!(entries.len(), 1, "{entries:?}");
     assert!(entries[0].ends_with("-2.onnx"), "{entries:?}");
@@ -68,7 +68,7 @@ fn a_verified_fused_graph_is_cached_and_reused() {
 
     let modified = std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap();
     let again = fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap();
-    assert_eq!(again.fused, 2);
+    assert_eq!(again.rewrite, Rewrite::Fused(2));
     // The cached graph is reused as it is; ONNX Runtime's optimized form of it is saved beside it.
     let now = names(cache.path());
     assert_eq!(now.len(), 2, "{now:?}");
@@ -76,7 +76,7 @@ fn a_verified_fused_graph_is_cached_and_reused() {
     assert!(now[1].starts_with(entries[0].trim_end_matches(".onnx")) && now[1].contains(".opt-"), "{now:?}");
     assert_eq!(std::fs::metadata(cache.path().join(&entries[0])).unwrap().modified().unwrap(), modified);
     let third = fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap();
-    assert_eq!(third.fused, 2);
+    assert_eq!(third.rewrite, Rewrite::Fused(2));
     assert_eq!(names(cache.path()), now, "the optimized graph is reused");
 }
 
@@ -99,14 +99,16 @@ fn a_broken_fused_graph_is_rejected_and_the_verdict_remembered() {
     }
     let entry = CacheEntry::new(cache.path(), &model, HEADS, options.attention()).unwrap();
     let loaded = fusion::adopt(&model, rewritten, &options, probe().inputs(), &entry, true).unwrap();
-    assert_eq!(loaded.fused, 0, "the original graph is used");
+    let Rewrite::AsExported(why) = &loaded.rewrite else { panic!("the original graph is used") };
+    assert!(why.contains("failed its verification") && why.contains("cosine"), "{why}");
     let note = std::fs::read_to_string(entry.rejected_path()).expect("the refusal is cached");
     assert!(note.contains("cosine"), "{note}");
     assert_eq!(names(cache.path()).len(), 1, "no fused graph kept, no temporary left: {:?}", names(cache.path()));
 
     // The next load believes the cached verdict.
     let next = fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap();
-    assert_eq!(next.fused, 0);
+    let Rewrite::AsExported(why) = &next.rewrite else { panic!("the cached verdict is believed") };
+    assert!(why.contains("remembered in") && why.contains("cosine"), "the reason survives the cache: {why}");
 
     // The same check accepts the correct graph.
     let good = fuse_attention(read_model(&model).unwrap(), HEADS, "attention_mask", AttentionOp::Packed)
@@ -114,7 +116,7 @@ fn a_broken_fused_graph_is_rejected_and_the_verdict_remembered() {
         .expect("fuses");
     let other = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(other.path(), &model, HEADS, options.attention()).unwrap();
-    assert_eq!(fusion::adopt(&model, good, &options, probe().inputs(), &entry, true).unwrap().fused, 2);
+    assert_eq!(fusion::adopt(&model, good, &options, probe().inputs(), &entry, true).unwrap().rewrite.fused(), 2);
     assert!(entry.cached().is_some() && !entry.rejected_path().exists());
 }
 
@@ -125,7 +127,7 @@ fn a_changed_original_is_verified_again_and_its_stale_entry_removed() {
     let model = local.path().join("model.onnx");
     std::fs::copy(snapshot().join("onnx/model.onnx"), &model).unwrap();
     let options = SessionOptions::default();
-    assert_eq!(fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap().fused, 2);
+    assert_eq!(fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap().rewrite.fused(), 2);
     let first = names(cache.path());
     assert_eq!(first.len(), 1, "{first:?}");
     let memo =
@@ -141,7 +143,7 @@ fn a_changed_original_is_verified_again_and_its_stale_entry_removed() {
     let entry = CacheEntry::new(cache.path(), &model, HEADS, options.attention()).unwrap();
     assert!(entry.cached().is_none(), "the old verdict does not apply to the new content");
     assert!(!memo.ends_with(entry.source()), "the remembered hash is not reused for new content");
-    assert_eq!(fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap().fused, 2);
+    assert_eq!(fusion::load(&model, HEADS, &options, probe().inputs(), Some(cache.path())).unwrap().rewrite.fused(), 2);
     let second = names(cache.path());
     assert_eq!(second.len(), 1, "the stale entry is gone: {second:?}");
     assert_ne!(second, first);
@@ -186,7 +188,7 @@ fn every_attention_kernel_matches_the_exported_graph() {
             let scratch = tempfile::tempdir().unwrap();
             let entry = CacheEntry::new(scratch.path(), &model, heads, op).unwrap();
             let loaded = fusion::adopt(&model, rewritten, &options, probe.inputs(), &entry, true).unwrap();
-            assert_eq!(loaded.fused, layers, "{op:?} on {}: {:?}", model.display(), names(scratch.path()));
+            assert_eq!(loaded.rewrite.fused(), layers, "{op:?} on {}: {:?}", model.display(), names(scratch.path()));
         }
         // A wrong kernel input is caught by the same check: akidb's fed a mask of ones, so real
         // tokens attend to the padding.
@@ -221,7 +223,7 @@ fn every_attention_kernel_matches_the_exported_graph() {
         }
         let scratch = tempfile::tempdir().unwrap();
         let entry = CacheEntry::new(scratch.path(), &model, heads, AttentionOp::Akidb).unwrap();
-        assert_eq!(fusion::adopt(&model, wrong, &options, probe.inputs(), &entry, true).unwrap().fused, 0);
+        assert_eq!(fusion::adopt(&model, wrong, &options, probe.inputs(), &entry, true).unwrap().rewrite.fused(), 0);
     }
 }
 

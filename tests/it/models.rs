@@ -194,7 +194,7 @@ fn fused_heads_are_verified_on_their_logits() {
     };
     let cache = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(cache.path(), &model, 2, options.attention()).unwrap();
-    assert_eq!(fusion::adopt(&model, fuse(), &options, probe.inputs(), &entry, true).unwrap().fused, 2);
+    assert_eq!(fusion::adopt(&model, fuse(), &options, probe.inputs(), &entry, true).unwrap().rewrite.fused(), 2);
 
     let mut broken = fuse();
     for node in broken.model.graph.as_mut().unwrap().node.iter_mut() {
@@ -206,7 +206,7 @@ fn fused_heads_are_verified_on_their_logits() {
     }
     let other = tempfile::tempdir().unwrap();
     let entry = CacheEntry::new(other.path(), &model, 2, options.attention()).unwrap();
-    assert_eq!(fusion::adopt(&model, broken, &options, probe.inputs(), &entry, true).unwrap().fused, 0);
+    assert_eq!(fusion::adopt(&model, broken, &options, probe.inputs(), &entry, true).unwrap().rewrite.fused(), 0);
     let note = std::fs::read_to_string(entry.rejected_path()).expect("the refusal is cached");
     assert!(note.contains("logit"), "{note}");
 }

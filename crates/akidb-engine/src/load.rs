@@ -26,7 +26,7 @@ use crate::{
     session::{
         cache::{self, Key},
         device::{self, Decision, DecisionCache, DeviceSession, Outcome},
-        fusion::{self, Loaded, PROBE_TEXTS},
+        fusion::{self, Loaded, Rewrite, PROBE_TEXTS},
         runtime::{
             self, choose_provider, coreml_available, Device, Inputs, Provider, RuntimeError, Session, SessionOptions,
         },
@@ -152,14 +152,6 @@ impl SessionPlan {
         })
     }
 
-    /// Why the graph will not be rewritten, when that is known before trying.
-    pub(crate) fn fusion_off_reason(&self) -> Option<String> {
-        if self.heads.is_some() {
-            return (self.device == Device::CoreMl).then(|| "CoreML runs the graph as exported".to_string());
-        }
-        Some(self.no_heads_reason.clone())
-    }
-
     /// Whether the CPU will serve without a measurement.
     fn cpu_serves(&self) -> bool {
         matches!((self.device, self.coreml_available), (Device::Cpu, _) | (Device::Auto, false))
@@ -172,10 +164,11 @@ impl SessionPlan {
         fusion::preload(&self.onnx_path, heads, &self.cpu, self.graphs.as_deref())
     }
 
-    /// Step 5: the CPU session and how many attention blocks were fused in it.
+    /// Step 5: the CPU session and what became of its graph's rewrite.
     pub(crate) fn cpu(&self, probe: &Probe) -> Result<Loaded, RuntimeError> {
         let Some(heads) = self.heads else {
-            return Ok(Loaded { session: Session::load(&self.onnx_path, None, &self.cpu)?, fused: 0 });
+            let session = Session::load(&self.onnx_path, None, &self.cpu)?;
+            return Ok(Loaded { session, rewrite: Rewrite::AsExported(self.no_heads_reason.clone()) });
         };
         fusion::load(&self.onnx_path, heads, &self.cpu, probe.inputs(), self.graphs.as_deref())
     }
@@ -184,25 +177,26 @@ impl SessionPlan {
         Session::load(&self.onnx_path, None, &self.coreml)
     }
 
-    /// Step 6: the serving session, its fused-block count and why that device serves.
+    /// Step 6: the serving session, what became of its rewrite and why that device serves.
     pub(crate) fn choose_device(
         self,
         preloaded: Option<Loaded>,
         probe: Probe,
         measure: Measure<'_>,
-    ) -> Result<(DeviceSession<Session>, usize, Decision), EngineError> {
+    ) -> Result<(DeviceSession<Session>, Rewrite, Decision), EngineError> {
         match (self.device, self.coreml_available) {
             (Device::Cpu, _) | (Device::Auto, false) => {
                 let reason = if self.device == Device::Cpu { "--device cpu" } else { device::NO_COREML };
-                let Loaded { session, fused } = match preloaded {
+                let Loaded { session, rewrite } = match preloaded {
                     Some(loaded) => loaded,
                     None => self.cpu(&probe)?,
                 };
-                Ok((DeviceSession::new(session, None), fused, Decision::fixed(Provider::Cpu, reason)))
+                Ok((DeviceSession::new(session, None), rewrite, Decision::fixed(Provider::Cpu, reason)))
             }
             (Device::CoreMl, _) => {
                 let session = self.load_coreml()?;
-                Ok((DeviceSession::new(session, None), 0, Decision::fixed(Provider::CoreMl, "--device coreml")))
+                let rewrite = Rewrite::AsExported(COREML_AS_EXPORTED.into());
+                Ok((DeviceSession::new(session, None), rewrite, Decision::fixed(Provider::CoreMl, "--device coreml")))
             }
             (Device::Auto, true) => {
                 let cache = device_cache(&self.decision_key);
@@ -248,6 +242,9 @@ impl Measure<'_> {
     }
 }
 
+/// CoreML has no kernel for the rewritten graph's operators: its graph stays whole.
+const COREML_AS_EXPORTED: &str = "CoreML runs the graph as exported";
+
 /// `auto` where CoreML is available: the cached decision, or both sessions timed over the warm-up
 /// and compared ([`device::decide`]). CoreML keeps a way back to the CPU for run-time failures.
 fn choose_by_measurement(
@@ -256,7 +253,7 @@ fn choose_by_measurement(
     load_coreml: &dyn Fn(&SessionPlan) -> Result<Session, RuntimeError>,
     measure: &Measure<'_>,
     cache: Option<&DecisionCache>,
-) -> Result<(DeviceSession<Session>, usize, Decision), EngineError> {
+) -> Result<(DeviceSession<Session>, Rewrite, Decision), EngineError> {
     let cached = cache.filter(|_| !plan.cpu.remeasure_device).and_then(DecisionCache::load);
     let (decision, mut cpu_session, mut coreml_session) = match cached {
         Some(decision) => (decision, None, None),
@@ -297,7 +294,8 @@ fn choose_by_measurement(
             Ok(session) => {
                 drop(cpu_session.take());
                 let rebuild = Box::new(move || plan.cpu(&probe).map(|loaded| loaded.session));
-                return Ok((DeviceSession::new(session, Some(rebuild)), 0, decision));
+                let rewrite = Rewrite::AsExported(COREML_AS_EXPORTED.into());
+                return Ok((DeviceSession::new(session, Some(rebuild)), rewrite, decision));
             }
             Err(e) => {
                 tracing::warn!("the cached decision was CoreML, but its session did not load ({e}); using the CPU");
@@ -307,11 +305,11 @@ fn choose_by_measurement(
         }
     }
     drop(coreml_session);
-    let Loaded { session, fused } = match cpu_session {
+    let Loaded { session, rewrite } = match cpu_session {
         Some(loaded) => loaded,
         None => plan.cpu(&probe)?,
     };
-    Ok((DeviceSession::new(session, None), fused, decision))
+    Ok((DeviceSession::new(session, None), rewrite, decision))
 }
 
 /// Compiled CoreML models are valid for one model's content, one ONNX Runtime (cached models

@@ -135,7 +135,6 @@ impl Model {
         let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         tracing::debug!(elapsed = ?started.elapsed(), preloaded = preloaded.is_some(), "tokenizer loaded");
         let probe = Probe::new(&tokenizer)?;
-        let fusion = plan.fusion_off_reason();
         // The Dense layers akidb runs when the graph outputs token vectors; a graph with
         // `sentence_embedding` holds them, so a failure to read them only matters without it.
         let dense: crate::dense::Layers = if config.head.is_none() {
@@ -149,14 +148,19 @@ impl Model {
             Ok(Vec::new().into())
         };
         let measure = Measure { tokenizer: &tokenizer, config: &config, dense: &dense, max_seq_length, budget };
-        let (session, fused_attention, decision) = plan.choose_device(preloaded, probe, measure)?;
+        let (session, rewrite, decision) = plan.choose_device(preloaded, probe, measure)?;
+        let fused_attention = rewrite.fused();
         let readout = session.run(|s| Ok(Readout::rows(&config, s.outputs(), &dense)))??;
         let pipeline = session.run(|s| {
             Ok(Pipeline {
                 family: config.family.clone(),
                 architectures: config.architectures.clone(),
                 modules: config.modules.clone(),
-                inputs: s.feeds().iter().map(|(name, feed)| InputFeed { name: name.clone(), fed: feed.describe() }).collect(),
+                inputs: s
+                    .feeds()
+                    .iter()
+                    .map(|(name, feed)| InputFeed { name: name.clone(), fed: feed.describe() })
+                    .collect(),
                 output: match &readout {
                     Readout::Sentence => crate::forward::SENTENCE_OUTPUT.to_string(),
                     _ => s.default_output().to_string(),
@@ -169,11 +173,7 @@ impl Model {
                 },
                 padding_side: if tokenizer.pads_left() { "left" } else { "right" },
                 fused_attention,
-                fusion: match (fused_attention, &fusion) {
-                    (n, _) if n > 0 => format!("{n} attention blocks fused and verified on a probe batch"),
-                    (_, Some(off)) => off.clone(),
-                    (_, None) => "no attention block matches the pattern akidb fuses (BERT-style attention: rotary, causal, sliding-window and grouped-query attention run on ONNX Runtime's kernels), or the fused graph failed its verification (see the log)".into(),
-                },
+                fusion: rewrite.describe(),
             })
         })?;
         tracing::info!(fused_attention, fusion = %pipeline.fusion, "attention");

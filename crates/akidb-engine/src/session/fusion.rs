@@ -33,10 +33,43 @@ pub const PROBE_TEXTS: [&str; 4] = [
     "vector search, 42 embeddings; ÜNICODE ok?",
 ];
 
-/// A loaded session and the number of attention blocks fused in it (0: the graph as exported).
+/// What became of the rewrite: a user whose model runs slower than a BERT's asks this first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rewrite {
+    /// This many attention blocks fused, and the result verified on the probe batch.
+    Fused(usize),
+    /// The graph runs as exported, for this reason.
+    AsExported(String),
+}
+
+impl Rewrite {
+    /// How many attention blocks run fused (0: none).
+    pub fn fused(&self) -> usize {
+        match self {
+            Self::Fused(n) => *n,
+            Self::AsExported(_) => 0,
+        }
+    }
+
+    /// One line for the log, `/info` and `akidb inspect`.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::Fused(n) => format!("{n} attention blocks fused and verified on a probe batch"),
+            Self::AsExported(why) => format!("as exported, on ONNX Runtime's kernels: {why}"),
+        }
+    }
+}
+
+/// A loaded session and what became of its graph's rewrite.
 pub struct Loaded {
     pub session: Session,
-    pub fused: usize,
+    pub rewrite: Rewrite,
+}
+
+impl Loaded {
+    fn exported(session: Session, why: impl Into<String>) -> Self {
+        Self { session, rewrite: Rewrite::AsExported(why.into()) }
+    }
 }
 
 /// Where the verdict on one original file is kept.
@@ -201,7 +234,7 @@ pub fn preload(onnx_path: &Path, heads: usize, options: &SessionOptions, cache_d
         return None;
     }
     let session = Session::load_with(&graph, None, options, &Optimization::Done).ok()?;
-    Some(Loaded { session, fused })
+    Some(Loaded { session, rewrite: Rewrite::Fused(fused) })
 }
 
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
@@ -214,26 +247,26 @@ pub fn load(
     probe: Inputs<'_>,
     cache_dir: Option<&Path>,
 ) -> Result<Loaded, RuntimeError> {
-    let original = || Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
+    let original = |why: String| {
+        tracing::info!("{} runs as exported: {why}", onnx_path.display());
+        Session::load(onnx_path, None, options).map(|session| Loaded::exported(session, why))
+    };
     let scratch = std::env::temp_dir();
     let entry = match CacheEntry::new(cache_dir.unwrap_or(&scratch), onnx_path, heads, options.attention()) {
         Ok(entry) => entry,
-        Err(e) => {
-            tracing::debug!("not fusing {}: {e}", onnx_path.display());
-            return original();
-        }
+        Err(e) => return original(format!("the graph could not be read for rewriting ({e})")),
     };
     if cache_dir.is_some() {
-        if entry.rejected_path().exists() {
-            tracing::debug!(
-                "the fused graph of {} failed verification before; using it as exported",
-                onnx_path.display()
-            );
-            return original();
+        if let Ok(note) = std::fs::read_to_string(entry.rejected_path()) {
+            return original(format!(
+                "the rewritten graph failed its verification on the probe batch ({}; remembered in {})",
+                note.trim(),
+                entry.rejected_path().display()
+            ));
         }
         if let Some((cached, fused)) = entry.cached() {
             match load_cached(&entry, &cached, fused, options, probe) {
-                Ok(session) => return Ok(Loaded { session, fused }),
+                Ok(session) => return Ok(Loaded { session, rewrite: Rewrite::Fused(fused) }),
                 Err(e) => {
                     tracing::warn!("the cached fused graph {} did not load ({e}); making it again", cached.display());
                     let _ = std::fs::remove_file(&cached);
@@ -249,15 +282,16 @@ pub fn load(
         "preparing {} for this CPU (rewriting and verifying its graph; later runs reuse it)",
         onnx_path.display()
     );
-    let model = match graph::read_model(onnx_path)
-        .and_then(|m| graph::fuse_attention(m, heads, "attention_mask", options.attention()))
-    {
+    let model = match graph::read_model(onnx_path) {
+        Ok(model) => model,
+        Err(e) => return original(format!("the graph could not be read for rewriting ({e})")),
+    };
+    // Read before the rewrite consumes the model: said only when nothing matches.
+    let unmatched = graph::why_unmatched(&model, "attention_mask");
+    let model = match graph::fuse_attention(model, heads, "attention_mask", options.attention()) {
         Ok(Some(rewritten)) => rewritten,
-        Ok(None) => return original(),
-        Err(e) => {
-            tracing::debug!("not fusing {}: {e}", onnx_path.display());
-            return original();
-        }
+        Ok(None) => return original(unmatched),
+        Err(e) => return original(format!("the rewrite failed ({e})")),
     };
     tracing::debug!(elapsed = ?started.elapsed(), "read and rewrote {}", onnx_path.display());
     adopt(onnx_path, model, options, probe, &entry, cache_dir.is_some())
@@ -288,8 +322,9 @@ pub fn adopt(
     // The candidate goes to a file next to its final place: ONNX Runtime reads it from there and
     // a kept one is renamed into place, so the weights are never copied in memory again.
     if let Err(e) = std::fs::create_dir_all(&entry.dir) {
-        tracing::debug!("not fusing {}: cannot create {}: {e}", onnx_path.display(), entry.dir.display());
-        return Session::load(onnx_path, None, options).map(|session| Loaded { session, fused: 0 });
+        let why = format!("the rewritten graph has nowhere to go ({}: {e})", entry.dir.display());
+        tracing::info!("{} runs as exported: {why}", onnx_path.display());
+        return Session::load(onnx_path, None, options).map(|session| Loaded::exported(session, why));
     }
     let started = std::time::Instant::now();
     let tmp = entry.dir.join(format!("{}{}.{}", entry.prefix, entry.key, cache::scratch_suffix()));
@@ -326,7 +361,7 @@ pub fn adopt(
                     Err(e) => tracing::debug!("could not cache the fused graph in {}: {e}", entry.dir.display()),
                 }
             }
-            Loaded { session, fused }
+            Loaded { session, rewrite: Rewrite::Fused(fused) }
         }
         Err(why) => {
             tracing::warn!("not using the fused attention graph of {}: {why}", onnx_path.display());
@@ -336,7 +371,10 @@ pub fn adopt(
                     entry.prune_stale();
                 }
             }
-            Loaded { session: original, fused: 0 }
+            Loaded::exported(
+                original,
+                format!("the rewritten graph failed its verification on the probe batch ({why})"),
+            )
         }
     };
     let _ = std::fs::remove_file(&tmp);

@@ -119,6 +119,44 @@ fn float_attr(name: &str, value: f32) -> AttributeProto {
 /// Changes whenever the rewrite does, so graphs cached by an older one are made again.
 pub const REWRITE_VERSION: u32 = 5;
 
+/// Why [`fuse_attention`] finds no block to fuse in `model`, from what the graph holds: the
+/// families akidb's pattern does not cover (rotary positions, causal or sliding-window masks,
+/// grouped-query attention) show themselves in their operators.
+pub fn why_unmatched(model: &ModelProto, mask_input: &str) -> String {
+    let Some(graph) = model.graph.as_ref() else { return "the file holds no graph".into() };
+    if !graph.input.iter().any(|i| i.name == mask_input) {
+        return format!("the graph has no {mask_input} input to build the fused mask from");
+    }
+    let count = |ops: &[&str]| graph.node.iter().filter(|n| ops.contains(&n.op_type.as_str())).count();
+    let softmax = count(&["Softmax"]);
+    let already: Vec<&str> = ["Attention", "MultiHeadAttention", "GroupQueryAttention"]
+        .into_iter()
+        .filter(|op| graph.node.iter().any(|n| n.op_type == *op))
+        .collect();
+    if softmax == 0 {
+        return if already.is_empty() {
+            "the graph has no Softmax attention to rewrite".into()
+        } else {
+            format!("its attention is already ONNX Runtime's {}", already.join(", "))
+        };
+    }
+    let mut traits = Vec::new();
+    if count(&["Sin", "Cos", "RotaryEmbedding"]) > 0 {
+        traits.push("rotary position embeddings");
+    }
+    if count(&["Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Trilu"]) > 0 {
+        traits.push("a mask built from token positions (causal or sliding-window attention)");
+    }
+    if already.contains(&"GroupQueryAttention") {
+        traits.push("grouped-query attention");
+    }
+    let has = if traits.is_empty() { String::new() } else { format!("; the graph has {}", traits.join(" and ")) };
+    format!(
+        "none of its {softmax} Softmax attention blocks has the pattern akidb fuses (BERT-style: scaled \
+         QKᵀ plus the padding mask, Softmax, times V){has}"
+    )
+}
+
 /// Fuses every attention block it recognises; `None` when there is none (the model is then used
 /// as it is). `mask_input` names the graph's attention-mask input. Unless `op` is `MultiHead`, a
 /// block whose Q, K and V are projections of one input by constant weights has them packed into
