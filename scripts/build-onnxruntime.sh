@@ -70,6 +70,10 @@ done
 # shellcheck source=/dev/null # lib/ort-version.sh is shellchecked on its own
 source "$ROOT/scripts/lib/ort-version.sh"
 VERSION=$(akidb_ort_version "$ROOT") || exit 1
+# The lowest macOS the library (and akidb linked with it) runs on: what ONNX Runtime's own macOS
+# release of this version declares (LC_BUILD_VERSION minos 14.0 in the PyPI wheel's dylib). The
+# release workflow sets MACOSX_DEPLOYMENT_TARGET to the same value for akidb's own objects.
+MACOS_MIN=14.0
 
 host_triple() {
   if command -v rustc >/dev/null 2>&1; then
@@ -265,7 +269,7 @@ provide_from_source() {
   if [ "$OS" = macos ]; then
     local osx_arch=arm64
     [ "$ARCH" = x86_64 ] && osx_arch=x86_64
-    args+=(--use_coreml --osx_arch "$osx_arch" --apple_deploy_target 13.4)
+    args+=(--use_coreml --osx_arch "$osx_arch" --apple_deploy_target "$MACOS_MIN")
   else
     # build.py refuses to run as root on Linux without it (containers); harmless otherwise.
     args+=(--allow_running_as_root)
@@ -285,17 +289,21 @@ provide_from_source() {
 # merge_tree BUILT [SRC]: BUILT is <build_dir>/<config>; SRC the checkout (licenses), if any.
 merge_tree() {
   local built=$1 src=${2:-}
-  local archives=() a
+  local archives=() a list
+  # An archive from an earlier run must not outlive a merge this run fails to finish.
+  run rm -rf "$OUT/lib"
   if [ "$DRY_RUN" -eq 0 ]; then
     [ -d "$built" ] || die "$built does not exist (did build.sh finish?)"
-    while IFS= read -r a; do archives+=("$a"); done < <(link_line_archives "$built")
+    # A command substitution, not `done < <(...)`: `die` in a process substitution only ends that
+    # subshell, and the merge would go on with the archives listed before it.
+    list=$(link_line_archives "$built") || exit 1
+    while IFS= read -r a; do [ -z "$a" ] || archives+=("$a"); done <<<"$list"
     # (bash 3.2, macOS's, treats "${empty[@]}" as unbound under set -u: test the count first)
     [ "${#archives[@]}" -gt 0 ] || die "the link line in $built/$LINK_TXT names no static library"
     check_archives "$built" "${archives[@]}"
   else
     archives=("<the archives named in $built/$LINK_TXT>")
   fi
-  run rm -rf "$OUT/lib"
   run mkdir -p "$OUT/lib"
   if [ -n "$src" ]; then
     run rm -rf "$OUT/licenses"
@@ -356,6 +364,8 @@ check_archives() {
   local required=(libonnxruntime_session.a libonnxruntime_framework.a libonnxruntime_graph.a
     libonnxruntime_common.a libonnxruntime_mlas.a libonnxruntime_providers.a libonnx.a libonnx_proto.a libre2.a)
   [ "$OS" = macos ] && required+=(libonnxruntime_providers_coreml.a libcoreml_proto.a)
+  # arm64 builds of 1.31 link Arm's KleidiAI micro-kernels into MLAS (onnxruntime_USE_KLEIDIAI).
+  [ "$TARGET" = aarch64-apple-darwin ] && required+=(libkleidiai.a)
   for want in "${required[@]}"; do
     case "$list" in */"$want"\ *) ;; *) die "$want is missing from the link line in $dir/$LINK_TXT" ;; esac
   done

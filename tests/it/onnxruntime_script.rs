@@ -142,7 +142,7 @@ fn from_source_macos_arm64_builds_coreml_and_merges_with_libtool() {
             "+ {src}/build.sh --config Release --build_dir {build} --update --build --parallel 4 \
              --skip_tests --compile_no_warning_as_error --skip_submodule_sync \
              --build_shared_lib --cmake_generator Unix Makefiles --no_telemetry \
-             --use_coreml --osx_arch arm64 --apple_deploy_target 13.4 \
+             --use_coreml --osx_arch arm64 --apple_deploy_target 14.0 \
              --cmake_extra_defines onnxruntime_BUILD_UNIT_TESTS=OFF CMAKE_POLICY_VERSION_MINIMUM=3.5"
         ),
     );
@@ -435,6 +435,7 @@ fn package_release_dry_run_names_the_archive_and_writes_nothing() {
 
 /// One archive of the synthetic tree: its path under the build directory, the symbol it defines
 /// and the symbols its one object references.
+#[cfg(target_os = "linux")]
 struct FakeArchive {
     path: &'static str,
     defines: &'static str,
@@ -442,6 +443,7 @@ struct FakeArchive {
 
 /// The libraries ONNX Runtime's shared library links, each defining one function; the fake
 /// `libonnxruntime_session.a` calls all of them, as the real one needs model_package, re2, ...
+#[cfg(target_os = "linux")]
 const LINKED: &[FakeArchive] = &[
     FakeArchive { path: "libonnxruntime_framework.a", defines: "ort_framework" },
     FakeArchive { path: "libonnxruntime_graph.a", defines: "ort_graph" },
@@ -458,18 +460,21 @@ const LINKED: &[FakeArchive] = &[
 
 /// On disk but not for the merge: full protobuf (named on the link line next to lite: the filter
 /// drops it), protoc and googletest (built, but not on the link line).
+#[cfg(target_os = "linux")]
 const NOT_MERGED: &[FakeArchive] = &[
     FakeArchive { path: "_deps/protobuf-build/libprotobuf.a", defines: "protobuf_full_only" },
     FakeArchive { path: "_deps/protobuf-build/libprotoc.a", defines: "protoc_main" },
     FakeArchive { path: "_deps/googletest-build/lib/libgtest.a", defines: "gtest_run_all" },
 ];
 
+#[cfg(target_os = "linux")]
 fn sh(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Compiles `source` into `built/path` as a one-object archive.
+#[cfg(target_os = "linux")]
 fn fake_archive(built: &Path, path: &str, source: &str) {
     let archive = built.join(path);
     let dir = archive.parent().expect("archive has a parent");
@@ -487,6 +492,7 @@ fn fake_archive(built: &Path, path: &str, source: &str) {
 /// Builds the synthetic tree in `built` with a link.txt naming `on_link_line` (paths relative to
 /// `built`), as CMake writes it for the shared library. The fake OrtGetApiBase serves API version
 /// `1.<minor>` of the pinned release and its CreateEnv calls every linked library's function.
+#[cfg(target_os = "linux")]
 fn synthetic_tree(built: &Path, on_link_line: &[&str]) {
     let version = pinned_version();
     let minor: u32 = version.split('.').nth(1).and_then(|m| m.parse().ok()).expect("pinned version is 1.N.x");
@@ -533,6 +539,7 @@ const OrtApiBase *OrtGetApiBase(void) {{ return &base; }}
 }
 
 /// Everything CMake would put on the link line: the session first, then the rest, full protobuf too.
+#[cfg(target_os = "linux")]
 fn full_link_line() -> Vec<&'static str> {
     let mut line = vec!["libonnxruntime_session.a"];
     line.extend(LINKED.iter().map(|a| a.path));
@@ -541,6 +548,7 @@ fn full_link_line() -> Vec<&'static str> {
 }
 
 /// The global symbols `archive` defines, per `nm`.
+#[cfg(target_os = "linux")]
 fn defined_symbols(archive: &Path) -> Vec<String> {
     let out = Command::new("nm").args(["-g", "--defined-only"]).arg(archive).output().expect("run nm");
     assert!(out.status.success(), "nm {} failed: {}", archive.display(), String::from_utf8_lossy(&out.stderr));
@@ -551,6 +559,7 @@ fn defined_symbols(archive: &Path) -> Vec<String> {
         .collect()
 }
 
+#[cfg(target_os = "linux")]
 fn merge_from(built: &Path, out: &Path) -> Output {
     run_script(&[
         "--merge-from",
@@ -563,6 +572,7 @@ fn merge_from(built: &Path, out: &Path) -> Output {
 }
 
 /// This machine's target triple, as rustc reports it (what the script's link check runs on).
+#[cfg(target_os = "linux")]
 fn host() -> String {
     let out = Command::new("rustc").arg("-vV").output().expect("run rustc -vV");
     String::from_utf8_lossy(&out.stdout)
@@ -646,4 +656,64 @@ fn merge_from_refuses_a_tree_without_a_required_archive_or_a_link_line() {
     let output = merge_from(&tmp.path().join("nope"), &out);
     assert!(String::from_utf8_lossy(&output.stderr).contains("no such directory"));
     assert!(!out.join("lib/libonnxruntime.a").exists(), "nothing merged from a bad tree");
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn merge_from_fails_on_a_link_line_archive_that_is_not_on_disk() {
+    let tmp = TempDir::new("merge-absent");
+    let built = tmp.path().join("build/Release");
+    let out = tmp.path().join("out");
+    // An archive the link line names but the tree lacks (an interrupted build), after every
+    // required one: once, the merge went on with the archives before it and exited 0.
+    let mut line = full_link_line();
+    line.push("_deps/kleidiai-build/libkleidiai.a");
+    synthetic_tree(&built, &line);
+    // What an earlier good run left must not vouch for this one.
+    fs::create_dir_all(out.join("lib")).unwrap();
+    fs::write(out.join("lib/libonnxruntime.a"), "an earlier merge").unwrap();
+    let stamp = format!("version={} mode=from-source target={}\n", pinned_version(), host());
+    fs::write(out.join("akidb-onnxruntime.stamp"), stamp).unwrap();
+
+    let output = merge_from(&built, &out);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a missing archive must fail the merge:\n{stderr}");
+    assert!(stderr.contains("names _deps/kleidiai-build/libkleidiai.a, which is not in"), "{stderr}");
+    assert!(!stderr.contains("merged "), "nothing is merged:\n{stderr}");
+    assert!(!out.join("lib/libonnxruntime.a").exists(), "no archive after a failed merge");
+    assert!(!out.join("akidb-onnxruntime.stamp").exists(), "no stamp after a failed merge");
+}
+
+/// arm64 builds of 1.31 link KleidiAI into MLAS: for the Mac target the merge requires it (the
+/// check runs before anything Mac-only, so it is exercised here).
+#[test]
+#[cfg(target_os = "linux")]
+fn merge_for_the_mac_requires_coreml_and_kleidiai_archives() {
+    let tmp = TempDir::new("merge-mac");
+    let built = tmp.path().join("build/Release");
+    let out = tmp.path().join("out");
+    let mac = |built: &Path| {
+        run_script(&[
+            "--merge-from",
+            built.to_str().expect("UTF-8"),
+            "--target",
+            "aarch64-apple-darwin",
+            "--out",
+            out.to_str().expect("UTF-8"),
+        ])
+    };
+    synthetic_tree(&built, &full_link_line());
+    let stderr = String::from_utf8_lossy(&mac(&built).stderr).to_string();
+    assert!(stderr.contains("libonnxruntime_providers_coreml.a is missing from the link line"), "{stderr}");
+
+    let coreml = ["libonnxruntime_providers_coreml.a", "_deps/coremltools-build/libcoreml_proto.a"];
+    for (i, a) in coreml.iter().enumerate() {
+        fake_archive(&built, a, &format!("int coreml_part_{i}(void) {{ return 1; }}\n"));
+    }
+    let mut line = full_link_line();
+    line.extend(coreml);
+    synthetic_tree(&built, &line);
+    let output = mac(&built);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && stderr.contains("libkleidiai.a is missing from the link line"), "{stderr}");
 }

@@ -246,8 +246,13 @@ impl ModelRepo {
 pub(crate) mod tests {
     use super::*;
 
+    /// The one model the library's tests use (the default model; see `test_model`).
+    pub(crate) const MINILM: &str = "sentence-transformers/all-MiniLM-L6-v2";
+
     /// A model of the shared test cache (`../shared/hf` beside the checkout, or `$HF_HOME`), opened
     /// without touching the process environment, which the library's tests share across threads.
+    /// The library's tests use MiniLM only: the release workflow runs them with an `HF_HOME` that
+    /// holds nothing else (scripts/release-test.sh, reproduced by the test command).
     pub(crate) fn test_model(model: &str) -> ModelRepo {
         let hf = std::env::var_os("HF_HOME").map(PathBuf::from).unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("..").join("..").join("shared").join("hf")
@@ -258,7 +263,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_cache_is_read_without_the_environment() {
-        let repo = test_model("akidb-test/tiny-bert-cls");
+        let repo = test_model(MINILM);
         assert_eq!(repo.revision().map(str::len), Some(40), "a commit, resolved through refs/main");
         assert!(repo.file("tokenizer.json").unwrap().is_file());
         let missing = ModelRepo::open_cached(Path::new("/nonexistent"), "a/b", None).err().map(|e| e.to_string());

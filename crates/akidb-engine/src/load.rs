@@ -345,7 +345,7 @@ mod tests {
     /// comparison, decision cache and session hand-over run; only the provider differs on a Mac.
     #[test]
     fn auto_measures_real_sessions_caches_the_decision_and_remeasures_on_request() {
-        let repo = test_model("akidb-test/tiny-bert-cls");
+        let repo = test_model(crate::hub::tests::MINILM);
         let config = ModelConfig::load(&repo).unwrap();
         let tokenizer = Tokenizer::from_file(&repo.file("tokenizer.json").unwrap(), config.max_seq_length).unwrap();
         let path = repo.first_file(&["onnx/model.onnx", "model.onnx"]).unwrap();

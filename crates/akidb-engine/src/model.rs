@@ -411,7 +411,7 @@ mod tests {
     /// are the ones `embed` gives.
     #[test]
     fn progress_is_reported_per_batch() {
-        let dir = test_model("akidb-test/tiny-bert-cls").file("tokenizer.json").unwrap();
+        let dir = test_model(crate::hub::tests::MINILM).file("tokenizer.json").unwrap();
         let dir = dir.parent().unwrap().to_string_lossy().into_owned();
         let options = ModelOptions {
             model: dir,

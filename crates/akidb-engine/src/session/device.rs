@@ -3,8 +3,9 @@
 //! and CoreML partitions can fail at their first real prediction. So when CoreML is available,
 //! both sessions run the same warm-up shapes, CoreML's vectors are checked against the CPU's, and
 //! CoreML is kept only if it is correct and faster ([`decide`]). The decision is cached per model
-//! content, ONNX Runtime version and machine ([`DecisionCache`]). A CoreML session that fails
-//! later is rebuilt on the CPU once ([`DeviceSession`]), unless CoreML was asked for explicitly.
+//! content, ONNX Runtime version and machine ([`DecisionCache`]). A CoreML run that fails
+//! later is retried on the CPU, which serves from then on if it succeeds there
+//! ([`DeviceSession`]), unless CoreML was asked for explicitly.
 
 use std::{
     path::{Path, PathBuf},
@@ -250,16 +251,24 @@ type Rebuild<S> = Box<dyn Fn() -> Result<S, RuntimeError> + Send + Sync>;
 /// The serving session plus, under `auto`, the way back to the CPU: ONNX Runtime's own CPU
 /// fallback applies only when partitioning, so a CoreML run that fails (for example error -1 on a
 /// shape its compiled partition rejects) would otherwise fail every request.
+///
+/// A failed CoreML run is tried again on the CPU. Only when the CPU succeeds was the failure
+/// CoreML's, and the CPU serves from then on; when the CPU fails too the request was at fault
+/// (a bad input), its error is returned, and CoreML keeps serving. The CPU session is built once,
+/// under a lock of its own, so requests running meanwhile are never held up by the build.
 pub struct DeviceSession<S> {
     current: RwLock<Arc<S>>,
     /// `None` when CoreML was asked for explicitly: its failures are errors.
     fallback: Option<Rebuild<S>>,
+    /// The CPU session once built: kept after a request that failed on both, so bad inputs do
+    /// not rebuild it again and again.
+    cpu: Mutex<Option<Arc<S>>>,
     fell_back: Mutex<Option<String>>,
 }
 
 impl<S: ProviderSession> DeviceSession<S> {
     pub fn new(session: S, fallback: Option<Rebuild<S>>) -> Self {
-        Self { current: RwLock::new(Arc::new(session)), fallback, fell_back: Mutex::new(None) }
+        Self { current: RwLock::new(Arc::new(session)), fallback, cpu: Mutex::new(None), fell_back: Mutex::new(None) }
     }
 
     pub fn provider(&self) -> Provider {
@@ -271,8 +280,8 @@ impl<S: ProviderSession> DeviceSession<S> {
         self.fell_back.lock().clone()
     }
 
-    /// Runs `f` on the session; a CoreML failure under `auto` rebuilds on the CPU (once, with one
-    /// warning) and runs `f` there.
+    /// Runs `f` on the session; a CoreML failure under `auto` runs `f` again on the CPU, which
+    /// serves from then on if it succeeds there (once, with one warning).
     pub fn run<R>(&self, f: impl Fn(&S) -> Result<R, RuntimeError>) -> Result<R, RuntimeError> {
         let session = Arc::clone(&self.current.read());
         let error = match f(&session) {
@@ -283,16 +292,36 @@ impl<S: ProviderSession> DeviceSession<S> {
         let Some(rebuild) = &self.fallback else {
             return Err(RuntimeError::CoreMlFailed(error.to_string()));
         };
-        let cpu = {
-            let mut current = self.current.write();
-            if Arc::ptr_eq(&current, &session) {
-                tracing::warn!("CoreML failed at run time ({error}); rebuilding the session on the CPU and going on");
-                *current = Arc::new(rebuild()?);
-                *self.fell_back.lock() = Some(format!("CoreML failed at run time: {error}"));
+        let cpu = self.cpu_session(rebuild)?;
+        match f(&cpu) {
+            Ok(r) => {
+                let mut current = self.current.write();
+                if Arc::ptr_eq(&current, &session) {
+                    tracing::warn!(
+                        "CoreML failed at run time where the CPU did not ({error}); the CPU serves from now on"
+                    );
+                    *current = cpu;
+                    *self.fell_back.lock() = Some(format!("CoreML failed at run time: {error}"));
+                }
+                Ok(r)
             }
-            Arc::clone(&current)
-        };
-        f(&cpu)
+            Err(e) => {
+                tracing::debug!("failed on CoreML ({error}) and on the CPU: the request's fault; CoreML keeps serving");
+                Err(e)
+            }
+        }
+    }
+
+    /// The CPU session, built by the first caller that needs it; `current`'s lock is not held.
+    fn cpu_session(&self, rebuild: &Rebuild<S>) -> Result<Arc<S>, RuntimeError> {
+        let mut cpu = self.cpu.lock();
+        if let Some(session) = cpu.as_ref() {
+            return Ok(Arc::clone(session));
+        }
+        tracing::info!("building a CPU session to retry a request CoreML failed");
+        let session = Arc::new(rebuild()?);
+        *cpu = Some(Arc::clone(&session));
+        Ok(session)
     }
 }
 
@@ -451,17 +480,65 @@ mod tests {
         })
     }
 
-    #[test]
-    fn coreml_failing_later_falls_back_to_the_cpu_once() {
+    /// A working CoreML session whose CPU rebuilds are counted.
+    fn counted_coreml() -> (DeviceSession<Fake>, Arc<AtomicUsize>) {
         let rebuilds = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&rebuilds);
-        let session = DeviceSession::new(
-            fake(Provider::CoreMl, 0),
+        let rebuild = move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            Ok(fake(Provider::Cpu, 0))
+        };
+        (DeviceSession::new(fake(Provider::CoreMl, 0), Some(Box::new(rebuild))), rebuilds)
+    }
+
+    /// A request no session can run (a bad input): it fails on every provider.
+    fn bad_input(s: &DeviceSession<Fake>) -> Result<Provider, RuntimeError> {
+        s.run(|_| -> Result<Provider, RuntimeError> {
+            Err(RuntimeError::Ort("Got invalid dimensions for input".into()))
+        })
+    }
+
+    #[test]
+    fn a_bad_input_fails_on_both_and_coreml_keeps_serving() {
+        let (session, rebuilds) = counted_coreml();
+        for _ in 0..3 {
+            assert!(bad_input(&session).unwrap_err().to_string().contains("invalid dimensions"));
+        }
+        assert_eq!(session.provider(), Provider::CoreMl, "a bad input is not CoreML's failure");
+        assert!(session.fell_back().is_none());
+        assert_eq!(rebuilds.load(Ordering::SeqCst), 1, "the CPU session is built once and kept");
+        assert_eq!(run(&session).unwrap(), Provider::CoreMl);
+    }
+
+    /// The CPU session is built while other requests go on: a slow build holds up only the
+    /// request that needs it.
+    #[test]
+    fn requests_run_while_the_cpu_session_is_built() {
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (finish_tx, finish_rx) = std::sync::mpsc::channel::<()>();
+        let finish_rx = Mutex::new(finish_rx);
+        let session = Arc::new(DeviceSession::new(
+            fake(Provider::CoreMl, 1),
             Some(Box::new(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
+                started_tx.send(()).unwrap();
+                finish_rx.lock().recv().unwrap();
                 Ok(fake(Provider::Cpu, 0))
             })),
-        );
+        ));
+        let failing = {
+            let session = Arc::clone(&session);
+            std::thread::spawn(move || run(&session))
+        };
+        started_rx.recv().unwrap(); // the build is under way
+        assert_eq!(run(&session).unwrap(), Provider::CoreMl, "served meanwhile, not blocked by the build");
+        finish_tx.send(()).unwrap();
+        assert_eq!(failing.join().unwrap().unwrap(), Provider::Cpu);
+        assert_eq!(session.provider(), Provider::Cpu);
+    }
+
+    #[test]
+    fn coreml_failing_later_falls_back_to_the_cpu_once() {
+        let (session, rebuilds) = counted_coreml();
         assert_eq!(run(&session).unwrap(), Provider::CoreMl);
         session.current.read().fail.store(usize::MAX, Ordering::SeqCst); // CoreML breaks for good
         assert_eq!(run(&session).unwrap(), Provider::Cpu, "the failing request is served on the CPU");
