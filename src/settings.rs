@@ -186,7 +186,7 @@ pub struct ServerArgs {
     /// Tokens queued across all requests; beyond it new requests get 429 with Retry-After [default: 262144]
     #[arg(long, env = "AKIDB_MAX_QUEUED_TOKENS")]
     pub max_queued_tokens: Option<usize>,
-    /// Seconds a request may take before it is answered 503 and its remaining texts dropped; 0 = no limit [default: 60]
+    /// Seconds a request may take before it is answered 504 and its remaining texts dropped; 0 = no limit [default: 60]
     #[arg(long, env = "AKIDB_REQUEST_TIMEOUT")]
     pub request_timeout: Option<u64>,
     /// Seconds SIGTERM waits for in-flight requests before exiting anyway [default: 30]

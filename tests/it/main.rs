@@ -4,6 +4,7 @@
 
 mod architecture;
 mod cli;
+mod clients;
 mod cluster;
 mod cold_start;
 mod common;

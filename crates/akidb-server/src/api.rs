@@ -54,6 +54,12 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     ))
 }
 
+/// A request type from a JSON value a route read first to choose how to answer, with the same
+/// 422 naming the field that [`ApiJson`] gives.
+pub(crate) fn from_value<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
+    parse(body.to_string().as_bytes())
+}
+
 /// 400 for bytes that are not JSON, 422 for JSON that is not a `T`.
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // The path names the offending field (`truncation_direction: unknown variant …`).

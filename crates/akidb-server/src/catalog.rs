@@ -1,14 +1,17 @@
 //! What clients list before they embed: OpenAI's `/v1/models` (the `openai` client's
-//! `models.list()`, LiteLLM's and Open WebUI's model discovery) and Ollama's `/api/tags`.
+//! `models.list()`, LiteLLM's and Open WebUI's model discovery) and Ollama's `/api/tags`,
+//! `/api/show` and `/api/version`, which Ollama front-ends call first.
 
 use axum::{
     extract::{Path, State},
     Json,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 use utoipa::ToSchema;
 
 use crate::{
+    api::ApiJson,
     error::ApiError,
     registry::Served,
     schema::{Failures, OpenAiFailures},
@@ -101,3 +104,73 @@ pub async fn ollama_tags(State(state): State<AppState>) -> Result<Json<OllamaTag
         .collect();
     Ok(Json(OllamaTags { models }))
 }
+
+/// `POST /api/show`: `model` (or `name`, as older clients send it).
+#[derive(Deserialize, ToSchema)]
+pub struct OllamaShowRequest {
+    model: Option<String>,
+    name: Option<String>,
+}
+
+/// What Ollama front-ends read of a model: its details, its `model_info` (architecture, embedding
+/// length, context length) and its capabilities. There is no Modelfile or template.
+#[derive(Serialize, ToSchema)]
+pub struct OllamaShow {
+    modelfile: &'static str,
+    parameters: &'static str,
+    template: &'static str,
+    details: OllamaDetails,
+    #[schema(value_type = Object)]
+    model_info: Value,
+    capabilities: Vec<&'static str>,
+}
+
+/// Ollama's model details for one served model.
+#[utoipa::path(post, path = "/api/show", tag = "Ollama", request_body = OllamaShowRequest,
+    responses((status = 200, description = "The model's details", body = OllamaShow), Failures))]
+pub async fn ollama_show(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<OllamaShowRequest>,
+) -> Result<Json<OllamaShow>, ApiError> {
+    let registry = state.registry()?;
+    let name = req.model.or(req.name).ok_or_else(|| ApiError::unprocessable("missing field `model`").param("model"))?;
+    let model = registry.find(&name)?;
+    let info = model.backend.info();
+    let arch = info.pipeline.family.clone().unwrap_or_else(|| "unknown".into());
+    let model_info = json!({
+        "general.architecture": arch,
+        "general.basename": info.id,
+        format!("{arch}.embedding_length"): info.dimension,
+        format!("{arch}.context_length"): info.max_seq_length,
+    });
+    let capabilities = match model.kind() {
+        akidb_engine::model_config::Kind::Embedder => vec!["embedding"],
+        _ => Vec::new(),
+    };
+    Ok(Json(OllamaShow {
+        modelfile: "",
+        parameters: "",
+        template: "",
+        details: OllamaDetails { format: "onnx", family: model.kind().to_string() },
+        model_info,
+        capabilities,
+    }))
+}
+
+/// Ollama's version answer.
+#[derive(Serialize, ToSchema)]
+pub struct OllamaVersion {
+    /// An Ollama version whose API akidb's Ollama routes follow (`/api/embed` with `dimensions`).
+    version: &'static str,
+}
+
+/// `GET /api/version`: front-ends check it before anything else.
+#[utoipa::path(get, path = "/api/version", tag = "Ollama",
+    responses((status = 200, description = "The Ollama API version served", body = OllamaVersion)))]
+pub async fn ollama_version() -> Json<OllamaVersion> {
+    Json(OllamaVersion { version: OLLAMA_API_VERSION })
+}
+
+/// The Ollama release whose embedding API (`/api/embed` with `truncate` and `dimensions`) the
+/// Ollama routes follow.
+const OLLAMA_API_VERSION: &str = "0.12.0";

@@ -179,7 +179,7 @@ impl AppState {
             let tokenized = tokenizer_work(count, bytes, move || backend.tokenize(&inputs, &options)).await;
             let took = started.elapsed();
             model.scheduler.metrics().request_tokenize.observe(took.as_secs_f64());
-            span.record("tokenize_ms", took.as_secs_f64() * 1e3);
+            span.record("tokenize_ms", crate::metrics::millis(took));
             let tokens = tokenized?;
             if !truncate {
                 if let Some(index) = tokens.iter().position(|t| t.truncated) {

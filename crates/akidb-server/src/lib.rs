@@ -21,6 +21,7 @@ pub mod backend;
 mod catalog;
 mod config;
 mod conn;
+mod dispatch;
 mod error;
 mod infer;
 pub mod metrics;

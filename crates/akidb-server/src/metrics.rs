@@ -13,6 +13,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+/// A duration in milliseconds, rounded to the microsecond, for log lines people read
+/// (`ms=0.054`, not `ms=0.054370999999999996`).
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// `name` summed over its series in Prometheus text (each model has its own); `None` when no
 /// series has it. For what reads `/metrics` back: the benchmark and the tests.
 pub fn total(text: &str, name: &str) -> Option<f64> {

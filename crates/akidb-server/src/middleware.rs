@@ -39,11 +39,23 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         queue_ms = Empty,
         inference_ms = Empty,
     );
+    let path = request.uri().path().to_string();
     let response = next.run(request).instrument(span.clone()).await;
+    // A 4xx says why in the log too (the message the client got); 5xx are logged where they happen.
+    let reason =
+        response.extensions().get::<ApiError>().filter(|e| e.status.is_client_error()).map(|e| e.message.clone());
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     state.metrics.observe_request(&route, status, elapsed);
-    span.in_scope(|| tracing::info!(status, ms = elapsed.as_secs_f64() * 1e3, "request"));
+    let ms = crate::metrics::millis(elapsed);
+    span.in_scope(|| match reason {
+        // What a person debugging a client needs: which route was missed, why a request was refused.
+        Some(reason) if route == "unmatched" => {
+            tracing::warn!(status, ms, path = %path, reason = %reason, "request matched no route")
+        }
+        Some(reason) => tracing::info!(status, ms, reason = %reason, "request refused"),
+        None => tracing::info!(status, ms, "request"),
+    });
     response
 }
 
@@ -55,12 +67,16 @@ pub(crate) async fn shape_errors(request: Request, next: Next) -> Response {
     let flavor = Flavor::of(request.uri().path());
     let mut response = next.run(request).await;
     let Some(error) = response.extensions_mut().remove::<ApiError>() else { return response };
+    // Kept on the response for `track`, which logs a refusal's reason.
     if error.flavor == flavor {
+        response.extensions_mut().insert(error);
         return response;
     }
-    let body = error.flavor(flavor).body().to_string();
+    let error = error.flavor(flavor);
+    let body = error.body().to_string();
     let (mut parts, _) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
+    parts.extensions.insert(error);
     Response::from_parts(parts, Body::from(body))
 }
 

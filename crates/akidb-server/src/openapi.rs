@@ -6,7 +6,7 @@
 use utoipa::OpenApi;
 
 use crate::{
-    catalog, routes,
+    catalog, dispatch, routes,
     schema::{ErrorBody, OpenAiErrorBody, OpenAiErrorDetail},
     scoring, status, tokens,
 };
@@ -27,6 +27,8 @@ use crate::{
         routes::ollama_embed,
         routes::ollama_embeddings,
         catalog::ollama_tags,
+        catalog::ollama_show,
+        catalog::ollama_version,
         catalog::list_models,
         catalog::get_model,
         scoring::rerank,
@@ -35,6 +37,8 @@ use crate::{
         scoring::predict,
         tokens::tokenize,
         tokens::decode,
+        dispatch::tei_default,
+        dispatch::invocations,
         status::health,
         status::info,
         status::metrics_text,

@@ -11,7 +11,7 @@ use axum::{
 };
 
 use crate::{
-    catalog,
+    catalog, dispatch,
     error::ApiError,
     middleware::{authorize, read_body, shape_errors, track},
     openapi, routes, scoring,
@@ -32,6 +32,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/embed", post(routes::ollama_embed))
         .route("/api/embeddings", post(routes::ollama_embeddings))
         .route("/api/tags", get(catalog::ollama_tags))
+        .route("/api/show", post(catalog::ollama_show))
+        .route("/api/version", get(catalog::ollama_version))
         .route("/v1/models", get(catalog::list_models))
         .route("/v1/models/{*model}", get(catalog::get_model))
         .route("/rerank", post(scoring::rerank))
@@ -40,6 +42,8 @@ pub fn router(state: AppState) -> Router {
         .route("/predict", post(scoring::predict))
         .route("/tokenize", post(tokens::tokenize))
         .route("/decode", post(tokens::decode))
+        .route("/", post(dispatch::tei_default))
+        .route("/invocations", post(dispatch::invocations))
         .merge(utoipa_swagger_ui::SwaggerUi::new("/docs").url("/openapi.json", openapi::document()))
         .route("/health", get(status::health))
         .route("/info", get(status::info))

@@ -217,6 +217,8 @@ pub struct OllamaRequest {
     #[schema(schema_with = texts_schema)]
     input: Value,
     truncate: Option<bool>,
+    /// Only the first this many dimensions (Matryoshka models), normalized after the cut [default: all]
+    dimensions: Option<i64>,
 }
 
 /// Ollama's answer; durations in nanoseconds, as Ollama reports them.
@@ -239,7 +241,10 @@ pub async fn ollama_embed(
     let started = Instant::now();
     let inputs = state.inputs(texts(req.input, "input")?, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
-    let out = state.run(model, inputs.singles(), Output::Rows, true, Encode::new(req.truncate, None, None)).await?;
+    let cut = dimensions(req.dimensions, model, StatusCode::BAD_REQUEST)?;
+    let encode = Encode::new(req.truncate, None, None);
+    let mut out = state.run(model, inputs.singles(), Output::Rows, cut.is_none(), encode).await?;
+    shorten(&mut out.vectors, cut, true);
     Ok(Json(OllamaResponse {
         model: model.name.clone(),
         embeddings: out.vectors,

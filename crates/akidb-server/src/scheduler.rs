@@ -338,7 +338,7 @@ impl Entry {
             self.started = Some(now);
             let queued = now.saturating_duration_since(self.queued_at);
             metrics.request_queue.observe(queued.as_secs_f64());
-            self.span.record("queue_ms", queued.as_secs_f64() * 1e3);
+            self.span.record("queue_ms", crate::metrics::millis(queued));
         }
     }
 
@@ -352,10 +352,10 @@ impl Entry {
                 if answered {
                     metrics.request_inference.observe(ran.as_secs_f64());
                 }
-                self.span.record("inference_ms", ran.as_secs_f64() * 1e3);
+                self.span.record("inference_ms", crate::metrics::millis(ran));
             }
             None => {
-                self.span.record("queue_ms", self.queued_at.elapsed().as_secs_f64() * 1e3);
+                self.span.record("queue_ms", crate::metrics::millis(self.queued_at.elapsed()));
             }
         }
     }

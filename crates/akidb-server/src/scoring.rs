@@ -10,7 +10,7 @@ use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::{
-    api::{kind, ApiJson},
+    api::{from_value, kind, ApiJson},
     backend::{Backend, BackendError, Output},
     error::ApiError,
     infer::{tokenizer_work, Encode, Inputs},
@@ -19,7 +19,7 @@ use crate::{
     state::AppState,
 };
 use akidb_engine::{
-    model_config::Kind,
+    model_config::{Activation, Kind},
     scores::{self, ranked, Prediction},
     tokenize::{Input, Side},
 };
@@ -42,11 +42,14 @@ async fn pair_scores(
 
 const RERANKER: &[Kind] = &[Kind::CrossEncoder];
 
-/// `POST /rerank`.
+/// `POST /rerank`, in TEI's shape (`texts`); Cohere's shape (`documents`), which infinity and
+/// vLLM accept here too, is read as `POST /v1/rerank` reads it and answered in its shape.
 #[derive(Deserialize, ToSchema)]
 pub struct RerankRequest {
     query: String,
     texts: Vec<String>,
+    /// Only the best `top_n` results [default: all]
+    top_n: Option<i64>,
     /// Logits instead of the model's activation over them [default: false]
     #[serde(default)]
     raw_scores: bool,
@@ -70,28 +73,50 @@ pub struct Rank {
     text: Option<String>,
 }
 
-/// text-embeddings-inference's reranking: each text scored against the query, best first.
+/// What `POST /rerank` answers: TEI's list for TEI's request, Cohere's results for Cohere's.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RerankResponse {
+    Tei(Vec<Rank>),
+    Cohere(CohereRerankResponse),
+}
+
+/// text-embeddings-inference's reranking: each text scored against the query, best first. A body
+/// with `documents` instead of `texts` (Cohere's, as LiteLLM's `infinity/` and `hosted_vllm/`
+/// providers send it here) is answered as `POST /v1/rerank` answers it.
 #[utoipa::path(post, path = "/rerank", tag = "TEI", request_body = RerankRequest,
-    responses((status = 200, description = "Texts by score, highest first", body = Vec<Rank>), Failures))]
+    responses((status = 200, description = "Texts by score, highest first (TEI's request), or Cohere's results (Cohere's request)", body = RerankResponse), Failures))]
 pub async fn rerank(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<RerankRequest>,
-) -> Result<Json<Vec<Rank>>, ApiError> {
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Json<RerankResponse>, ApiError> {
+    if body.get("documents").is_some() && body.get("texts").is_none() {
+        let req: CohereRerankRequest = from_value(body)?;
+        return cohere(&state, req, "POST /rerank").await.map(|r| Json(RerankResponse::Cohere(r)));
+    }
+    tei_rerank(&state, from_value(body)?).await.map(|r| Json(RerankResponse::Tei(r)))
+}
+
+async fn tei_rerank(state: &AppState, req: RerankRequest) -> Result<Vec<Rank>, ApiError> {
+    let top_n = match req.top_n {
+        None => usize::MAX,
+        Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX),
+        Some(n) => return Err(ApiError::unprocessable(format!("top_n must be at least 1, not {n}")).param("top_n")),
+    };
     let texts = state.inputs(req.texts, "texts")?;
     let model = state.pick(req.model.as_deref(), "POST /rerank", RERANKER)?;
     let encode = Encode::new(req.truncate, req.truncation_direction, None);
-    let (scores, _) = pair_scores(&state, model, &req.query, &texts, req.raw_scores, encode).await?;
+    let (scores, _) = pair_scores(state, model, &req.query, &texts, req.raw_scores, encode).await?;
     let mut texts: Vec<Option<String>> = texts.into_vec().into_iter().map(Some).collect();
-    Ok(Json(
-        ranked(&scores)
-            .into_iter()
-            .map(|index| Rank {
-                index,
-                score: scores[index],
-                text: if req.return_text { texts[index].take() } else { None },
-            })
-            .collect(),
-    ))
+    Ok(ranked(&scores)
+        .into_iter()
+        .take(top_n)
+        .map(|index| Rank {
+            index,
+            score: scores[index],
+            text: if req.return_text { texts[index].take() } else { None },
+        })
+        .collect())
 }
 
 /// `POST /v1/rerank`, as Cohere and Jina define it.
@@ -111,6 +136,9 @@ pub struct CohereRerankRequest {
     return_documents: bool,
     /// Cut each document after this many tokens [default: no cap beyond the model's maximum]
     max_tokens_per_doc: Option<i64>,
+    /// For object documents: the fields ranked, in this order, as `field: value` lines
+    /// [default: the `text` field]
+    rank_fields: Option<Vec<String>>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -138,7 +166,7 @@ pub struct CohereRerankResponse {
     usage: RerankUsage,
 }
 
-fn documents(value: Value) -> Result<Vec<String>, ApiError> {
+fn documents(value: Value, rank_fields: Option<&[String]>) -> Result<Vec<String>, ApiError> {
     let items = match value {
         Value::Array(items) => items,
         Value::Null => return Err(ApiError::unprocessable("missing field `documents`").param("documents")),
@@ -151,20 +179,39 @@ fn documents(value: Value) -> Result<Vec<String>, ApiError> {
     items
         .into_iter()
         .enumerate()
-        .map(|(i, item)| match item {
-            Value::String(s) => Ok(s),
-            Value::Object(mut map) => match map.remove("text") {
+        .map(|(i, item)| match (item, rank_fields) {
+            (Value::String(s), _) => Ok(s),
+            (Value::Object(map), Some(names)) => fields(i, &map, names),
+            (Value::Object(mut map), None) => match map.remove("text") {
                 Some(Value::String(s)) => Ok(s),
                 _ => Err(ApiError::unprocessable(format!("documents[{i}] is an object without a string `text`"))
                     .param("documents")),
             },
-            other => Err(ApiError::unprocessable(format!(
+            (other, _) => Err(ApiError::unprocessable(format!(
                 "documents[{i}] must be a string or an object with `text`, not {}",
                 kind(&other)
             ))
             .param("documents")),
         })
         .collect()
+}
+
+/// Document `i`'s `rank_fields`, in order, as `field: value` lines (strings as they are, other
+/// values as JSON), as Cohere ranks an object document; a missing field is the client's error.
+fn fields(i: usize, map: &serde_json::Map<String, Value>, names: &[String]) -> Result<String, ApiError> {
+    let mut lines = Vec::with_capacity(names.len());
+    for name in names {
+        let value = match map.get(name) {
+            Some(Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None => {
+                return Err(ApiError::unprocessable(format!("documents[{i}] has no field `{name}` (in rank_fields)"))
+                    .param("rank_fields"))
+            }
+        };
+        lines.push(format!("{name}: {value}"));
+    }
+    Ok(lines.join("\n"))
 }
 
 /// Cohere's and Jina's reranking API: relevance scores in [0, 1] (the model's activation), best first.
@@ -233,7 +280,10 @@ fn cap_tokens(backend: &dyn Backend, doc: String, n: usize) -> Result<String, Ba
 /// `/v1/rerank` and `/v2/rerank`: one request, two answers.
 async fn cohere(state: &AppState, req: CohereRerankRequest, route: &str) -> Result<CohereRerankResponse, ApiError> {
     let started = Instant::now();
-    let docs = state.inputs(documents(req.documents)?, "documents")?;
+    if req.rank_fields.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ApiError::unprocessable("rank_fields must name at least one field").param("rank_fields"));
+    }
+    let docs = state.inputs(documents(req.documents, req.rank_fields.as_deref())?, "documents")?;
     let top_n = match req.top_n {
         None => docs.len(),
         Some(n) if n >= 1 => usize::try_from(n).unwrap_or(usize::MAX).min(docs.len()),
@@ -284,6 +334,28 @@ pub struct PredictRequest {
     truncation_direction: Option<Side>,
     /// A served classifier or cross-encoder [default: the first classifier, else the first cross-encoder]
     model: Option<String>,
+    /// Hugging Face's text-classification parameters (huggingface_hub's `text_classification`)
+    parameters: Option<PredictParameters>,
+}
+
+/// `parameters` of `POST /predict`; any other parameter is refused, never ignored.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PredictParameters {
+    /// Only the best this many labels of each input [default: all]
+    top_k: Option<i64>,
+    /// Instead of the model's activation [default: the model's]
+    function_to_apply: Option<FunctionToApply>,
+}
+
+/// What turns a classifier's logits into scores, as transformers' pipelines name it.
+#[derive(Deserialize, ToSchema, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionToApply {
+    Sigmoid,
+    Softmax,
+    /// The logits themselves.
+    None,
 }
 
 /// One list of predictions, or one per input of a batch.
@@ -352,13 +424,34 @@ pub async fn predict(
 ) -> Result<Json<PredictResponse>, ApiError> {
     let (inputs, batch) = predict_inputs(req.inputs)?;
     let inputs = state.inputs(inputs, "inputs")?;
+    let (top_k, function) = match req.parameters {
+        None => (None, None),
+        Some(PredictParameters { top_k: Some(k), .. }) if k < 1 => {
+            return Err(ApiError::unprocessable(format!("parameters.top_k must be at least 1, not {k}"))
+                .param("parameters.top_k"))
+        }
+        Some(p) => (p.top_k.map(|k| usize::try_from(k).unwrap_or(usize::MAX)), p.function_to_apply),
+    };
     let model = state.pick(req.model.as_deref(), "POST /predict", &[Kind::Classifier, Kind::CrossEncoder])?;
     let info = model.backend.info();
-    let (labels, activation) = (&info.labels, info.activation);
+    let labels = &info.labels;
+    let (activation, raw) = match function {
+        None => (info.activation, req.raw_scores),
+        Some(FunctionToApply::Sigmoid) => (Some(Activation::Sigmoid), req.raw_scores),
+        Some(FunctionToApply::Softmax) => (Some(Activation::Softmax), req.raw_scores),
+        Some(FunctionToApply::None) => (None, true),
+    };
     let encode = Encode::new(req.truncate, req.truncation_direction, None);
     let out = state.run(model, inputs, Output::Rows, false, encode).await?;
-    let mut all: Vec<Vec<Prediction>> =
-        out.vectors.into_iter().map(|logits| scores::predictions(logits, labels, activation, req.raw_scores)).collect();
+    let mut all: Vec<Vec<Prediction>> = out
+        .vectors
+        .into_iter()
+        .map(|logits| {
+            let mut labelled = scores::predictions(logits, labels, activation, raw);
+            labelled.truncate(top_k.unwrap_or(usize::MAX));
+            labelled
+        })
+        .collect();
     Ok(Json(if batch { PredictResponse::Batch(all) } else { PredictResponse::Single(all.pop().unwrap_or_default()) }))
 }
 
@@ -395,8 +488,13 @@ mod tests {
 
     #[test]
     fn documents_are_strings_or_objects_with_text() {
-        assert_eq!(documents(json!(["a", {"text": "b"}])).unwrap(), vec!["a", "b"]);
-        assert!(documents(json!([{"title": "b"}])).unwrap_err().message.contains("documents[0]"));
-        assert!(documents(json!("a")).unwrap_err().message.contains("must be an array"));
+        assert_eq!(documents(json!(["a", {"text": "b"}]), None).unwrap(), vec!["a", "b"]);
+        assert!(documents(json!([{"title": "b"}]), None).unwrap_err().message.contains("documents[0]"));
+        assert!(documents(json!("a"), None).unwrap_err().message.contains("must be an array"));
+        let fields = ["title".to_string(), "year".to_string()];
+        let docs = json!(["plain", {"title": "Rust", "year": 2015, "text": "ignored"}]);
+        assert_eq!(documents(docs, Some(&fields)).unwrap(), vec!["plain", "title: Rust\nyear: 2015"]);
+        let e = documents(json!([{"title": "x"}]), Some(&fields)).unwrap_err();
+        assert!(e.message.contains("documents[0] has no field `year`"), "{}", e.message);
     }
 }

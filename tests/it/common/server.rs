@@ -4,6 +4,7 @@ use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
     process::{Command, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -86,6 +87,12 @@ impl TestServer {
 
 /// Starts the real binary and returns it with its address, read from its log.
 pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
+    let (child, base, _) = spawn_binary_logged(args);
+    (child, base)
+}
+
+/// The same, with every line the server logs (at info) kept for the test to read.
+pub fn spawn_binary_logged(args: &[&str]) -> (std::process::Child, String, Arc<Mutex<Vec<String>>>) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_akidb"))
         .env("HF_HOME", hf_home())
         .env("HF_HUB_OFFLINE", "1")
@@ -98,6 +105,8 @@ pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
         .expect("spawn akidb serve");
     let stderr = child.stderr.take().expect("stderr");
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let kept = Arc::clone(&log);
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -107,10 +116,11 @@ pub fn spawn_binary(args: &[&str]) -> (std::process::Child, String) {
                     sent = true;
                 }
             }
+            kept.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(line);
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(30)).expect("server logged its address");
-    (child, format!("http://{addr}"))
+    (child, format!("http://{addr}"), log)
 }
 
 /// Polls `base`/health until it answers 200 (at most 30 s).

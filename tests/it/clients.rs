@@ -1,0 +1,191 @@
+//! What real clients send that akidb once answered with 404, 422 or a silently ignored field
+//! (issue #26, part 4): TEI's bare-address routes, Cohere's shape on `/rerank`, fields that are now
+//! applied or refused, Ollama's `/api/show` and `/api/version`, and log lines a person can debug
+//! with. One server holding an embedder, a cross-encoder and a classifier, over real HTTP.
+
+use crate::common;
+
+use std::{sync::OnceLock, time::Duration};
+
+use akidb_server::ServerConfig;
+use common::{cosine, server::TestServer, TINY};
+use serde_json::{json, Value};
+
+const CROSS: &str = "akidb-test/tiny-cross-encoder";
+const CLASSIFIER: &str = "akidb-test/tiny-bert-classifier";
+
+fn server() -> &'static TestServer {
+    static SERVER: OnceLock<TestServer> = OnceLock::new();
+    SERVER.get_or_init(|| TestServer::start_models(&[TINY, CROSS, CLASSIFIER], ServerConfig::default(), Duration::ZERO))
+}
+
+async fn post(path: &str, body: Value) -> (u16, Value) {
+    let s = server();
+    s.wait_healthy().await;
+    let r = reqwest::Client::new().post(s.url(path)).json(&body).send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
+}
+
+async fn ok(path: &str, body: Value) -> Value {
+    let (status, v) = post(path, body.clone()).await;
+    assert_eq!(status, 200, "{path} {body}: {v}");
+    v
+}
+
+fn message(v: &Value) -> String {
+    v["error"].as_str().or_else(|| v["error"]["message"].as_str()).unwrap_or_default().to_string()
+}
+
+async fn refused(path: &str, body: Value, status: u16, says: &str) {
+    let (got, v) = post(path, body.clone()).await;
+    assert_eq!(got, status, "{path} {body}: {v}");
+    assert!(message(&v).contains(says), "{path} {body}: expected '{says}' in {v}");
+}
+
+/// huggingface_hub's `InferenceClient`, Haystack's TEI embedders and LiteLLM's `huggingface/`
+/// provider post to the bare address (and SageMaker to `/invocations`): answered as TEI does, by
+/// the model's kind and, for an embedder, by the body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_bare_address_and_invocations_answer_as_tei_does() {
+    let embed = ok("/embed", json!({"inputs": ["hello", "world"]})).await;
+    for path in ["/", "/invocations"] {
+        assert_eq!(ok(path, json!({"inputs": ["hello", "world"]})).await, embed, "{path}: feature extraction");
+        let similar = json!({"inputs": {"source_sentence": "a cat", "sentences": ["a cat", "a dog"]}});
+        assert_eq!(ok(path, similar.clone()).await, ok("/similarity", similar).await, "{path}: sentence similarity");
+        let rerank = json!({"model": CROSS, "query": "what is rust", "texts": ["a language", "a metal oxide"]});
+        assert_eq!(ok(path, rerank.clone()).await, ok("/rerank", rerank).await, "{path}: a cross-encoder reranks");
+        let classify = json!({"model": CLASSIFIER, "inputs": "great product"});
+        assert_eq!(ok(path, classify.clone()).await, ok("/predict", classify).await, "{path}: a classifier predicts");
+    }
+    refused("/", json!({"model": "no-such-model", "inputs": "x"}), 404, "is not served here").await;
+    refused("/", json!({"inputs": 5}), 422, "inputs").await;
+}
+
+/// LiteLLM's `infinity/` and `hosted_vllm/` providers post Cohere's shape to `/rerank`: it is
+/// answered as `/v1/rerank` answers it; `top_n` is honoured in both shapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_takes_cohere_shape_and_top_n() {
+    let documents = json!(["Rust is a language", "rust on a bike chain", "a systems programming language"]);
+    let cohere = json!({"query": "programming language", "documents": documents, "top_n": 2, "return_documents": true});
+    let got = ok("/rerank", cohere.clone()).await;
+    let want = ok("/v1/rerank", cohere).await;
+    assert_eq!(got["results"], want["results"], "{got}");
+    assert_eq!(got["results"].as_array().unwrap().len(), 2);
+    assert!(got["results"][0]["document"]["text"].is_string(), "{got}");
+
+    let texts = json!({"query": "programming language", "texts": documents});
+    let all = ok("/rerank", texts.clone()).await;
+    let mut one = texts.clone();
+    one["top_n"] = json!(1);
+    let best = ok("/rerank", one).await;
+    assert_eq!(best.as_array().unwrap().as_slice(), &all.as_array().unwrap()[..1], "TEI's shape, top_n 1");
+    let index_of = |v: &Value| v["index"].as_u64().unwrap();
+    assert_eq!(index_of(&all[0]), index_of(&got["results"][0]), "both shapes rank alike");
+    let mut zero = texts;
+    zero["top_n"] = json!(0);
+    refused("/rerank", zero, 422, "top_n must be at least 1").await;
+}
+
+/// Fields clients send are applied or refused with a 422, never ignored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fields_are_applied_or_refused_never_ignored() {
+    // Ollama's `dimensions`: the first d values, normalized again.
+    let full = ok("/api/embed", json!({"input": "matryoshka"})).await["embeddings"][0].clone();
+    let cut = ok("/api/embed", json!({"input": "matryoshka", "dimensions": 16})).await["embeddings"][0].clone();
+    let (full, cut): (Vec<f32>, Vec<f32>) =
+        (serde_json::from_value(full).unwrap(), serde_json::from_value(cut).unwrap());
+    assert_eq!(cut.len(), 16);
+    assert!((cut.iter().map(|x| x * x).sum::<f32>() - 1.0).abs() < 1e-5, "unit length after the cut");
+    assert!(cosine(&cut, &full[..16]) > 0.99999);
+    refused("/api/embed", json!({"input": "x", "dimensions": 999}), 400, "between 1 and the model's 32").await;
+
+    // Hugging Face's text-classification parameters.
+    let all = ok("/predict", json!({"inputs": "fine", "model": CLASSIFIER})).await;
+    assert_eq!(all.as_array().unwrap().len(), 3);
+    let top = ok("/predict", json!({"inputs": "fine", "model": CLASSIFIER, "parameters": {"top_k": 1}})).await;
+    assert_eq!(top.as_array().unwrap().as_slice(), &all.as_array().unwrap()[..1]);
+    let none = json!({"inputs": "fine", "model": CLASSIFIER, "parameters": {"function_to_apply": "none"}});
+    let raw = json!({"inputs": "fine", "model": CLASSIFIER, "raw_scores": true});
+    assert_eq!(ok("/predict", none).await, ok("/predict", raw).await, "none: the logits");
+    let sigmoid = json!({"inputs": "fine", "model": CLASSIFIER, "parameters": {"function_to_apply": "sigmoid"}});
+    let s = ok("/predict", sigmoid).await;
+    let sum: f64 = s.as_array().unwrap().iter().map(|p| p["score"].as_f64().unwrap()).sum();
+    assert!((sum - 1.0).abs() > 1e-3, "sigmoid scores do not sum to 1 as softmax's do: {s}");
+    refused("/predict", json!({"inputs": "x", "parameters": {"top_k": 0}}), 422, "top_k must be at least 1").await;
+    refused("/predict", json!({"inputs": "x", "parameters": {"temperature": 2}}), 422, "temperature").await;
+    refused("/predict", json!({"inputs": "x", "parameters": {"function_to_apply": "relu"}}), 422, "relu").await;
+
+    // Cohere's `rank_fields`: the named fields of object documents, in order, as `field: value`.
+    let objects = json!({"query": "q", "rank_fields": ["title", "text"],
+        "documents": [{"title": "Rust", "text": "a language", "id": 1}, {"title": "Iron", "text": "oxide", "id": 2}]});
+    let plain = json!({"query": "q", "documents": ["title: Rust\ntext: a language", "title: Iron\ntext: oxide"]});
+    let (a, b) = (ok("/v1/rerank", objects).await, ok("/v1/rerank", plain).await);
+    assert_eq!(a["results"], b["results"]);
+    let missing = json!({"query": "q", "rank_fields": ["title"], "documents": [{"text": "no title"}]});
+    refused("/v1/rerank", missing, 422, "documents[0] has no field `title`").await;
+}
+
+/// What Ollama front-ends call before they embed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ollama_show_and_version() {
+    let s = server();
+    s.wait_healthy().await;
+    let version: Value = reqwest::get(s.url("/api/version")).await.unwrap().json().await.unwrap();
+    assert!(version["version"].as_str().is_some_and(|v| v.split('.').count() == 3), "{version}");
+    for body in [json!({"model": TINY}), json!({"name": "tiny-bert-cls:latest"})] {
+        let show = ok("/api/show", body).await;
+        assert_eq!(show["details"]["family"], "embedder", "{show}");
+        assert_eq!(show["model_info"]["bert.embedding_length"], 32, "{show}");
+        assert_eq!(show["model_info"]["bert.context_length"], 64, "{show}");
+        assert_eq!(show["capabilities"], json!(["embedding"]));
+    }
+    let cross = ok("/api/show", json!({"model": CROSS})).await;
+    assert_eq!(
+        (cross["details"]["family"].as_str(), cross["capabilities"].clone()),
+        (Some("cross-encoder"), json!([]))
+    );
+    refused("/api/show", json!({"model": "nomic-embed-text"}), 404, "is not served here").await;
+    refused("/api/show", json!({}), 422, "model").await;
+}
+
+/// The log says which route a client missed and why a request was refused, with durations a
+/// person can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_missed_routes_and_refusals_with_readable_durations() {
+    let (mut child, base, log) = common::server::spawn_binary_logged(&["--model", TINY]);
+    common::server::wait_healthy(&base).await;
+    let client = reqwest::Client::new();
+    assert_eq!(client.post(format!("{base}/v1/completions")).json(&json!({})).send().await.unwrap().status(), 404);
+    let bad = client.post(format!("{base}/embed")).json(&json!({"inputs": []})).send().await.unwrap();
+    assert_eq!(bad.status(), 422);
+    assert_eq!(client.post(format!("{base}/embed")).json(&json!({"inputs": "a"})).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await; // the log lines reach the reader thread
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = log.lock().unwrap().clone();
+    let text = lines.join("\n");
+    let missed = lines.iter().find(|l| l.contains("request matched no route")).unwrap_or_else(|| panic!("{text}"));
+    assert!(missed.contains("/v1/completions") && missed.contains("POST"), "{missed}");
+    let refusal = lines.iter().find(|l| l.contains("request refused")).unwrap_or_else(|| panic!("{text}"));
+    assert!(refusal.contains("inputs must not be empty") && refusal.contains("status=422"), "{refusal}");
+    for line in lines.iter().filter(|l| l.contains(" ms=")) {
+        let ms = line.split(" ms=").nth(1).and_then(|r| r.split_whitespace().next()).unwrap();
+        let decimals = ms.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 3, "durations are rounded to the microsecond: {line}");
+    }
+    assert!(lines.iter().any(|l| l.contains(" ms=")), "{text}");
+}
+
+/// `serve --help`, README and the code agree on what a request past `--request-timeout` gets: 504
+/// (the code's answer is tested in akidb-server's `scheduling_tests`).
+#[test]
+fn the_request_timeout_status_is_the_same_in_help_readme_and_code() {
+    let out = common::akidb().args(["serve", "--help"]).output().expect("akidb serve --help");
+    let help = String::from_utf8_lossy(&out.stdout);
+    let line = help.lines().skip_while(|l| !l.contains("--request-timeout")).take(3).collect::<Vec<_>>().join(" ");
+    assert!(line.contains("answered 504") && !line.contains("503"), "{line}");
+    let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    assert!(readme.contains("`--request-timeout` (default 60 s, 0 = none) answers 504"));
+}
