@@ -308,6 +308,9 @@ fn predict(args: PredictArgs, file: &ConfigFile) -> Result<()> {
 fn serve(args: ServeArgs, file: &ConfigFile) -> Result<()> {
     let all = args.model.resolve_all(file)?;
     let config = args.server.resolve(file)?;
+    // Before anything loads: an alias must name exactly one of the models asked for.
+    let ids: Vec<&str> = all.iter().map(|o| o.model.as_str()).collect();
+    config.aliases_of(&ids).map_err(anyhow::Error::msg)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
     runtime.block_on(async move {

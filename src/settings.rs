@@ -26,7 +26,7 @@ use akidb_engine::{
     },
     ModelOptions,
 };
-use akidb_server::ServerConfig;
+use akidb_server::{ModelAlias, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -168,6 +168,10 @@ pub struct ServerArgs {
     /// Extra name accepted in requests' `model` field and returned in responses
     #[arg(long, env = "AKIDB_SERVED_MODEL_NAME")]
     pub served_model_name: Option<String>,
+    /// Another name for any served model, ALIAS=MODEL (MODEL: its id, short name or served name), e.g. nomic-embed-text=all-MiniLM-L6-v2; repeatable
+    #[arg(long, env = "AKIDB_MODEL_ALIAS", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub model_alias: Vec<ModelAlias>,
     /// Require `Authorization: Bearer <key>` on every route but /health
     #[arg(long, env = "AKIDB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -432,6 +436,7 @@ impl ServerArgs {
             host: self.host.clone().unwrap_or(d.host),
             port: self.port.unwrap_or(d.port),
             served_model_name: self.served_model_name.clone().or(d.served_model_name),
+            aliases: self.model_alias.clone(),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()).or(d.api_key),
             payload_limit: self.payload_limit.unwrap_or(d.payload_limit).max(1),
             max_inputs: self.max_inputs.unwrap_or(d.max_inputs).max(1),

@@ -189,3 +189,43 @@ fn the_request_timeout_status_is_the_same_in_help_readme_and_code() {
     let readme = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     assert!(readme.contains("`--request-timeout` (default 60 s, 0 = none) answers 504"));
 }
+
+/// Clients that keep their default model names reach any served model through `--model-alias`;
+/// answers carry the served name. An alias of a model not served stops `akidb serve` at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_reach_every_served_model() {
+    let aliases = ["text-embedding-3-small=tiny-bert-cls", "rerank-english-v3.0=akidb-test/tiny-cross-encoder"];
+    let config = ServerConfig { aliases: aliases.iter().map(|a| a.parse().unwrap()).collect(), ..Default::default() };
+    let s = TestServer::start_models(&[TINY, CROSS], config, Duration::ZERO);
+    s.wait_healthy().await;
+    let client = reqwest::Client::new();
+    let embed: Value = client
+        .post(s.url("/v1/embeddings"))
+        .json(&json!({"model": "text-embedding-3-small", "input": "a"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(embed["model"], TINY, "{embed}");
+    let rerank: Value = client
+        .post(s.url("/v1/rerank"))
+        .json(&json!({"model": "rerank-english-v3.0", "query": "q", "documents": ["a", "b"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rerank["model"], CROSS, "{rerank}");
+    let r = client.post(s.url("/v1/rerank")).json(&json!({"model": "rerank-v9", "query": "q", "documents": ["a"]}));
+    assert_eq!(r.send().await.unwrap().status(), 404);
+
+    let out = common::akidb()
+        .args(["serve", "--port", "0", "--model", TINY, "--model-alias", "nomic-embed-text=bge-small"])
+        .output()
+        .expect("akidb serve");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no served model is bge-small"), "{err}");
+}

@@ -43,7 +43,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 pub use self::backend::{Backend, BackendError, Output};
-pub use self::config::ServerConfig;
+pub use self::config::{ModelAlias, ServerConfig};
 pub use self::error::{ApiError, Flavor};
 pub use self::router::router;
 pub use self::state::AppState;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::http::StatusCode;
 
-use super::{backend::Backend, error::ApiError, scheduler::Scheduler};
+use super::{backend::Backend, config, error::ApiError, scheduler::Scheduler};
 use akidb_engine::model_config::Kind;
 
 pub struct Served {
@@ -14,6 +14,8 @@ pub struct Served {
     pub scheduler: Scheduler,
     /// What responses call it: `--served-model-name` for the first model, else its id.
     pub name: String,
+    /// More names that select it (`--model-alias`).
+    pub aliases: Vec<String>,
 }
 
 impl Served {
@@ -21,13 +23,11 @@ impl Served {
         self.backend.info().kind
     }
 
-    /// The id, its last path part (`all-MiniLM-L6-v2`) and the served name all select it, with
-    /// or without the `:latest` tag Ollama clients add.
+    /// The id, its last path part (`all-MiniLM-L6-v2`), the served name and its aliases all
+    /// select it, with or without the `:latest` tag Ollama clients add.
     fn answers_to(&self, requested: &str) -> bool {
-        let requested = requested.strip_suffix(":latest").unwrap_or(requested);
-        let id = &self.backend.info().id;
-        let short = id.trim_end_matches('/').rsplit('/').next().unwrap_or(id);
-        requested == id || requested == short || requested == self.name
+        let bare = requested.strip_suffix(":latest").unwrap_or(requested);
+        config::selects(&self.backend.info().id, &self.name, requested) || self.aliases.iter().any(|a| a == bare)
     }
 }
 

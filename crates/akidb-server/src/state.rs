@@ -43,6 +43,13 @@ impl AppState {
 
     /// Puts each loaded model behind its own scheduler; from now on `/health` is theirs.
     pub(crate) fn install(&self, backends: Vec<Arc<dyn Backend>>, stall_floor: Duration) {
+        let ids: Vec<String> = backends.iter().map(|b| b.info().id.clone()).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        // Checked before loading (`akidb serve`); a library user's bad alias is logged, not fatal.
+        let mut aliases = self.config.aliases_of(&ids).unwrap_or_else(|e| {
+            tracing::error!("{e}; no aliases are served");
+            vec![Vec::new(); ids.len()]
+        });
         let models = backends
             .into_iter()
             .enumerate()
@@ -54,11 +61,8 @@ impl AppState {
                     stall_floor,
                 };
                 let scheduler = Scheduler::start(backend.clone(), config, self.metrics.clone());
-                let name = match (&self.config.served_model_name, i) {
-                    (Some(name), 0) => name.clone(),
-                    _ => backend.info().id.clone(),
-                };
-                Served { backend, scheduler, name }
+                let name = self.config.served_name(i, &backend.info().id);
+                Served { backend, scheduler, name, aliases: std::mem::take(&mut aliases[i]) }
             })
             .collect();
         if self.registry.set(Registry::new(models)).is_err() {
