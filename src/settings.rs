@@ -26,7 +26,7 @@ use akidb_engine::{
     },
     ModelOptions,
 };
-use akidb_server::{ModelAlias, ServerConfig};
+use akidb_server::{ModelAlias, ServerConfig, TokenIds};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
@@ -172,6 +172,9 @@ pub struct ServerArgs {
     #[arg(long, env = "AKIDB_MODEL_ALIAS", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub model_alias: Vec<ModelAlias>,
+    /// Token ids in OpenAI's `input` (LangChain's OpenAIEmbeddings sends tiktoken ids): tiktoken decodes them with the request model's encoding (cl100k_base when tiktoken does not know the name) and embeds the text; reject answers 422 [default: tiktoken]
+    #[arg(long, env = "AKIDB_OPENAI_TOKEN_IDS", value_name = "tiktoken|reject")]
+    pub openai_token_ids: Option<TokenIds>,
     /// Require `Authorization: Bearer <key>` on every route but /health
     #[arg(long, env = "AKIDB_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
@@ -437,6 +440,7 @@ impl ServerArgs {
             port: self.port.unwrap_or(d.port),
             served_model_name: self.served_model_name.clone().or(d.served_model_name),
             aliases: self.model_alias.clone(),
+            openai_token_ids: self.openai_token_ids.unwrap_or(d.openai_token_ids),
             api_key: self.api_key.clone().filter(|k| !k.is_empty()).or(d.api_key),
             payload_limit: self.payload_limit.unwrap_or(d.payload_limit).max(1),
             max_inputs: self.max_inputs.unwrap_or(d.max_inputs).max(1),

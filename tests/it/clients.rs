@@ -229,3 +229,74 @@ async fn aliases_reach_every_served_model() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("no served model is bge-small"), "{err}");
 }
+
+/// OpenAI's `input` as tiktoken ids (what LangChain's `OpenAIEmbeddings` sends by default) is
+/// decoded to the text and embedded: the same vectors as the text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openai_token_ids_are_decoded_with_tiktoken() {
+    let texts = ["the quick brown fox", "naïve café — 🙂"];
+    let by_text = ok("/v1/embeddings", json!({"model": TINY, "input": texts})).await;
+    let bpe = tiktoken_rs::cl100k_base_singleton();
+    let ids: Vec<Vec<u32>> = texts.iter().map(|t| bpe.encode_with_special_tokens(t)).collect();
+    let by_ids = ok("/v1/embeddings", json!({"model": TINY, "input": ids})).await;
+    assert_eq!(by_ids["data"], by_text["data"], "ids decode to the exact texts");
+    let one = ok("/v1/embeddings", json!({"model": TINY, "input": ids[0]})).await;
+    assert_eq!(one["data"][0]["embedding"], by_text["data"][0]["embedding"], "[int] is one text");
+}
+
+/// LangChain's `OpenAIEmbeddings` with its default settings (tiktoken ids, chunked by its context
+/// length) against a real server: its vectors are the texts' own. tiktoken's `cl100k_base` file
+/// comes from the tiktoken-rs crate's copy (byte for byte; tiktoken checks its hash), since
+/// tiktoken would download it and there is no network here.
+#[test]
+#[ignore = "needs langchain-openai (tool_ tests: scripts/test.sh)"]
+fn tool_langchain_openai_embeddings_with_default_settings() {
+    let python = common::tool_python("langchain_openai, tiktoken");
+    let dir = tempfile::tempdir().unwrap();
+    let bpe = tiktoken_rs::cl100k_base_singleton();
+    let ranks: Vec<Vec<u8>> = (0..100_256u32).map(|r| bpe.decode_bytes(&[r]).expect("a rank of cl100k_base")).collect();
+    let ranks_file = dir.path().join("cl100k_ranks.json");
+    std::fs::write(&ranks_file, serde_json::to_vec(&ranks).unwrap()).unwrap();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let s = server();
+    runtime.block_on(s.wait_healthy());
+    let texts = ["the quick brown fox jumps over the lazy dog", "vector search with akidb", "naïve café — 🙂"];
+    let script = r#"
+import base64, hashlib, json, os, sys
+ranks, cache, base, model, texts = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], json.loads(sys.argv[5])
+url = "https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken"
+data = "".join(f"{base64.b64encode(bytes(b)).decode()} {i}\n" for i, b in enumerate(json.load(open(ranks)))).encode()
+assert hashlib.sha256(data).hexdigest() == "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7"
+os.makedirs(cache, exist_ok=True)
+open(os.path.join(cache, hashlib.sha1(url.encode()).hexdigest()), "wb").write(data)
+os.environ["TIKTOKEN_CACHE_DIR"] = cache
+from langchain_openai import OpenAIEmbeddings
+emb = OpenAIEmbeddings(model=model, base_url=base + "/v1", api_key="unused")
+assert emb.check_embedding_ctx_length, "the default settings send token ids"
+print(json.dumps({"docs": emb.embed_documents(texts), "query": emb.embed_query(texts[0])}))
+"#;
+    let out = std::process::Command::new(python)
+        .args(["-c", script])
+        .arg(&ranks_file)
+        .arg(dir.path().join("tiktoken-cache"))
+        .arg(s.url(""))
+        .arg(TINY)
+        .arg(serde_json::to_string(&texts).unwrap())
+        .output()
+        .expect("run python");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    let want = runtime.block_on(ok("/v1/embeddings", json!({"model": TINY, "input": texts})));
+    for (i, doc) in got["docs"].as_array().unwrap().iter().enumerate() {
+        let (a, b): (Vec<f32>, Vec<f32>) = (
+            serde_json::from_value(doc.clone()).unwrap(),
+            serde_json::from_value(want["data"][i]["embedding"].clone()).unwrap(),
+        );
+        assert!(cosine(&a, &b) > 0.9999, "text {i}: {}", cosine(&a, &b));
+    }
+    let q: Vec<f32> = serde_json::from_value(got["query"].clone()).unwrap();
+    let w: Vec<f32> = serde_json::from_value(want["data"][0]["embedding"].clone()).unwrap();
+    assert!(cosine(&q, &w) > 0.9999);
+}

@@ -2,6 +2,7 @@
 //! directory and run with no environment but the model cache (no LD_LIBRARY_PATH, no cargo); and
 //! the release workflow, validated against GitHub's workflow schema.
 
+#[cfg(target_os = "linux")]
 use crate::common;
 
 use std::process::Command;

@@ -165,11 +165,18 @@ async fn bad_input_gets_the_right_status_and_json_and_the_server_keeps_serving()
         ("/v1/embeddings", "application/json", json!({"input": []}).to_string(), 422, "must not be empty"),
         ("/api/v1/embed", "application/json", json!({"inputs": [1, 2]}).to_string(), 422, "inputs[0]"),
         (
-            "/v1/embeddings",
+            "/embed",
             "application/json",
-            json!({"input": [[101, 7592, 102]]}).to_string(),
+            json!({"inputs": [[101, 7592, 102]]}).to_string(),
             422,
             "token-id inputs are not supported, send text (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))",
+        ),
+        (
+            "/v1/embeddings",
+            "application/json",
+            json!({"input": [[101, 4_000_000_000u32]]}).to_string(),
+            422,
+            "input[0]",
         ),
         (
             "/embed",

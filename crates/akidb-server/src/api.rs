@@ -76,7 +76,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// Where token ids usually come from: LangChain's `OpenAIEmbeddings` sends tiktoken ids unless told not to.
-const TOKEN_IDS_HINT: &str = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))";
+pub(crate) const TOKEN_IDS_HINT: &str = " (LangChain: OpenAIEmbeddings(..., check_embedding_ctx_length=False))";
 
 /// A string or an array of strings, with a message that says which element is wrong.
 pub(crate) fn texts(value: Value, field: &'static str) -> Result<Vec<String>, ApiError> {

@@ -13,6 +13,8 @@ pub struct ServerConfig {
     /// More names for served models (`--model-alias ALIAS=MODEL`): clients that keep their
     /// default model names (`nomic-embed-text`, `rerank-english-v3.0`) reach a model by them.
     pub aliases: Vec<ModelAlias>,
+    /// What OpenAI's route does with token-id inputs (LangChain's `OpenAIEmbeddings` sends them).
+    pub openai_token_ids: TokenIds,
     pub api_key: Option<String>,
     pub payload_limit: usize,
     pub max_inputs: usize,
@@ -41,6 +43,7 @@ impl Default for ServerConfig {
             port: 8080,
             served_model_name: None,
             aliases: Vec::new(),
+            openai_token_ids: TokenIds::Tiktoken,
             api_key: None,
             payload_limit: 2_000_000,
             max_inputs: 512,
@@ -54,6 +57,31 @@ impl Default for ServerConfig {
             header_read_timeout: Duration::from_secs(10),
             keep_alive_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Token ids in OpenAI's `input` (arrays of integers): tiktoken ids, as OpenAI's own clients send
+/// them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenIds {
+    /// Decoded with the request model's tiktoken encoding (`cl100k_base` for names tiktoken does
+    /// not know, as LangChain chooses it), and the text embedded.
+    #[default]
+    Tiktoken,
+    /// Refused with a 422 that says how to send text.
+    Reject,
+}
+
+impl std::str::FromStr for TokenIds {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tiktoken" => Ok(Self::Tiktoken),
+            "reject" => Ok(Self::Reject),
+            other => Err(format!("'{other}' is not tiktoken or reject")),
         }
     }
 }

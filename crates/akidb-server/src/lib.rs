@@ -36,6 +36,7 @@ mod schema;
 mod scoring;
 mod state;
 mod status;
+mod token_ids;
 mod tokens;
 
 use std::{future::Future, sync::Arc, time::Duration};
@@ -43,7 +44,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 use tokio::net::TcpListener;
 
 pub use self::backend::{Backend, BackendError, Output};
-pub use self::config::{ModelAlias, ServerConfig};
+pub use self::config::{ModelAlias, ServerConfig, TokenIds};
 pub use self::error::{ApiError, Flavor};
 pub use self::router::router;
 pub use self::state::AppState;

@@ -19,6 +19,7 @@ use crate::{
     registry::Served,
     schema::{texts_schema, Failures, OpenAiFailures},
     state::AppState,
+    token_ids::openai_texts,
 };
 use akidb_engine::{
     model_config::Kind,
@@ -345,7 +346,8 @@ pub async fn openai_embeddings(
                 .param("encoding_format"))
         }
     };
-    let inputs = state.inputs(texts(req.input, "input")?, "input")?;
+    let texts = openai_texts(req.input, req.model.as_deref(), state.config.openai_token_ids)?;
+    let inputs = state.inputs(texts, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /v1/embeddings", EMBEDDER)?;
     let cut = dimensions(req.dimensions, model, StatusCode::BAD_REQUEST)?;
     let mut out = state.run(model, inputs.singles(), Output::Rows, cut.is_none(), Encode::default()).await?;
