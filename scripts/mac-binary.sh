@@ -3,8 +3,9 @@
 # can be checked of the macOS release without one.
 #
 #   scripts/mac-binary.sh check   # type-check every target for the Mac, static and dynamic branch
-#   scripts/mac-binary.sh link    # link a real arm64 Mach-O akidb against the official ONNX
-#                                 # Runtime macOS wheel's dylib, then inspect it
+#   scripts/mac-binary.sh link    # link a real arm64 Mach-O akidb (unoptimized: the mac-check
+#                                 # profile) against the official ONNX Runtime macOS wheel's
+#                                 # dylib, then inspect it
 #
 # Needs: rustup (the aarch64-apple-darwin standard library is added from rustup's server),
 # cargo-zigbuild and ziglang (PyPI; zig is the C compiler and linker for the Mac target), LLVM's
@@ -86,10 +87,11 @@ link() {
   local lib frameworks bin
   lib=$(dylib_dir)
   frameworks=$(stub_frameworks)
-  say "cargo zigbuild --release --target $TARGET --bin akidb (ONNX Runtime: $lib)"
+  # The mac-check profile (Cargo.toml): unoptimized, as linkage does not depend on optimization.
+  say "cargo zigbuild --profile mac-check --target $TARGET --bin akidb (ONNX Runtime: $lib)"
   ORT_LIB_LOCATION=$lib CARGO_TARGET_AARCH64_APPLE_DARWIN_RUSTFLAGS="-C link-arg=-F$frameworks" \
-    cargo zigbuild --release --locked --target "$TARGET" --bin akidb
-  bin=$CARGO_TARGET_DIR/$TARGET/release/akidb
+    cargo zigbuild --profile mac-check --locked --target "$TARGET" --bin akidb
+  bin=$CARGO_TARGET_DIR/$TARGET/mac-check/akidb
   inspect "$bin" "$lib/libonnxruntime.1.dylib"
 }
 

@@ -214,7 +214,7 @@ fn tool_mac_arm64_binary_type_checks_links_and_passes_inspection() {
     ] {
         assert!(text.contains(needle), "{needle:?} not in:\n{text}");
     }
-    let mac = root.join("target/mac/target/aarch64-apple-darwin/release/akidb");
+    let mac = root.join("target/mac/target/aarch64-apple-darwin/mac-check/akidb");
     let dylib = root.join("target/mac/onnxruntime/lib/libonnxruntime.1.dylib");
     let s = |p: &std::path::Path| p.to_str().expect("UTF-8 path").to_string();
 
