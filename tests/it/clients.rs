@@ -198,29 +198,20 @@ async fn aliases_reach_every_served_model() {
     let config = ServerConfig { aliases: aliases.iter().map(|a| a.parse().unwrap()).collect(), ..Default::default() };
     let s = TestServer::start_models(&[TINY, CROSS], config, Duration::ZERO);
     s.wait_healthy().await;
-    let client = reqwest::Client::new();
-    let embed: Value = client
-        .post(s.url("/v1/embeddings"))
-        .json(&json!({"model": "text-embedding-3-small", "input": "a"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let post = |path: &str, body: Value| {
+        let request = reqwest::Client::new().post(s.url(path)).json(&body);
+        async move {
+            let r = request.send().await.expect("request");
+            (r.status().as_u16(), r.json::<Value>().await.expect("JSON"))
+        }
+    };
+    let (_, embed) = post("/v1/embeddings", json!({"model": "text-embedding-3-small", "input": "a"})).await;
     assert_eq!(embed["model"], TINY, "{embed}");
-    let rerank: Value = client
-        .post(s.url("/v1/rerank"))
-        .json(&json!({"model": "rerank-english-v3.0", "query": "q", "documents": ["a", "b"]}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, rerank) =
+        post("/v1/rerank", json!({"model": "rerank-english-v3.0", "query": "q", "documents": ["a", "b"]})).await;
     assert_eq!(rerank["model"], CROSS, "{rerank}");
-    let r = client.post(s.url("/v1/rerank")).json(&json!({"model": "rerank-v9", "query": "q", "documents": ["a"]}));
-    assert_eq!(r.send().await.unwrap().status(), 404);
+    let (status, _) = post("/v1/rerank", json!({"model": "rerank-v9", "query": "q", "documents": ["a"]})).await;
+    assert_eq!(status, 404);
 
     let out = common::akidb()
         .args(["serve", "--port", "0", "--model", TINY, "--model-alias", "nomic-embed-text=bge-small"])

@@ -57,7 +57,16 @@ fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
 /// A request type from a JSON value a route read first to choose how to answer, with the same
 /// 422 naming the field that [`ApiJson`] gives.
 pub(crate) fn from_value<T: DeserializeOwned>(body: Value) -> Result<T, ApiError> {
-    parse(body.to_string().as_bytes())
+    // Straight from the value: the body was parsed once already, it is not printed and read again.
+    serde_path_to_error::deserialize(body).map_err(|e| invalid(&e.path().to_string(), e.into_inner()))
+}
+
+/// The 422 for JSON of the wrong shape, naming the offending field when there is one.
+fn invalid(path: &str, e: serde_json::Error) -> ApiError {
+    match path {
+        "." => ApiError::unprocessable(format!("invalid request: {e}")),
+        _ => ApiError::unprocessable(format!("invalid request: {path}: {e}")),
+    }
 }
 
 /// 400 for bytes that are not JSON, 422 for JSON that is not a `T`.
@@ -69,8 +78,7 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         Err(e) => (e.path().to_string(), Err(e.into_inner())),
     };
     result.map_err(|e| match e.classify() {
-        serde_json::error::Category::Data if path == "." => ApiError::unprocessable(format!("invalid request: {e}")),
-        serde_json::error::Category::Data => ApiError::unprocessable(format!("invalid request: {path}: {e}")),
+        serde_json::error::Category::Data => invalid(&path, e),
         _ => ApiError::bad_request(format!("malformed JSON: {e}")),
     })
 }

@@ -39,7 +39,8 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
         queue_ms = Empty,
         inference_ms = Empty,
     );
-    let path = request.uri().path().to_string();
+    // Only a missed route's path is logged (the matched route is the span's `route`).
+    let path = (route == "unmatched").then(|| request.uri().path().to_string());
     let response = next.run(request).instrument(span.clone()).await;
     // A 4xx says why in the log too (the message the client got); 5xx are logged where they happen.
     let reason =
@@ -50,8 +51,8 @@ pub(crate) async fn track(State(state): State<AppState>, request: Request, next:
     let ms = crate::metrics::millis(elapsed);
     span.in_scope(|| match reason {
         // What a person debugging a client needs: which route was missed, why a request was refused.
-        Some(reason) if route == "unmatched" => {
-            tracing::warn!(status, ms, path = %path, reason = %reason, "request matched no route")
+        Some(reason) if path.is_some() => {
+            tracing::warn!(status, ms, path = path.as_deref().unwrap_or_default(), reason = %reason, "request matched no route")
         }
         Some(reason) => tracing::info!(status, ms, reason = %reason, "request refused"),
         None => tracing::info!(status, ms, "request"),
