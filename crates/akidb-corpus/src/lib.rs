@@ -15,10 +15,10 @@ use std::{
 };
 
 pub use input::{Id, InputError, InputFormat, InputSpec, Record};
-pub use output::{OutputError, OutputFormat, OutputSpec, Shard};
+pub use output::{OutputError, OutputFormat, OutputSpec, Shard, Values, Vectors};
 pub use progress::Summary;
 
-use akidb_engine::{EncodeOptions, EngineError, Model};
+use akidb_engine::{model_config::Kind, quantize::Dtype, EncodeOptions, EngineError, Model};
 
 /// Texts embedded together: enough for length-sorted batches with little padding, small enough
 /// that memory does not depend on the corpus.
@@ -56,6 +56,14 @@ pub struct CorpusArgs {
     /// keep the whole corpus's `index`, so N shards' outputs together are one whole run.
     #[arg(long, value_name = "I/N", env = "AKIDB_SHARD")]
     pub shard: Option<Shard>,
+    /// How dense vectors are stored: float32, or sign bits packed 8 per byte as uint8 (ubinary,
+    /// numpy.packbits(x > 0)) or int8 (binary, the same minus 128), 32x smaller
+    #[arg(long, value_enum, value_name = "DTYPE", env = "AKIDB_OUTPUT_DTYPE")]
+    pub output_dtype: Option<Dtype>,
+    /// A sparse (SPLADE) model: keep only the largest K weights of each vector [default: the
+    /// model's max_active_dims, else all]
+    #[arg(long, value_name = "K", env = "AKIDB_SPARSE_TOP_K")]
+    pub sparse_top_k: Option<usize>,
     /// Log and skip invalid records instead of stopping at the first one
     #[arg(long)]
     pub skip_invalid: bool,
@@ -135,10 +143,12 @@ pub fn run(
     encode: &EncodeOptions,
 ) -> Result<Summary, CorpusError> {
     let (input, output_format) = plan(args)?;
+    let values = values(args, embedder.info().kind, output_format)?;
     let output = OutputSpec {
         path: args.output.clone().unwrap_or_else(|| PathBuf::from("-")),
         format: output_format,
         dimension: embedder.info().dimension,
+        values,
         with_ids: args.id_field.is_some(),
         resume: args.resume,
         shard: args.shard.unwrap_or_default(),
@@ -173,17 +183,27 @@ pub fn run(
         if !window.records.is_empty() {
             let texts: Vec<&str> = window.records.iter().map(|r| r.text.as_str()).collect();
             // The bar moves as each batch completes; rows reach the output per window.
-            let embedded =
-                match embedder.embed_reporting(&texts, normalize, encode, &mut |n| progress.advance(n as u64)) {
-                    Ok(e) => e,
+            let mut advance = |n: usize| progress.advance(n as u64);
+            let (dense, sparse, tokens) = match values {
+                // Each batch is pruned as it completes: a window never holds vocabulary-wide rows.
+                Values::Sparse => {
+                    match embedder.embed_sparse_reporting(&texts, encode, args.sparse_top_k, &mut advance) {
+                        Ok(e) => (Vec::new(), e.vectors, e.total_tokens),
+                        Err(e) => break Err(e.into()),
+                    }
+                }
+                Values::Dense(_) => match embedder.embed_reporting(&texts, normalize, encode, &mut advance) {
+                    Ok(e) => (e.vectors, Vec::new(), e.total_tokens),
                     Err(e) => break Err(e.into()),
-                };
+                },
+            };
+            let vectors = if values == Values::Sparse { Vectors::Sparse(&sparse) } else { Vectors::Dense(&dense) };
             let ids: Vec<Option<Id>> = window.records.drain(..).map(|r| r.id).collect();
-            if let Err(e) = sink.write(&ids, &embedded.vectors) {
+            if let Err(e) = sink.write(&ids, vectors) {
                 break Err(e.into());
             }
             summary.texts += ids.len() as u64;
-            summary.tokens += embedded.total_tokens as u64;
+            summary.tokens += tokens as u64;
         }
         match stop {
             Stop::Full | Stop::Idle => {}
@@ -208,6 +228,27 @@ pub fn run(
             }
             Err(e)
         }
+    }
+}
+
+/// What the rows hold: a sparse model's {index, value} lists, else dense vectors in `--output-dtype`.
+/// Flags that do not fit the model are refused before any output is opened.
+pub fn values(args: &CorpusArgs, kind: Kind, format: OutputFormat) -> Result<Values, CorpusError> {
+    let usage = |m: String| Err(CorpusError::Usage(m));
+    match kind {
+        Kind::SparseEmbedder => {
+            if args.output_dtype.is_some_and(|d| d != Dtype::Float32) {
+                return usage("--output-dtype packs dense vectors; a sparse model writes {index, value} lists".into());
+            }
+            if format == OutputFormat::Npy {
+                return usage("a sparse model's rows differ in length; write .jsonl or .parquet, not .npy".into());
+            }
+            Ok(Values::Sparse)
+        }
+        _ if args.sparse_top_k.is_some() => {
+            usage(format!("--sparse-top-k needs a sparse (SPLADE) model; this one is {}", kind.described()))
+        }
+        _ => Ok(Values::Dense(args.output_dtype.unwrap_or_default())),
     }
 }
 

@@ -10,11 +10,14 @@ use std::{
     sync::Arc,
 };
 
+use akidb_engine::{quantize, quantize::Dtype, sparse::SparseVector};
 use arrow_array::{
     builder::{Int64Builder, StringBuilder},
-    ArrayRef, FixedSizeListArray, Float32Array, RecordBatch, UInt64Array,
+    ArrayRef, FixedSizeListArray, Float32Array, Int8Array, ListArray, RecordBatch, StructArray, UInt32Array,
+    UInt64Array, UInt8Array,
 };
-use arrow_schema::{DataType, Field, Schema, SchemaRef};
+use arrow_buffer::OffsetBuffer;
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef};
 use parquet::{
     arrow::{arrow_reader::ParquetRecordBatchReaderBuilder, ArrowWriter},
     basic::Compression,
@@ -29,9 +32,10 @@ use super::input::{id_kind, Id};
 pub enum OutputFormat {
     /// One {"index", "id"?, "embedding"} object per line
     Jsonl,
-    /// Columns index, id (with --id-field) and embedding (fixed-size list of float32)
+    /// Columns index, id (with --id-field) and embedding (fixed-size list of float32, uint8 or
+    /// int8; a list of {index, value} structs for a sparse model)
     Parquet,
-    /// NumPy float32 array [N, dim], rows in input order
+    /// NumPy array [N, dim] (float32, or uint8/int8 [N, dim/8] packed bits), rows in input order
     Npy,
 }
 
@@ -114,12 +118,86 @@ impl std::str::FromStr for Shard {
     }
 }
 
+/// What a row's `embedding` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Values {
+    /// A dense vector, as float32 or packed into bits.
+    Dense(Dtype),
+    /// A sparse model's non-zero weights, as {index, value} pairs.
+    Sparse,
+}
+
+impl Values {
+    /// Values per row of a `dimension`-wide vector; `None` when rows differ (sparse).
+    pub fn width(self, dimension: usize) -> Option<usize> {
+        match self {
+            Values::Dense(dtype) => Some(dtype.width(dimension)),
+            Values::Sparse => None,
+        }
+    }
+
+    fn describe(self, dimension: usize) -> String {
+        match self {
+            Values::Dense(Dtype::Float32) => format!("{dimension} float32 dimensions"),
+            Values::Dense(dtype) => format!("{} {} bytes", dtype.width(dimension), dtype.as_str()),
+            Values::Sparse => "sparse {index, value} lists".into(),
+        }
+    }
+}
+
+/// One window's rows, as the model made them.
+#[derive(Debug, Clone, Copy)]
+pub enum Vectors<'a> {
+    Dense(&'a [Vec<f32>]),
+    Sparse(&'a [SparseVector]),
+}
+
+impl Vectors<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Vectors::Dense(v) => v.len(),
+            Vectors::Sparse(v) => v.len(),
+        }
+    }
+}
+
+/// One row's `embedding` in JSON: numbers, bytes, or {index, value} pairs.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum JsonEmbedding<'a> {
+    Float(&'a [f32]),
+    Unsigned(Vec<u8>),
+    Signed(Vec<i8>),
+    Sparse(Vec<SparseEntry>),
+}
+
+#[derive(Serialize)]
+struct SparseEntry {
+    index: u32,
+    value: f32,
+}
+
+impl<'a> JsonEmbedding<'a> {
+    fn of(vectors: Vectors<'a>, i: usize, values: Values) -> Self {
+        match (vectors, values) {
+            (Vectors::Sparse(v), _) => {
+                JsonEmbedding::Sparse(v[i].entries().map(|(index, value)| SparseEntry { index, value }).collect())
+            }
+            (Vectors::Dense(v), Values::Dense(Dtype::Ubinary)) => JsonEmbedding::Unsigned(quantize::ubinary(&v[i])),
+            (Vectors::Dense(v), Values::Dense(Dtype::Binary)) => JsonEmbedding::Signed(quantize::binary(&v[i])),
+            (Vectors::Dense(v), _) => JsonEmbedding::Float(&v[i]),
+        }
+    }
+}
+
 /// Where and how to write, and what each row carries.
 #[derive(Debug, Clone)]
 pub struct OutputSpec {
     pub path: PathBuf,
     pub format: OutputFormat,
+    /// The model's dimension (its vocabulary for a sparse model).
     pub dimension: usize,
+    pub values: Values,
     pub with_ids: bool,
     pub resume: bool,
     /// Rows are this shard's records, numbered as in the whole corpus.
@@ -137,7 +215,7 @@ pub trait Sink {
     /// Rows already complete in the output (non-zero when resuming).
     fn done(&self) -> u64;
     /// Appends rows; what has filled up (a JSON Lines window, a Parquet part) reaches the disk.
-    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError>;
+    fn write(&mut self, ids: &[Option<Id>], vectors: Vectors<'_>) -> Result<(), OutputError>;
     /// Makes every row written so far durable and resumable, before stopping on an error.
     fn checkpoint(&mut self) -> Result<(), OutputError>;
     /// Completes the output under its final name.
@@ -162,12 +240,13 @@ struct JsonlRow<'a> {
     index: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a Id>,
-    embedding: &'a [f32],
+    embedding: JsonEmbedding<'a>,
 }
 
 struct JsonlSink {
     out: BufWriter<Box<dyn Write>>,
     path: PathBuf,
+    values: Values,
     shard: Shard,
     done: u64,
     next: u64,
@@ -178,7 +257,14 @@ impl JsonlSink {
         let path = spec.path.clone();
         if spec.is_stdout() {
             let out: Box<dyn Write> = Box::new(std::io::stdout());
-            return Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, shard: spec.shard, done: 0, next: 0 });
+            return Ok(Self {
+                out: BufWriter::with_capacity(1 << 16, out),
+                path,
+                values: spec.values,
+                shard: spec.shard,
+                done: 0,
+                next: 0,
+            });
         }
         let err = io_err(&spec.path);
         let done = if path.exists() {
@@ -191,7 +277,14 @@ impl JsonlSink {
         };
         let file = OpenOptions::new().create(true).append(true).open(&path).map_err(&err)?;
         let out: Box<dyn Write> = Box::new(file);
-        Ok(Self { out: BufWriter::with_capacity(1 << 16, out), path, shard: spec.shard, done, next: done })
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 16, out),
+            path,
+            values: spec.values,
+            shard: spec.shard,
+            done,
+            next: done,
+        })
     }
 }
 
@@ -218,11 +311,23 @@ fn truncate_to_complete_lines(path: &Path, spec: &OutputSpec) -> Result<u64, Out
     if let Some(last) = &last_complete {
         match serde_json::from_slice::<serde_json::Value>(last) {
             Ok(v) => {
-                let dim = v["embedding"].as_array().map_or(0, Vec::len);
-                if dim != spec.dimension {
+                let embedding = v["embedding"].as_array();
+                let (len, sparse) = (
+                    embedding.map_or(0, Vec::len),
+                    embedding.and_then(|e| e.first()).is_some_and(serde_json::Value::is_object),
+                );
+                let fits = match spec.values.width(spec.dimension) {
+                    Some(width) => len == width && !sparse,
+                    None => embedding.is_some() && (sparse || len == 0),
+                };
+                if !fits {
                     return Err(OutputError::Mismatch {
                         path: path.to_path_buf(),
-                        why: format!("its rows have {dim} dimensions, the model gives {}", spec.dimension),
+                        why: format!(
+                            "its rows hold {}, this run writes {}",
+                            if sparse { "sparse {index, value} lists".to_string() } else { format!("{len} values") },
+                            spec.values.describe(spec.dimension)
+                        ),
                     });
                 }
                 if v.get("id").is_some() != spec.with_ids {
@@ -258,9 +363,10 @@ impl Sink for JsonlSink {
         self.done
     }
 
-    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
+    fn write(&mut self, ids: &[Option<Id>], vectors: Vectors<'_>) -> Result<(), OutputError> {
         let err = io_err(&self.path);
-        for (id, embedding) in ids.iter().zip(vectors) {
+        for (i, id) in ids.iter().enumerate().take(vectors.len()) {
+            let embedding = JsonEmbedding::of(vectors, i, self.values);
             let row = JsonlRow { index: self.shard.global(self.next), id: id.as_ref(), embedding };
             serde_json::to_writer(&mut self.out, &row).map_err(|e| err(e.into()))?;
             self.out.write_all(b"\n").map_err(&err)?;
@@ -308,10 +414,18 @@ enum IdType {
     Str,
 }
 
+/// A Parquet part's embeddings, waiting to be written, in the column's own type.
+enum Column {
+    Float(Vec<f32>),
+    Bytes(Vec<u8>),
+    Sparse(Vec<SparseVector>),
+}
+
 struct ParquetSink {
     path: PathBuf,
     parts: PathBuf,
     dimension: usize,
+    values: Values,
     with_ids: bool,
     shard: Shard,
     id_type: Option<IdType>,
@@ -319,7 +433,7 @@ struct ParquetSink {
     next_part: usize,
     /// Rows waiting for the next part file.
     ids: Vec<Option<Id>>,
-    vectors: Vec<f32>,
+    column: Column,
     rows: usize,
 }
 
@@ -331,13 +445,14 @@ impl ParquetSink {
             path: path.clone(),
             parts: parts.clone(),
             dimension: spec.dimension,
+            values: spec.values,
             with_ids: spec.with_ids,
             shard: spec.shard,
             id_type: None,
             done: 0,
             next_part: 0,
             ids: Vec::new(),
-            vectors: Vec::new(),
+            column: Column::empty(spec.values),
             rows: 0,
         };
         if path.exists() {
@@ -372,7 +487,7 @@ impl ParquetSink {
                 return Err(OutputError::Mismatch {
                     path: self.path.clone(),
                     why: format!(
-                        "{} has columns ({}), expected {} dimensions{}",
+                        "{} has columns ({}), expected {}{}",
                         file.display(),
                         schema
                             .fields()
@@ -380,7 +495,7 @@ impl ParquetSink {
                             .map(|f| format!("{} {}", f.name(), f.data_type()))
                             .collect::<Vec<_>>()
                             .join(", "),
-                        self.dimension,
+                        self.values.describe(self.dimension),
                         if self.with_ids { " and an id column" } else { " and no id column" }
                     ),
                 });
@@ -448,7 +563,7 @@ impl ParquetSink {
             let ty = if id_type == Some(IdType::Int) { DataType::Int64 } else { DataType::Utf8 };
             fields.push(Field::new("id", ty, false));
         }
-        fields.push(Field::new("embedding", embedding_type(self.dimension), false));
+        fields.push(Field::new("embedding", embedding_type(self.values, self.dimension), false));
         Arc::new(Schema::new(fields))
     }
 
@@ -466,8 +581,8 @@ impl ParquetSink {
         if self.with_ids {
             columns.push(id_column(&self.ids, self.id_type));
         }
-        let values = Float32Array::from(std::mem::take(&mut self.vectors));
-        columns.push(Arc::new(embedding_column(values, self.dimension)));
+        let column = std::mem::replace(&mut self.column, Column::empty(self.values));
+        columns.push(embedding_column(column, self.values, self.dimension));
         let batch = RecordBatch::try_new(schema.clone(), columns).map_err(|e| self.parquet_err(e.to_string()))?;
         let name = part_name(self.next_part);
         let tmp = self.parts.join(format!("{name}.tmp"));
@@ -498,13 +613,65 @@ fn writer_properties() -> WriterProperties {
         .build()
 }
 
-fn embedding_type(dimension: usize) -> DataType {
-    DataType::FixedSizeList(Arc::new(Field::new_list_field(DataType::Float32, false)), dimension as i32)
+impl Column {
+    fn empty(values: Values) -> Self {
+        match values {
+            Values::Dense(Dtype::Float32) => Column::Float(Vec::new()),
+            Values::Dense(_) => Column::Bytes(Vec::new()),
+            Values::Sparse => Column::Sparse(Vec::new()),
+        }
+    }
+
+    /// Row `i` of `vectors`, in this column's type.
+    fn push(&mut self, vectors: Vectors<'_>, i: usize, values: Values) {
+        match (self, vectors) {
+            (Column::Float(out), Vectors::Dense(v)) => out.extend_from_slice(&v[i]),
+            (Column::Bytes(out), Vectors::Dense(v)) => out.extend(quantize::ubinary(&v[i])),
+            (Column::Sparse(out), Vectors::Sparse(v)) => out.push(v[i].clone()),
+            // `run` makes the values from the model's kind, so they always match its rows.
+            (_, _) => tracing::error!(?values, "rows of another kind than the output's; row skipped"),
+        }
+    }
 }
 
-fn embedding_column(values: Float32Array, dimension: usize) -> FixedSizeListArray {
-    let field = Arc::new(Field::new_list_field(DataType::Float32, false));
-    FixedSizeListArray::new(field, dimension as i32, Arc::new(values), None)
+/// The `{index: uint32, value: float32}` struct of a sparse row's entries.
+fn sparse_fields() -> Fields {
+    Fields::from(vec![Field::new("index", DataType::UInt32, false), Field::new("value", DataType::Float32, false)])
+}
+
+fn embedding_type(values: Values, dimension: usize) -> DataType {
+    let fixed =
+        |ty: DataType, width: usize| DataType::FixedSizeList(Arc::new(Field::new_list_field(ty, false)), width as i32);
+    match values {
+        Values::Dense(Dtype::Float32) => fixed(DataType::Float32, dimension),
+        Values::Dense(Dtype::Ubinary) => fixed(DataType::UInt8, Dtype::Ubinary.width(dimension)),
+        Values::Dense(Dtype::Binary) => fixed(DataType::Int8, Dtype::Binary.width(dimension)),
+        Values::Sparse => DataType::List(Arc::new(Field::new_list_field(DataType::Struct(sparse_fields()), false))),
+    }
+}
+
+fn embedding_column(column: Column, values: Values, dimension: usize) -> ArrayRef {
+    let fixed = |ty: DataType, width: usize, array: ArrayRef| -> ArrayRef {
+        Arc::new(FixedSizeListArray::new(Arc::new(Field::new_list_field(ty, false)), width as i32, array, None))
+    };
+    let width = values.width(dimension).unwrap_or(0);
+    match (column, values) {
+        (Column::Float(v), _) => fixed(DataType::Float32, width, Arc::new(Float32Array::from(v))),
+        (Column::Bytes(b), Values::Dense(Dtype::Binary)) => {
+            // The same bits offset by -128, as sentence-transformers' int8 `binary`.
+            let signed: Vec<i8> = b.into_iter().map(|x| (i16::from(x) - 128) as i8).collect();
+            fixed(DataType::Int8, width, Arc::new(Int8Array::from(signed)))
+        }
+        (Column::Bytes(b), _) => fixed(DataType::UInt8, width, Arc::new(UInt8Array::from(b))),
+        (Column::Sparse(rows), _) => {
+            let indices = UInt32Array::from_iter_values(rows.iter().flat_map(|r| r.indices.iter().copied()));
+            let weights = Float32Array::from_iter_values(rows.iter().flat_map(|r| r.values.iter().copied()));
+            let entries = StructArray::new(sparse_fields(), vec![Arc::new(indices), Arc::new(weights)], None);
+            let offsets = OffsetBuffer::from_lengths(rows.iter().map(SparseVector::len));
+            let field = Arc::new(Field::new_list_field(DataType::Struct(sparse_fields()), false));
+            Arc::new(ListArray::new(field, offsets, Arc::new(entries), None))
+        }
+    }
 }
 
 fn id_column(ids: &[Option<Id>], id_type: Option<IdType>) -> ArrayRef {
@@ -534,8 +701,8 @@ impl Sink for ParquetSink {
         self.done
     }
 
-    fn write(&mut self, ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
-        for (id, vector) in ids.iter().zip(vectors) {
+    fn write(&mut self, ids: &[Option<Id>], vectors: Vectors<'_>) -> Result<(), OutputError> {
+        for (i, id) in ids.iter().enumerate().take(vectors.len()) {
             if self.with_ids {
                 let ty = match id {
                     Some(Id::Int(_)) => IdType::Int,
@@ -552,7 +719,7 @@ impl Sink for ParquetSink {
                 }
             }
             self.ids.push(id.clone());
-            self.vectors.extend_from_slice(vector);
+            self.column.push(vectors, i, self.values);
             self.rows += 1;
             if self.rows == PARQUET_ROWS_PER_PART {
                 self.write_part()?;
@@ -612,6 +779,7 @@ struct NpySink {
     path: PathBuf,
     tmp: PathBuf,
     out: BufWriter<File>,
+    dtype: Dtype,
     dimension: usize,
     rows: u64,
 }
@@ -624,13 +792,24 @@ impl NpySink {
         let tmp = tmp_path(&spec.path);
         let file = File::create(&tmp).map_err(io_err(&tmp))?;
         let mut out = BufWriter::with_capacity(1 << 16, file);
-        out.write_all(&npy_header(0, spec.dimension)).map_err(io_err(&tmp))?;
-        Ok(Self { path: spec.path.clone(), tmp, out, dimension: spec.dimension, rows: 0 })
+        // `plan` sends sparse rows elsewhere: an array has one width.
+        let dtype = match spec.values {
+            Values::Dense(dtype) => dtype,
+            Values::Sparse => Dtype::Float32,
+        };
+        out.write_all(&npy_header(0, dtype, spec.dimension)).map_err(io_err(&tmp))?;
+        Ok(Self { path: spec.path.clone(), tmp, out, dtype, dimension: spec.dimension, rows: 0 })
     }
 }
 
-fn npy_header(rows: u64, dimension: usize) -> Vec<u8> {
-    let dict = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dimension}), }}");
+fn npy_header(rows: u64, dtype: Dtype, dimension: usize) -> Vec<u8> {
+    let descr = match dtype {
+        Dtype::Float32 => "<f4",
+        Dtype::Ubinary => "|u1",
+        Dtype::Binary => "|i1",
+    };
+    let width = dtype.width(dimension);
+    let dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({rows}, {width}), }}");
     let mut header = b"\x93NUMPY\x01\x00".to_vec();
     header.extend_from_slice(&((NPY_HEADER_LEN - 10) as u16).to_le_bytes());
     header.extend_from_slice(dict.as_bytes());
@@ -644,10 +823,27 @@ impl Sink for NpySink {
         0
     }
 
-    fn write(&mut self, _ids: &[Option<Id>], vectors: &[Vec<f32>]) -> Result<(), OutputError> {
+    fn write(&mut self, _ids: &[Option<Id>], vectors: Vectors<'_>) -> Result<(), OutputError> {
+        let Vectors::Dense(vectors) = vectors else {
+            return Err(OutputError::Mismatch {
+                path: self.path.clone(),
+                why: "an .npy array holds dense vectors only".into(),
+            });
+        };
+        let err = io_err(&self.tmp);
         for v in vectors {
-            for x in v {
-                self.out.write_all(&x.to_le_bytes()).map_err(io_err(&self.tmp))?;
+            match self.dtype {
+                Dtype::Float32 => {
+                    for x in v {
+                        self.out.write_all(&x.to_le_bytes()).map_err(&err)?;
+                    }
+                }
+                // int8 is the same bytes offset by -128: one byte each either way.
+                Dtype::Ubinary => self.out.write_all(&quantize::ubinary(v)).map_err(&err)?,
+                Dtype::Binary => {
+                    let bytes: Vec<u8> = quantize::binary(v).into_iter().map(|b| b as u8).collect();
+                    self.out.write_all(&bytes).map_err(&err)?
+                }
             }
             self.rows += 1;
         }
@@ -662,7 +858,7 @@ impl Sink for NpySink {
     fn finish(mut self: Box<Self>) -> Result<(), OutputError> {
         let err = io_err(&self.tmp);
         self.out.seek(SeekFrom::Start(0)).map_err(&err)?;
-        self.out.write_all(&npy_header(self.rows, self.dimension)).map_err(&err)?;
+        self.out.write_all(&npy_header(self.rows, self.dtype, self.dimension)).map_err(&err)?;
         let file = self.out.into_inner().map_err(|e| err(e.into_error()))?;
         file.sync_all().map_err(&err)?;
         fs::rename(&self.tmp, &self.path).map_err(&err)
@@ -675,7 +871,7 @@ mod tests {
 
     #[test]
     fn npy_header_is_aligned_and_names_the_shape() {
-        let h = npy_header(1_000_000_000, 4096);
+        let h = npy_header(1_000_000_000, Dtype::Float32, 4096);
         assert_eq!(h.len(), NPY_HEADER_LEN);
         assert_eq!(u16::from_le_bytes([h[8], h[9]]) as usize, NPY_HEADER_LEN - 10);
         let text = std::str::from_utf8(&h[10..]).unwrap();

@@ -9,9 +9,10 @@ use ndarray::{ArrayView2, ArrayView3};
 use crate::{
     dense::{self, Dense, Layers},
     error::EngineError,
-    model_config::{Kind, ModelConfig, Pooling},
+    model_config::{Kind, ModelConfig, Pooling, Splade},
     pooling,
     session::runtime::{Inputs, OutputInfo, RuntimeError, Session},
+    sparse,
     tokenize::Batch,
 };
 
@@ -30,6 +31,8 @@ pub(crate) enum Readout {
     /// The graph's own sentence vector ([`SENTENCE_OUTPUT`]): pooling and Dense inside it.
     Sentence,
     Logits,
+    /// A SPLADE model's vocabulary logits pooled into one weight per entry (zeros included).
+    Sparse(Splade),
     /// The real tokens' hidden states, flattened.
     Tokens,
 }
@@ -43,6 +46,20 @@ impl Readout {
             return Ok(Readout::Logits);
         }
         let names = || outputs.iter().map(|o| format!("{} ({}-D)", o.name, o.rank)).collect::<Vec<_>>().join(", ");
+        if let Some(splade) = config.splade {
+            // The masked-LM head's logits, one per vocabulary entry; a base model's hidden states
+            // (the export without its head) cannot be pooled into those.
+            if outputs.iter().any(|o| o.rank == 3 && o.width.is_none_or(|w| w == config.dimension)) {
+                return Ok(Readout::Sparse(splade));
+            }
+            return Err(EngineError::UnusableOutput {
+                why: format!(
+                    "a sparse model's weights come from its masked-LM head's logits [batch, tokens, {}] (one per vocabulary entry); export the model with its MLM head (AutoModelForMaskedLM)",
+                    config.dimension
+                ),
+                outputs: names(),
+            });
+        }
         if let Some(sentence) = outputs.iter().find(|o| o.name == SENTENCE_OUTPUT && o.rank == 2) {
             if let Some(width) = sentence.width.filter(|&w| w != config.dimension) {
                 return Err(EngineError::UnusableOutput {
@@ -77,6 +94,7 @@ impl Readout {
             }
             Readout::Sentence => format!("the graph's {SENTENCE_OUTPUT} (pooling and Dense inside the graph)"),
             Readout::Logits => "the head's logits".into(),
+            Readout::Sparse(splade) => format!("{} over the vocabulary logits (akidb), zeros dropped", splade.as_str()),
             Readout::Tokens => "token vectors".into(),
         }
     }
@@ -107,6 +125,7 @@ pub(crate) fn forward(session: &Session, batch: &Batch, readout: &Readout) -> Re
         }
         Readout::Sentence => session.run_output(inputs(batch), SENTENCE_OUTPUT, rows),
         Readout::Logits => session.run(inputs(batch), rows),
+        Readout::Sparse(splade) => session.run(inputs(batch), |logits| sparse::pool(logits, mask, *splade)),
         Readout::Tokens => session.run(inputs(batch), |hidden: ArrayView3<'_, f32>| {
             hidden
                 .outer_iter()

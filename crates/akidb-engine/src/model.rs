@@ -18,6 +18,7 @@ use crate::{
         device::{Decision, DeviceReport, DeviceSession},
         runtime::{self, Session},
     },
+    sparse::SparseVector,
     tokenize::{Input, Token, Tokenizer, Tokens},
 };
 
@@ -40,6 +41,8 @@ pub struct ModelInfo {
     pub onnx_runtime_version: String,
     /// Attention blocks replaced by ONNX Runtime's fused kernel.
     pub fused_attention: usize,
+    /// A sparse model's own pruning: the largest this many weights are kept (`None`: all).
+    pub max_active_dims: Option<usize>,
     /// The model's named prompts (see [`EncodeOptions::prompt_name`]).
     pub prompts: std::collections::BTreeMap<String, String>,
     pub default_prompt_name: Option<String>,
@@ -98,6 +101,12 @@ pub struct Rows {
     pub total_tokens: usize,
 }
 
+/// [`Rows`] of a sparse model.
+pub struct SparseRows {
+    pub vectors: Vec<SparseVector>,
+    pub total_tokens: usize,
+}
+
 /// One model's whole pipeline, whatever its [`Kind`]: an embedder's pooled vectors, or a
 /// cross-encoder's or classifier's logits (scores come from [`Activation::apply`]).
 pub struct Model {
@@ -117,7 +126,15 @@ impl Model {
     pub fn load(options: &ModelOptions) -> Result<Self, EngineError> {
         // Binding ONNX Runtime (its environment, device discovery) takes tens of ms: overlap it
         // with finding the files and parsing the tokenizer. Its result is read where it is used.
-        std::thread::spawn(|| runtime::init().map(|_| ()));
+        let binding = std::thread::spawn(|| runtime::init().map(|_| ()));
+        let loaded = Self::load_overlapped(options);
+        // Joined before returning, so a caller that exits on a load error never exits while
+        // ONNX Runtime is half set up on another thread (that crashed in its teardown).
+        let _ = binding.join();
+        loaded
+    }
+
+    fn load_overlapped(options: &ModelOptions) -> Result<Self, EngineError> {
         let started = std::time::Instant::now();
         let files = ModelFiles::resolve(options)?;
         let config = ModelConfig::load(&files.repo)?;
@@ -129,7 +146,12 @@ impl Model {
         });
         // The Dense layers akidb may have to run (only read when the graph lacks them, below).
         let dense_specs = config.dense.clone();
-        let budget = Budget::new(options.max_batch_tokens(), options.max_batch_size);
+        let max_tokens = match config.splade {
+            // A sparse model's logits are vocabulary-wide per token: cap the tokens per call.
+            Some(_) => crate::sparse::max_tokens(options.max_batch_tokens(), config.dimension),
+            None => options.max_batch_tokens(),
+        };
+        let budget = Budget::new(max_tokens, options.max_batch_size);
         let plan = SessionPlan::new(&files, &config, options, budget)?;
         let preloaded = plan.preload();
         let tokenizer = tokenizer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
@@ -184,7 +206,12 @@ impl Model {
             kind: config.kind,
             dimension: config.dimension,
             max_seq_length: config.max_seq_length,
-            pooling: if config.head.is_some() { "none" } else { config.pooling.as_str() },
+            pooling: match (&config.head, config.splade) {
+                (Some(_), _) => "none",
+                (None, Some(splade)) => splade.as_str(),
+                (None, None) => config.pooling.as_str(),
+            },
+            max_active_dims: config.max_active_dims,
             labels: config.head.as_ref().map(|h| h.labels.clone()).unwrap_or_default(),
             activation: config.head.as_ref().map(|h| h.activation),
             provider: session.provider().as_str(),
@@ -347,21 +374,59 @@ impl Model {
         normalize: bool,
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<Vec<f32>>, EngineError> {
+        self.run_sorted(tokens, done, |mut v| {
+            if normalize {
+                pooling::normalize(&mut v);
+            }
+            v
+        })
+    }
+
+    /// Runs `tokens` in length-sorted batches and turns each row into `R` as its batch completes,
+    /// so only one batch's rows are ever held in their full width; results keep input order.
+    fn run_sorted<R>(
+        &self,
+        tokens: &[Tokens],
+        done: &mut dyn FnMut(usize),
+        mut row: impl FnMut(Vec<f32>) -> R,
+    ) -> Result<Vec<R>, EngineError> {
         let mut order: Vec<usize> = (0..tokens.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(tokens[i].len()));
-        let mut out: Vec<Vec<f32>> = vec![Vec::new(); tokens.len()];
+        let mut out: Vec<Option<R>> = std::iter::repeat_with(|| None).take(tokens.len()).collect();
         for range in plan_batches(order.iter().map(|&i| tokens[i].len()), self.budget) {
             let members = &order[range];
             let items: Vec<&Tokens> = members.iter().map(|&i| &tokens[i]).collect();
-            for (&i, mut v) in members.iter().zip(self.infer(&items)?) {
-                if normalize {
-                    pooling::normalize(&mut v);
-                }
-                out[i] = v;
+            for (&i, v) in members.iter().zip(self.infer(&items)?) {
+                out[i] = Some(row(v));
             }
             done(members.len());
         }
-        Ok(out)
+        // Every index is in exactly one batch, so every slot is filled.
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// A sparse model's vectors for `texts`: non-zero weights only, the largest `top_k` of them
+    /// (the model's own `max_active_dims` when `None`). Each batch is pruned as it completes.
+    pub fn embed_sparse_reporting<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        options: &EncodeOptions,
+        top_k: Option<usize>,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<SparseRows, EngineError> {
+        if self.config.kind != Kind::SparseEmbedder {
+            return Err(EngineError::WrongKind {
+                model: self.info.id.clone(),
+                is: self.config.kind.described(),
+                what: "sparse vectors",
+                needs: Kind::SparseEmbedder.described(),
+            });
+        }
+        let tokens = self.tokenize_texts(texts, options)?;
+        let total_tokens = tokens.iter().map(Tokens::len).sum();
+        let top_k = top_k.or(self.config.max_active_dims);
+        let vectors = self.run_sorted(&tokens, done, |v| SparseVector::from_dense(&v, top_k))?;
+        Ok(SparseRows { vectors, total_tokens })
     }
 
     /// Texts longer than the model's maximum are truncated, as sentence-transformers does.

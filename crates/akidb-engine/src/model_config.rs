@@ -27,6 +27,10 @@ pub enum ConfigError {
     },
     #[error("{path}: unsupported pooling ({detail}); akidb supports exactly one of cls, mean, max, mean_sqrt_len, lasttoken")]
     UnsupportedPooling { path: PathBuf, detail: String },
+    #[error("{path}: unsupported SpladePooling {key} '{value}'; akidb supports {supported}")]
+    UnsupportedSplade { path: PathBuf, key: &'static str, value: String, supported: &'static str },
+    #[error("{path}: a sparse model needs both an MLMTransformer and a SpladePooling module")]
+    IncompleteSparse { path: PathBuf },
     #[error("cannot tell the embedding dimension: no hidden_size in config.json and no word_embedding_dimension in the pooling config")]
     UnknownDimension,
     #[error("{path}: unsupported activation_fn '{name}'; akidb supports Sigmoid, Softmax, Tanh and Identity")]
@@ -47,10 +51,11 @@ pub enum ConfigError {
 
 /// The sentence-transformers modules akidb runs, by class name (the last part of the module's
 /// `type`, which moved between packages across versions).
-pub const SUPPORTED_MODULES: &str = "Transformer, Pooling, Dense, Normalize";
+pub const SUPPORTED_MODULES: &str =
+    "Transformer, Pooling, Dense, Normalize, and for sparse models MLMTransformer, SpladePooling";
 
 fn supported_module(class: &str) -> bool {
-    matches!(class, "Transformer" | "Pooling" | "Dense" | "Normalize")
+    matches!(class, "Transformer" | "Pooling" | "Dense" | "Normalize" | "MLMTransformer" | "SpladePooling")
 }
 
 /// What a model computes, which decides the routes that can use it.
@@ -64,6 +69,9 @@ pub enum Kind {
     CrossEncoder,
     /// `*ForSequenceClassification` with several labels: a distribution over `id2label`.
     Classifier,
+    /// A sentence-transformers `SparseEncoder` (SPLADE): a masked-LM head's logits pooled into
+    /// one weight per vocabulary entry, most of them zero.
+    SparseEmbedder,
 }
 
 impl Kind {
@@ -72,6 +80,7 @@ impl Kind {
             Kind::Embedder => "embedder",
             Kind::CrossEncoder => "cross-encoder",
             Kind::Classifier => "classifier",
+            Kind::SparseEmbedder => "sparse-embedder",
         }
     }
 
@@ -81,6 +90,7 @@ impl Kind {
             Kind::Embedder => "an embedding model",
             Kind::CrossEncoder => "a cross-encoder (reranker)",
             Kind::Classifier => "a classifier",
+            Kind::SparseEmbedder => "a sparse embedding model (SPLADE)",
         }
     }
 }
@@ -161,6 +171,41 @@ impl Pooling {
     }
 }
 
+/// sentence-transformers' `SpladePooling`: each token's logits through `log1p(relu(x))` (twice
+/// log1p for `log1p_relu`), then the max or the sum over the real tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Splade {
+    pub strategy: SpladeStrategy,
+    pub activation: SpladeActivation,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpladeStrategy {
+    Max,
+    Sum,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpladeActivation {
+    /// `log1p(relu(x))`, every SPLADE model's.
+    Relu,
+    /// `log1p(log1p(relu(x)))`, OpenSearch's neural-sparse models'.
+    Log1pRelu,
+}
+
+impl Splade {
+    pub fn as_str(self) -> &'static str {
+        match (self.strategy, self.activation) {
+            (SpladeStrategy::Max, SpladeActivation::Relu) => "splade max log1p(relu)",
+            (SpladeStrategy::Sum, SpladeActivation::Relu) => "splade sum log1p(relu)",
+            (SpladeStrategy::Max, SpladeActivation::Log1pRelu) => "splade max log1p(log1p(relu))",
+            (SpladeStrategy::Sum, SpladeActivation::Log1pRelu) => "splade sum log1p(log1p(relu))",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ModelConfig {
     /// Tokens per text, special tokens included; longer texts are truncated (or refused).
@@ -193,6 +238,11 @@ pub struct ModelConfig {
     pub padding_left: bool,
     /// `tokenizer_config.json`'s `pad_token`, when tokenizer.json itself sets no padding.
     pub pad_token: Option<String>,
+    /// `Some` for a sparse model: how its `SpladePooling` pools the vocabulary logits.
+    pub splade: Option<Splade>,
+    /// A sparse model's own pruning (`max_active_dims` of `config_sentence_transformers.json`):
+    /// only this many of the largest weights are kept.
+    pub max_active_dims: Option<usize>,
 }
 
 /// One `Dense` module: `activation(x · Wᵀ + b)`, weights in `<path>/model.safetensors`.
@@ -245,6 +295,24 @@ fn yes() -> bool {
 }
 
 #[derive(Deserialize)]
+struct SpladeConfig {
+    #[serde(default = "splade_max")]
+    pooling_strategy: String,
+    #[serde(default = "splade_relu")]
+    activation_function: String,
+    #[serde(alias = "embedding_dimension")]
+    word_embedding_dimension: Option<usize>,
+}
+
+fn splade_max() -> String {
+    "max".into()
+}
+
+fn splade_relu() -> String {
+    "relu".into()
+}
+
+#[derive(Deserialize)]
 struct SentenceBertConfig {
     max_seq_length: Option<usize>,
     /// sentence-transformers 6: `sequence-classification` for a CrossEncoder's Transformer module.
@@ -275,6 +343,7 @@ struct TransformerConfig {
     hidden_size: Option<usize>,
     num_attention_heads: Option<usize>,
     max_position_embeddings: Option<usize>,
+    vocab_size: Option<usize>,
     #[serde(default)]
     architectures: Vec<String>,
     /// Keys are ids as strings ("0", "1", …).
@@ -292,6 +361,8 @@ struct SentenceTransformersConfig {
     #[serde(default)]
     prompts: std::collections::BTreeMap<String, String>,
     default_prompt_name: Option<String>,
+    /// A `SparseEncoder`'s pruning: the largest this many weights are kept.
+    max_active_dims: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -345,7 +416,9 @@ impl ModelConfig {
                 });
             }
         }
+        let modules_path = modules_file.as_ref().map(|(p, _)| p.clone());
         let modules: Vec<Module> = modules_file.map(|(_, m)| m).unwrap_or_default();
+        let splade = splade(repo, modules_path.as_deref(), &modules, class)?;
         let pooling_dir = modules
             .iter()
             .find(|m| m.kind.ends_with(".Pooling"))
@@ -397,14 +470,22 @@ impl ModelConfig {
                 return Err(ConfigError::UnknownDefaultPrompt { path: path.clone(), name: name.clone() });
             }
         }
+        let max_active_dims = st.as_ref().and_then(|(_, c)| c.max_active_dims);
         let head = head(transformer.as_ref(), sbert.as_ref(), st)?;
         let kind = match &head {
+            None if splade.is_some() => Kind::SparseEmbedder,
             None => Kind::Embedder,
             Some(h) if h.labels.len() == 1 => Kind::CrossEncoder,
             Some(_) => Kind::Classifier,
         };
         let hidden_size = transformer.as_ref().and_then(|c| c.hidden_size).or(pooled_dim);
-        let pooled = hidden_size.ok_or(ConfigError::UnknownDimension)?;
+        // A sparse vector has one weight per vocabulary entry.
+        let pooled = match &splade {
+            Some((_, width)) => width.or(transformer.as_ref().and_then(|c| c.vocab_size)),
+            None => hidden_size,
+        }
+        .ok_or(ConfigError::UnknownDimension)?;
+        let splade = splade.map(|(s, _)| s);
         let mut dense = Vec::new();
         for m in modules.iter().filter(|m| class(m) == "Dense") {
             dense.push(dense_spec(
@@ -436,6 +517,8 @@ impl ModelConfig {
             modules: modules.iter().map(class).collect(),
             padding_left,
             pad_token,
+            splade,
+            max_active_dims,
         })
     }
 
@@ -488,6 +571,62 @@ fn head(
         None => Activation::Softmax,
     };
     Ok(Some(Head { labels, activation }))
+}
+
+/// A sparse model's `SpladePooling` (with the width its config names, if any); `None` for a model
+/// without one. Its MLM logits are only meaningful through that pooling, so the two come together.
+fn splade(
+    repo: &ModelRepo,
+    modules_path: Option<&Path>,
+    modules: &[Module],
+    class: impl Fn(&Module) -> String,
+) -> Result<Option<(Splade, Option<usize>)>, ConfigError> {
+    let pooling = modules.iter().find(|m| class(m) == "SpladePooling");
+    let mlm = modules.iter().any(|m| class(m) == "MLMTransformer");
+    let path = || modules_path.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("modules.json"));
+    let module = match (pooling, mlm) {
+        (None, false) => return Ok(None),
+        (Some(m), true) => m,
+        _ => return Err(ConfigError::IncompleteSparse { path: path() }),
+    };
+    let file = format!("{}/config.json", module.path.trim_end_matches('/'));
+    let (path, cfg) = match optional_json::<SpladeConfig>(repo, &file)? {
+        Some(found) => found,
+        // sentence-transformers' defaults.
+        None => (
+            PathBuf::from(file),
+            SpladeConfig {
+                pooling_strategy: splade_max(),
+                activation_function: splade_relu(),
+                word_embedding_dimension: None,
+            },
+        ),
+    };
+    let strategy = match cfg.pooling_strategy.as_str() {
+        "max" => SpladeStrategy::Max,
+        "sum" => SpladeStrategy::Sum,
+        other => {
+            return Err(ConfigError::UnsupportedSplade {
+                path,
+                key: "pooling_strategy",
+                value: other.into(),
+                supported: "max and sum",
+            })
+        }
+    };
+    let activation = match cfg.activation_function.as_str() {
+        "relu" => SpladeActivation::Relu,
+        "log1p_relu" => SpladeActivation::Log1pRelu,
+        other => {
+            return Err(ConfigError::UnsupportedSplade {
+                path,
+                key: "activation_function",
+                value: other.into(),
+                supported: "relu and log1p_relu",
+            })
+        }
+    };
+    Ok(Some((Splade { strategy, activation }, cfg.word_embedding_dimension)))
 }
 
 /// Reads one Dense module's config; its input must be what the step before it gives.

@@ -20,7 +20,7 @@ use akidb_engine::model_config::Kind;
 
 /// `POST /` and `POST /invocations`.
 #[utoipa::path(post, path = "/", tag = "TEI", request_body = Object,
-    responses((status = 200, description = "What /embed, /similarity, /rerank or /predict answers, chosen by the model's kind and the body")))]
+    responses((status = 200, description = "What /embed, /embed_sparse, /similarity, /rerank or /predict answers, chosen by the model's kind and the body")))]
 pub async fn tei_default(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
     let kind = {
         let registry = state.registry()?;
@@ -39,6 +39,7 @@ pub async fn tei_default(State(state): State<AppState>, ApiJson(body): ApiJson<V
             routes::similarity(State(state), ApiJson(from_value(body)?)).await?.into_response()
         }
         Kind::Embedder => routes::tei_embed(State(state), ApiJson(from_value(body)?)).await?.into_response(),
+        Kind::SparseEmbedder => routes::embed_sparse(State(state), ApiJson(from_value(body)?)).await?.into_response(),
         Kind::CrossEncoder if body.get("query").is_some() => {
             scoring::rerank(State(state), ApiJson(body)).await?.into_response()
         }

@@ -20,10 +20,10 @@ pub enum Flavor {
 impl Flavor {
     /// The shape a path's errors take — the one place this is decided. OpenAI's clients (and
     /// LangChain's, LiteLLM's) read `error.message`: OpenAI's shape on `/v1/*`, on `/embeddings`
-    /// (OpenAI's route for clients whose base URL has no `/v1`), and on Cohere's `/v2/rerank`,
-    /// whose clients parse the same shape as on `/v1/rerank`. TEI's shape everywhere else.
+    /// (OpenAI's route for clients whose base URL has no `/v1`), and on Cohere's `/v2/rerank` and
+    /// `/v2/embed`, whose clients parse the same shape as on `/v1/*`. TEI's shape everywhere else.
     pub fn of(path: &str) -> Self {
-        if path.starts_with("/v1/") || path == "/embeddings" || path == "/v2/rerank" {
+        if path.starts_with("/v1/") || path == "/embeddings" || path == "/v2/rerank" || path == "/v2/embed" {
             Self::OpenAi
         } else {
             Self::Native

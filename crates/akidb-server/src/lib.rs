@@ -19,9 +19,11 @@
 mod api;
 pub mod backend;
 mod catalog;
+mod cohere;
 mod config;
 mod conn;
 mod dispatch;
+mod encoding;
 mod error;
 mod infer;
 pub mod metrics;

@@ -6,7 +6,7 @@
 use utoipa::OpenApi;
 
 use crate::{
-    catalog, dispatch, routes,
+    catalog, cohere, dispatch, routes,
     schema::{ErrorBody, OpenAiErrorBody, OpenAiErrorDetail},
     scoring, status, tokens,
 };
@@ -22,8 +22,11 @@ use crate::{
         routes::native_embed,
         routes::tei_embed,
         routes::embed_all,
+        routes::embed_sparse,
         routes::similarity,
         routes::openai_embeddings,
+        cohere::embed_v1,
+        cohere::embed_v2,
         routes::ollama_embed,
         routes::ollama_embeddings,
         catalog::ollama_tags,

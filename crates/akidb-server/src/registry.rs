@@ -70,8 +70,9 @@ impl Registry {
                     Ok(model)
                 } else {
                     Err(ApiError::unprocessable(format!(
-                        "{route} needs {needs}, but '{name}' is {}",
-                        model.kind().described()
+                        "{route} needs {needs}, but '{name}' is {}, served on {}",
+                        model.kind().described(),
+                        routes_for(model.kind())
                     ))
                     .param("model"))
                 }
@@ -85,5 +86,15 @@ impl Registry {
     /// `'a' (embedder), 'b' (cross-encoder)`, for messages.
     fn listing(&self) -> String {
         self.models.iter().map(|m| format!("'{}' ({})", m.name, m.kind())).collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Where a model of `kind` is served, for the 422 of a route that cannot use it.
+fn routes_for(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Embedder => "the dense routes (/embed, /api/v1/embed, /v1/embeddings, /v1/embed, /v2/embed, /api/embed)",
+        Kind::SparseEmbedder => "/embed_sparse (sparse vectors)",
+        Kind::CrossEncoder => "/rerank, /v1/rerank and /v2/rerank",
+        Kind::Classifier => "/predict",
     }
 }

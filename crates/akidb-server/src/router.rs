@@ -11,7 +11,7 @@ use axum::{
 };
 
 use crate::{
-    catalog, dispatch,
+    catalog, cohere, dispatch,
     error::ApiError,
     middleware::{authorize, read_body, shape_errors, track},
     openapi, routes, scoring,
@@ -28,6 +28,7 @@ pub fn router(state: AppState) -> Router {
         .route("/embeddings", post(routes::openai_embeddings))
         .route("/embed", post(routes::tei_embed))
         .route("/embed_all", post(routes::embed_all))
+        .route("/embed_sparse", post(routes::embed_sparse))
         .route("/similarity", post(routes::similarity))
         .route("/api/embed", post(routes::ollama_embed))
         .route("/api/embeddings", post(routes::ollama_embeddings))
@@ -37,6 +38,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models", get(catalog::list_models))
         .route("/v1/models/{*model}", get(catalog::get_model))
         .route("/rerank", post(scoring::rerank))
+        .route("/v1/embed", post(cohere::embed_v1))
+        .route("/v2/embed", post(cohere::embed_v2))
         .route("/v1/rerank", post(scoring::cohere_rerank))
         .route("/v2/rerank", post(scoring::cohere_rerank_v2))
         .route("/predict", post(scoring::predict))

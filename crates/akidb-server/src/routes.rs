@@ -4,8 +4,12 @@
 
 use std::time::Instant;
 
-use axum::{extract::State, http::StatusCode, Json};
-use base64::Engine as _;
+use axum::{
+    extract::State,
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    Json,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -13,6 +17,7 @@ use utoipa::ToSchema;
 use crate::{
     api::{texts, ApiJson},
     backend::Output,
+    encoding::{self, Encoded, Encoding},
     error::ApiError,
     infer::Encode,
     protocol::{EmbedResponse, Usage},
@@ -23,37 +28,10 @@ use crate::{
 };
 use akidb_engine::{
     model_config::Kind,
-    pooling,
+    sparse::SparseVector,
     tokenize::{Input, Side},
     Rows,
 };
-
-/// A requested `dimensions` within the model's: Matryoshka models are trained so that a vector's
-/// first dimensions make a good vector by themselves. Out of range is a 422, or `status` where the
-/// API says otherwise (OpenAI answers 400).
-fn dimensions(requested: Option<i64>, model: &Served, status: StatusCode) -> Result<Option<usize>, ApiError> {
-    let dimension = model.backend.info().dimension;
-    match requested {
-        None => Ok(None),
-        Some(d) if d >= 1 && (d as usize) <= dimension => Ok(Some(d as usize)),
-        Some(d) => {
-            Err(ApiError::new(status, format!("dimensions must be between 1 and the model's {dimension}, not {d}"))
-                .param("dimensions"))
-        }
-    }
-}
-
-/// Cuts each vector to `d` dimensions, normalizing after the cut (a cut unit vector is shorter).
-fn shorten(vectors: &mut [Vec<f32>], d: Option<usize>, normalize: bool) {
-    if let Some(d) = d {
-        for v in vectors {
-            v.truncate(d);
-            if normalize {
-                pooling::normalize(v);
-            }
-        }
-    }
-}
 
 const EMBEDDER: &[Kind] = &[Kind::Embedder];
 
@@ -77,24 +55,45 @@ pub struct NativeRequest {
     /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
     /// [default: the model's default prompt, if any]
     prompt_name: Option<String>,
+    /// `float`; `base64` (little-endian float32 bytes); `ubinary` (sign bits packed 8 per byte,
+    /// uint8 numbers, as `numpy.packbits(x > 0)`) or `binary` (the same bytes minus 128, int8) [default: float]
+    encoding_format: Option<String>,
+}
+
+/// The native answer with `encoding_format` other than float: each vector as written.
+#[derive(Serialize, ToSchema)]
+pub struct EncodedEmbedResponse {
+    model: String,
+    embeddings: Vec<Encoded>,
+    usage: Usage,
 }
 
 /// The native API.
 #[utoipa::path(post, path = "/api/v1/embed", tag = "akidb", request_body = NativeRequest,
-    responses((status = 200, description = "One vector per input, in order", body = EmbedResponse), Failures))]
+    responses((status = 200, description = "One vector per input, in order (numbers, or as `encoding_format` asks)", content(
+        (EmbedResponse = "application/json"),
+        (EncodedEmbedResponse = "application/json"))), Failures))]
 pub async fn native_embed(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<NativeRequest>,
-) -> Result<Json<EmbedResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let started = Instant::now();
+    let encoding = match req.encoding_format.as_deref() {
+        None => Encoding::Float,
+        Some(name) => Encoding::parse(name, "encoding_format")?,
+    };
     let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
     let route = "POST /api/v1/embed";
     let (model, out) = embed(&state, route, req.model, req.inputs, req.normalize, req.dimensions, encode).await?;
-    Ok(Json(EmbedResponse {
-        model: model.name.clone(),
-        embeddings: out.vectors,
-        usage: Usage { total_tokens: out.total_tokens, duration_ms: started.elapsed().as_millis() as u64 },
-    }))
+    let usage = Usage { total_tokens: out.total_tokens, duration_ms: started.elapsed().as_millis() as u64 };
+    let model = model.name.clone();
+    Ok(match encoding {
+        Encoding::Float => Json(EmbedResponse { model, embeddings: out.vectors, usage }).into_response(),
+        encoding => {
+            let embeddings = out.vectors.into_iter().map(|v| encoding.encode(v)).collect();
+            Json(EncodedEmbedResponse { model, embeddings, usage }).into_response()
+        }
+    })
 }
 
 /// `/api/v1/embed` and `/embed`: one request under two APIs. Unit vectors unless `normalize` is
@@ -110,10 +109,15 @@ async fn embed<'a>(
 ) -> Result<(&'a Served, Rows), ApiError> {
     let inputs = state.inputs(texts(inputs, "inputs")?, "inputs")?;
     let model = state.pick(model.as_deref(), route, EMBEDDER)?;
-    let cut = self::dimensions(dimensions, model, StatusCode::UNPROCESSABLE_ENTITY)?;
+    let cut = encoding::dimensions(
+        dimensions,
+        model.backend.info().dimension,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "dimensions",
+    )?;
     let normalize = normalize.unwrap_or(true);
     let mut out = state.run(model, inputs.singles(), Output::Rows, normalize && cut.is_none(), encode).await?;
-    shorten(&mut out.vectors, cut, normalize);
+    encoding::shorten(&mut out.vectors, cut, normalize);
     Ok((model, out))
 }
 
@@ -165,6 +169,62 @@ pub async fn embed_all(
     let dim = model.backend.info().dimension.max(1);
     let out = state.run(model, inputs.singles(), Output::Tokens, false, encode).await?;
     Ok(Json(out.vectors.into_iter().map(|flat| flat.chunks(dim).map(<[f32]>::to_vec).collect()).collect()))
+}
+
+/// `POST /embed_sparse`.
+#[derive(Deserialize, ToSchema)]
+pub struct SparseRequest {
+    /// One text or an array of texts.
+    #[serde(default)]
+    #[schema(schema_with = texts_schema)]
+    inputs: Value,
+    /// Keep only the largest this many weights of each vector (akidb) [default: the model's
+    /// `max_active_dims`, else all]
+    top_k: Option<usize>,
+    /// Cut texts longer than the model's maximum instead of refusing them [default: true]
+    truncate: Option<bool>,
+    /// Which end of a too-long input is cut [default: Right]
+    truncation_direction: Option<Side>,
+    /// One of the model's prompts (`config_sentence_transformers.json`), put before each text
+    /// [default: the model's default prompt, if any]
+    prompt_name: Option<String>,
+    /// A served model [default: the first sparse model]
+    model: Option<String>,
+}
+
+/// One non-zero weight of a sparse vector: a vocabulary index and its value.
+#[derive(Serialize, ToSchema)]
+pub struct SparseValue {
+    index: u32,
+    value: f32,
+}
+
+const SPARSE: &[Kind] = &[Kind::SparseEmbedder];
+
+/// A SPLADE model's sparse vectors, as text-embeddings-inference answers them: per input, its
+/// non-zero weights by vocabulary index (ascending).
+#[utoipa::path(post, path = "/embed_sparse", tag = "TEI", request_body = SparseRequest,
+    responses((status = 200, description = "Per input, its non-zero weights", body = Vec<Vec<SparseValue>>), Failures))]
+pub async fn embed_sparse(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SparseRequest>,
+) -> Result<Json<Vec<Vec<SparseValue>>>, ApiError> {
+    let encode = Encode::new(req.truncate, req.truncation_direction, req.prompt_name);
+    let inputs = state.inputs(texts(req.inputs, "inputs")?, "inputs")?;
+    let model = state.pick(req.model.as_deref(), "POST /embed_sparse", SPARSE)?;
+    let top_k = req.top_k.or(model.backend.info().max_active_dims);
+    let out = state.run(model, inputs.singles(), Output::Rows, false, encode).await?;
+    Ok(Json(
+        out.vectors
+            .iter()
+            .map(|row| {
+                SparseVector::from_dense(row, top_k)
+                    .entries()
+                    .map(|(index, value)| SparseValue { index, value })
+                    .collect()
+            })
+            .collect(),
+    ))
 }
 
 /// `POST /similarity`'s inputs.
@@ -242,10 +302,11 @@ pub async fn ollama_embed(
     let started = Instant::now();
     let inputs = state.inputs(texts(req.input, "input")?, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /api/embed", EMBEDDER)?;
-    let cut = dimensions(req.dimensions, model, StatusCode::BAD_REQUEST)?;
+    let cut =
+        encoding::dimensions(req.dimensions, model.backend.info().dimension, StatusCode::BAD_REQUEST, "dimensions")?;
     let encode = Encode::new(req.truncate, None, None);
     let mut out = state.run(model, inputs.singles(), Output::Rows, cut.is_none(), encode).await?;
-    shorten(&mut out.vectors, cut, true);
+    encoding::shorten(&mut out.vectors, cut, true);
     Ok(Json(OllamaResponse {
         model: model.name.clone(),
         embeddings: out.vectors,
@@ -314,15 +375,8 @@ pub struct OpenAiEmbedding {
     /// Always `embedding`.
     object: &'static str,
     index: usize,
-    embedding: OpenAiVector,
-}
-
-/// Numbers, or with `encoding_format: base64` the little-endian f32 bytes in base64.
-#[derive(Serialize, ToSchema)]
-#[serde(untagged)]
-pub enum OpenAiVector {
-    Float(Vec<f32>),
-    Base64(String),
+    /// Numbers, or with `encoding_format: base64` the little-endian f32 bytes in base64.
+    embedding: Encoded,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -349,20 +403,16 @@ pub async fn openai_embeddings(
     let texts = openai_texts(req.input, req.model.as_deref(), state.config.openai_token_ids)?;
     let inputs = state.inputs(texts, "input")?;
     let model = state.pick(req.model.as_deref(), "POST /v1/embeddings", EMBEDDER)?;
-    let cut = dimensions(req.dimensions, model, StatusCode::BAD_REQUEST)?;
+    let cut =
+        encoding::dimensions(req.dimensions, model.backend.info().dimension, StatusCode::BAD_REQUEST, "dimensions")?;
     let mut out = state.run(model, inputs.singles(), Output::Rows, cut.is_none(), Encode::default()).await?;
-    shorten(&mut out.vectors, cut, true);
+    encoding::shorten(&mut out.vectors, cut, true);
     let data = out
         .vectors
         .into_iter()
         .enumerate()
         .map(|(index, v)| {
-            let embedding = if base64 {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-                OpenAiVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
-            } else {
-                OpenAiVector::Float(v)
-            };
+            let embedding = if base64 { Encoding::Base64.encode(v) } else { Encoding::Float.encode(v) };
             OpenAiEmbedding { object: "embedding", index, embedding }
         })
         .collect();

@@ -235,12 +235,12 @@ pub struct CohereRerankV2Response {
 
 #[derive(Serialize, ToSchema)]
 pub struct CohereMeta {
-    api_version: CohereApiVersion,
+    pub(crate) api_version: CohereApiVersion,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct CohereApiVersion {
-    version: &'static str,
+    pub(crate) version: &'static str,
 }
 
 /// Cohere's v2 reranking API (`cohere.ClientV2().rerank`, LiteLLM's `cohere/` models): v1's request
@@ -260,7 +260,7 @@ pub async fn cohere_rerank_v2(
 }
 
 /// Unique within a process and unlikely to repeat across restarts: time and a counter.
-fn request_id() -> String {
+pub(crate) fn request_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
@@ -269,7 +269,7 @@ fn request_id() -> String {
 
 /// `doc` cut after its first `n` tokens (special tokens aside), as Cohere's `max_tokens_per_doc`
 /// asks; pairs are then cut to the model's maximum as usual.
-fn cap_tokens(backend: &dyn Backend, doc: String, n: usize) -> Result<String, BackendError> {
+pub(crate) fn cap_tokens(backend: &dyn Backend, doc: String, n: usize) -> Result<String, BackendError> {
     let tokens = backend.tokens(&doc, false)?;
     match tokens.get(n.saturating_sub(1)).and_then(|t| t.stop) {
         Some(stop) if tokens.len() > n => Ok(doc.chars().take(stop).collect()),

@@ -109,20 +109,38 @@ pub fn akidb() -> Command {
 
 /// The tiny model's files copied into `dir`: a local-directory model a test may change.
 pub fn copy_tiny_to(dir: &Path) {
-    let snapshot = hf_home().join("hub/models--akidb-test--tiny-bert-cls/snapshots");
-    let src = std::fs::read_dir(&snapshot).unwrap().next().unwrap().unwrap().path();
-    for rel in [
-        "config.json",
-        "tokenizer.json",
-        "sentence_bert_config.json",
-        "modules.json",
-        "1_Pooling/config.json",
-        "onnx/model.onnx",
-    ] {
+    copy_model_to(
+        "akidb-test/tiny-bert-cls",
+        &[
+            "config.json",
+            "tokenizer.json",
+            "sentence_bert_config.json",
+            "modules.json",
+            "1_Pooling/config.json",
+            "onnx/model.onnx",
+        ],
+        dir,
+    );
+}
+
+/// `files` of a cached model's snapshot copied into `dir`, directories made as needed.
+pub fn copy_model_to(repo: &str, files: &[&str], dir: &Path) {
+    let snapshots = hf_home().join(format!("hub/models--{}/snapshots", repo.replace('/', "--")));
+    let src = std::fs::read_dir(&snapshots).unwrap().next().unwrap().unwrap().path();
+    for rel in files {
         let to = dir.join(rel);
         std::fs::create_dir_all(to.parent().unwrap()).unwrap();
         std::fs::copy(src.join(rel), to).unwrap();
     }
+}
+
+/// A served route's status and JSON answer.
+pub async fn post_json(s: &server::TestServer, path: &str, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    s.wait_healthy().await;
+    let r = reqwest::Client::new().post(s.url(path)).json(body).send().await.expect("request");
+    let status = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}")))
 }
 
 /// `n` words the test models' (uncased BERT) vocabulary holds whole: one token each, so a cut at
