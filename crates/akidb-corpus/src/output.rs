@@ -622,15 +622,16 @@ impl Column {
         }
     }
 
-    /// Row `i` of `vectors`, in this column's type.
-    fn push(&mut self, vectors: Vectors<'_>, i: usize, values: Values) {
+    /// Row `i` of `vectors`, in this column's type; `false` (nothing pushed) for rows of the
+    /// other kind, which `run` never makes: it derives the rows and the output from one `Values`.
+    fn push(&mut self, vectors: Vectors<'_>, i: usize) -> bool {
         match (self, vectors) {
             (Column::Float(out), Vectors::Dense(v)) => out.extend_from_slice(&v[i]),
             (Column::Bytes(out), Vectors::Dense(v)) => out.extend(quantize::ubinary(&v[i])),
             (Column::Sparse(out), Vectors::Sparse(v)) => out.push(v[i].clone()),
-            // `run` makes the values from the model's kind, so they always match its rows.
-            (_, _) => tracing::error!(?values, "rows of another kind than the output's; row skipped"),
+            (_, _) => return false,
         }
+        true
     }
 }
 
@@ -718,8 +719,13 @@ impl Sink for ParquetSink {
                     Some(_) => {}
                 }
             }
+            if !self.column.push(vectors, i) {
+                return Err(OutputError::Mismatch {
+                    path: self.path.clone(),
+                    why: format!("rows of another kind than its {}", self.values.describe(self.dimension)),
+                });
+            }
             self.ids.push(id.clone());
-            self.column.push(vectors, i, self.values);
             self.rows += 1;
             if self.rows == PARQUET_ROWS_PER_PART {
                 self.write_part()?;
