@@ -9,6 +9,7 @@
 //!     target/release/examples/bench clients            # 16 one-text HTTP clients vs akidb in process; server RSS
 //!     target/release/examples/bench mixed              # bulk indexing + interactive queries against one server
 //!     target/release/examples/bench rerank             # pairs/s: cross-encoder in process, over HTTP, Python
+//!     target/release/examples/bench precision          # bf16 vs fp32: corpus, floors, one text over HTTP, server RSS
 //!
 //! The Python peer is `scripts/bench_peer.py` in `target/bench-venv` (made by `bench setup`, or
 //! by any subcommand that needs it): onnxruntime at the version akidb links, tokenizers, numpy,
@@ -72,6 +73,9 @@ enum Cmd {
     Mixed,
     /// Reranking pairs/s: the cross-encoder in process, over HTTP (`/rerank`), and the Python path
     Rerank,
+    /// bf16 vs fp32 products (needs AVX512-BF16): corpus in process beside Python + optimizer and
+    /// both compute floors (sgemm; oneDNN's bf16 matmul), one text over HTTP, server memory
+    Precision,
     /// corpus, latency, clients, mixed and rerank
     All,
 }
@@ -111,11 +115,14 @@ fn venv_python() -> PathBuf {
     root().join("target/bench-venv/bin/python")
 }
 
+/// oneDNN for the bf16 floor (`bench_peer.py --mode bf16-floor`): its wheel is Linux x86_64 only.
+const ONEDNN: &str = if cfg!(all(target_os = "linux", target_arch = "x86_64")) { "onednn-cpu-gomp" } else { "" };
+
 fn setup() -> Result<PathBuf> {
     let python = venv_python();
     let version = akidb_engine::session::runtime::PINNED_VERSION;
     let check = format!(
-        "import importlib.metadata as m, numpy, tokenizers, onnx, sympy, onnxruntime; assert m.version('onnxruntime') == '{version}'"
+        "import importlib.metadata as m, numpy, tokenizers, onnx, sympy, onnxruntime; assert m.version('onnxruntime') == '{version}'; assert '{ONEDNN}' == '' or m.version('{ONEDNN}')"
     );
     if python.exists() && Command::new(&python).args(["-c", &check]).stderr(Stdio::null()).status()?.success() {
         return Ok(python);
@@ -125,11 +132,12 @@ fn setup() -> Result<PathBuf> {
         let ok = Command::new("python3").args(["-m", "venv"]).arg(root().join("target/bench-venv")).status()?;
         anyhow::ensure!(ok.success(), "python3 -m venv failed (install python3-venv)");
     }
-    eprintln!("bench: installing onnxruntime=={version} tokenizers numpy onnx sympy packaging from PyPI");
+    eprintln!("bench: installing onnxruntime=={version} tokenizers numpy onnx sympy packaging {ONEDNN} from PyPI");
     let ok = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
         .arg(format!("onnxruntime=={version}"))
         .args(["tokenizers", "numpy", "onnx", "sympy", "packaging"])
+        .args((!ONEDNN.is_empty()).then_some(ONEDNN))
         .status()?;
     anyhow::ensure!(ok.success(), "pip install failed (is PyPI reachable?)");
     Ok(python)
@@ -176,6 +184,9 @@ impl Server {
         }
         if let Some(t) = model.threads {
             cmd.args(["--threads", &t.to_string()]);
+        }
+        if let Some(Value::String(p)) = model.precision.map(|p| json!(p)) {
+            cmd.args(["--precision", &p]);
         }
         let mut child = cmd.spawn()?;
         let stderr = child.stderr.take().context("stderr")?;
@@ -604,6 +615,121 @@ fn rerank(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
+/// bf16 against fp32, interleaved: the corpus in process (beside Python + optimizer, the strongest
+/// Python path, and the floors: sgemm for fp32, oneDNN's bf16 matmul for bf16), then one text over
+/// HTTP against two servers, one request to each in turn, and each server's memory after it has
+/// also embedded the corpus.
+async fn precision(cli: &Cli) -> Result<()> {
+    use akidb_engine::session::runtime::Precision;
+    let with = |precision| ModelArgs { precision: Some(precision), ..cli.model.clone() };
+    let (fp32_args, bf16_args) = (with(Precision::Fp32), with(Precision::Bf16));
+    let load = |args: &ModelArgs| Model::load(&args.options()).context("loading the model");
+    let (fp32, bf16) = (load(&fp32_args)?, load(&bf16_args)?);
+    let precision_of = |m: &Model| m.info().pipeline.precision.clone();
+    eprintln!("bench precision: {} | {}", precision_of(&fp32), precision_of(&bf16));
+    anyhow::ensure!(
+        precision_of(&bf16).starts_with("bf16"),
+        "the bf16 model runs {}: this table needs a CPU with AVX512-BF16 and the gate passed",
+        precision_of(&bf16)
+    );
+    let text = std::fs::read_to_string(&cli.corpus).with_context(|| format!("reading {}", cli.corpus.display()))?;
+    let texts: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let corpus = cli.corpus.display().to_string();
+    let rate = |m: &Model| -> Result<(f64, usize)> {
+        let started = Instant::now();
+        let out = m.embed(&texts, true)?;
+        Ok((texts.len() as f64 / started.elapsed().as_secs_f64(), out.total_tokens))
+    };
+    rate(&fp32)?;
+    rate(&bf16)?; // warm-up
+    let mut rows: Vec<[f64; 5]> = Vec::new(); // fp32, bf16, python+optimizer texts/s; fp32, bf16 floors in GFLOP/s
+    let mut tokens = 0;
+    for round in 1..=cli.rounds {
+        let (f, t) = rate(&fp32)?;
+        let (b, _) = rate(&bf16)?;
+        tokens = t;
+        let o =
+            num(&peer(&["--mode", "throughput", "--corpus", &corpus, "--repeat", "1", "--optimize"])?, "texts_per_s");
+        let floor32 = num(&peer(&["--mode", "floor", "--repeat", "3"])?, "gflops");
+        let floor16 = num(&peer(&["--mode", "bf16-floor", "--repeat", "3"])?, "gflops");
+        eprintln!(
+            "bench precision round {round}: fp32 {f:.1}, bf16 {b:.1}, python+optimizer {o:.1} texts/s; floors: sgemm {floor32:.0}, bf16 {floor16:.0} GFLOP/s"
+        );
+        record(
+            &json!({"impl": "akidb", "mode": "precision", "fp32_texts_per_s": f, "bf16_texts_per_s": b, "python_optimized_texts_per_s": o, "sgemm_gflops": floor32, "bf16_gflops": floor16}),
+        );
+        rows.push([f, b, o, floor32, floor16]);
+    }
+    let per_token = tokens as f64 / texts.len() as f64;
+    // ~22 MFLOP of products per token (docs/performance.md): a floor's GFLOP/s in texts/s.
+    let texts_at = |gflops: f64| gflops * 1e9 / 22e6 / per_token;
+    let med = |f: &dyn Fn(&[f64; 5]) -> f64| median(rows.iter().map(f).collect::<Vec<_>>());
+    let (f, b, o) = (med(&|r| r[0]), med(&|r| r[1]), med(&|r| r[2]));
+    let (bf16_vs_fp32, bf16_vs_python, fp32_vs_python) =
+        (med(&|r| r[1] / r[0]), med(&|r| r[1] / r[2]), med(&|r| r[0] / r[2]));
+    let (of_sgemm, of_bf16) = (med(&|r| r[0] / texts_at(r[3])), med(&|r| r[1] / texts_at(r[4])));
+    println!("\n### bf16 vs fp32 products ({} texts, {tokens} tokens, {} rounds)\n", texts.len(), cli.rounds);
+    println!("| measure | fp32 | bf16 | ratio (median of rounds) |\n|---|---|---|---|");
+    println!("| akidb in process, texts/s | {f:.1} | {b:.1} | **{bf16_vs_fp32:.2}×** bf16 / fp32 |");
+    println!("| vs Python + optimizer ({o:.1} texts/s) | {fp32_vs_python:.2}× | {bf16_vs_python:.2}× | |");
+    println!(
+        "| share of its floor (sgemm {:.0}, bf16 matmul {:.0} GFLOP/s; ~22 MFLOP/token) | {:.0}% | {:.0}% | |",
+        med(&|r| r[3]),
+        med(&|r| r[4]),
+        100.0 * of_sgemm,
+        100.0 * of_bf16
+    );
+
+    let servers = [Server::start(&fp32_args)?, Server::start(&bf16_args)?];
+    let http = reqwest::Client::new();
+    for s in &servers {
+        s.ready(&http).await?;
+        for _ in 0..20 {
+            post(&http, &s.url, json!(cli.text)).await?;
+        }
+    }
+    let n = 200;
+    let (mut p50s, mut p95s, mut ratio) = ([vec![], vec![]], [vec![], vec![]], vec![]);
+    for round in 1..=cli.rounds {
+        let mut samples = [Vec::with_capacity(n), Vec::with_capacity(n)];
+        for _ in 0..n {
+            for (s, out) in servers.iter().zip(samples.iter_mut()) {
+                out.push(post(&http, &s.url, json!(cli.text)).await?.as_secs_f64() * 1e3);
+            }
+        }
+        let [mut a, mut b] = samples;
+        let (pa, pb) = (percentile(&mut a, 0.5), percentile(&mut b, 0.5));
+        eprintln!("bench precision latency round {round}: one text over HTTP, p50 fp32 {pa:.2} ms, bf16 {pb:.2} ms");
+        p50s[0].push(pa);
+        p50s[1].push(pb);
+        p95s[0].push(percentile(&mut a, 0.95));
+        p95s[1].push(percentile(&mut b, 0.95));
+        ratio.push(pb / pa);
+    }
+    for s in &servers {
+        for chunk in texts.chunks(64) {
+            post(&http, &s.url, json!(chunk)).await?;
+        }
+    }
+    let [(rss32, hwm32), (rss16, hwm16)] = [servers[0].rss(), servers[1].rss()];
+    println!(
+        "| one text over HTTP, p50 (p95) | {:.2} ms ({:.2}) | {:.2} ms ({:.2}) | **{:.2}×** bf16 / fp32 |",
+        median(&p50s[0]),
+        median(&p95s[0]),
+        median(&p50s[1]),
+        median(&p95s[1]),
+        median(&ratio)
+    );
+    println!(
+        "| server RSS after the corpus (peak) | {rss32:.0} MiB ({hwm32:.0}) | {rss16:.0} MiB ({hwm16:.0}) | {:.2}× |",
+        rss16 / rss32
+    );
+    record(
+        &json!({"table": "precision", "bf16_vs_fp32": bf16_vs_fp32, "bf16_vs_python_optimized": bf16_vs_python, "of_sgemm_floor": of_sgemm, "of_bf16_floor": of_bf16, "http_p50_bf16_vs_fp32": median(&ratio), "rss_mib": [rss32, rss16], "hwm_mib": [hwm32, hwm16]}),
+    );
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if std::env::var_os("HF_HOME").is_none() {
@@ -614,12 +740,16 @@ fn main() -> Result<()> {
         setup()?;
         return Ok(());
     }
-    let needs_peer = matches!(cli.command, Cmd::Corpus | Cmd::Latency | Cmd::Rerank | Cmd::All);
+    let needs_peer = matches!(cli.command, Cmd::Corpus | Cmd::Latency | Cmd::Rerank | Cmd::Precision | Cmd::All);
     if needs_peer {
         setup()?;
     }
     if cli.command == Cmd::Rerank {
         return rerank(&cli);
+    }
+    if cli.command == Cmd::Precision {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        return rt.block_on(precision(&cli));
     }
     let options = cli.model.options();
     let embedder = Model::load(&options).with_context(|| format!("loading {}", options.model))?;
@@ -631,7 +761,7 @@ fn main() -> Result<()> {
             Cmd::Clients => rt.block_on(clients(&cli, &embedder)),
             Cmd::Mixed => rt.block_on(mixed(&cli)),
             Cmd::Rerank => rerank(&cli),
-            Cmd::Setup | Cmd::All => Ok(()),
+            Cmd::Setup | Cmd::Precision | Cmd::All => Ok(()),
         }
     };
     match cli.command {

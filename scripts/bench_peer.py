@@ -25,6 +25,11 @@ Modes (each prints one JSON line on stdout):
       sgemm at the model's shapes on all cores, the faster of numpy and ONNX Runtime's MatMul:
       {"impl","mode","gflops","gflops_numpy","gflops_onnxruntime"} (the compute floor of
       docs/performance.md).
+  --mode bf16-floor [--repeat 3]
+      The bf16 floor: oneDNN's matmul (the onednn-cpu-gomp wheel, through ctypes) with bf16
+      inputs, weights in oneDNN's own packed layout and fp32 output, at the same shapes on all
+      cores: {"impl","mode","gflops","gflops_by_shape","kernel"} ("kernel" is oneDNN's
+      implementation, e.g. brg:avx512_core_bf16; a CPU without bf16 instructions is an error).
   --optimize
       Any mode that runs the model: use the graph after onnxruntime.transformers.optimizer
       (SkipLayerNormalization, BiasGelu fused), saved once under target/bench-peer/.
@@ -151,6 +156,79 @@ def floor(repeat: int) -> None:
           "gflops_by_shape": [round(r, 2) for r in rates],
           "gflops_numpy": round(statistics.fmean(by_numpy), 2),
           "gflops_onnxruntime": round(statistics.fmean(by_ort), 2)})
+
+
+def bf16_floor(repeat: int) -> None:
+    """oneDNN's bf16 matmul at the floor's shapes (threads: OpenMP's default, every core). The
+    source is already bf16 (akidb's kernel rounds fp32 as it reads), and the weights are packed
+    once in the layout oneDNN picks; their values do not change the time, so they stay zero."""
+    import ctypes
+    import glob
+
+    found = glob.glob(os.path.join(sys.prefix, "lib", "libdnnl.so.3"))
+    if not found:
+        die(f"no libdnnl.so.3 under {sys.prefix}/lib: pip install onednn-cpu-gomp")
+    dnnl = ctypes.CDLL(found[0])
+    ptr = ctypes.c_void_p
+
+    def check(status: int, what: str) -> None:
+        if status != 0:
+            die(f"oneDNN {what} failed with status {status}")
+
+    # dnnl_types.h (oneDNN 3.x): data types, format tags, queries, execution arguments.
+    f32, bf16, tag_any, tag_ab = 3, 2, 1, 3
+    query_impl_info, query_weights_md = 8, 131
+    arg_src, arg_weights, arg_dst = 1, 33, 17
+
+    class Arg(ctypes.Structure):
+        _fields_ = [("arg", ctypes.c_int), ("memory", ptr)]
+
+    engine, stream = ptr(), ptr()
+    check(dnnl.dnnl_engine_create(ctypes.byref(engine), 1, ctypes.c_size_t(0)), "engine_create (cpu)")
+    check(dnnl.dnnl_stream_create(ctypes.byref(stream), engine, ctypes.c_uint(1)), "stream_create")
+    dnnl.dnnl_primitive_desc_query_md.restype = ptr
+
+    def desc(dims: list[int], data_type: int, tag: int):
+        md = ptr()
+        shape = (ctypes.c_int64 * 12)(*dims)
+        check(dnnl.dnnl_memory_desc_create_with_tag(ctypes.byref(md), ctypes.c_int(len(dims)), shape,
+                                                    ctypes.c_int(data_type), ctypes.c_int(tag)), "memory_desc")
+        return md
+
+    def memory(md):
+        mem = ptr()
+        allocate = ptr(2**64 - 1)  # DNNL_MEMORY_ALLOCATE
+        check(dnnl.dnnl_memory_create(ctypes.byref(mem), md, engine, allocate), "memory_create")
+        return mem
+
+    rates, kernels = [], set()
+    for m, k, n in [(4096, 384, 1536), (4096, 1536, 384), (4096, 384, 384)]:
+        pd, prim, info = ptr(), ptr(), ctypes.c_char_p()
+        check(dnnl.dnnl_matmul_primitive_desc_create(ctypes.byref(pd), engine, desc([m, k], bf16, tag_ab),
+                                                      desc([k, n], bf16, tag_any), None,
+                                                      desc([m, n], f32, tag_ab), None), "matmul_primitive_desc")
+        check(dnnl.dnnl_primitive_desc_query(pd, ctypes.c_int(query_impl_info), ctypes.c_int(0),
+                                             ctypes.byref(info)), "query impl_info")
+        kernel = (info.value or b"?").decode()
+        if "bf16" not in kernel and "amx" not in kernel:
+            die(f"oneDNN runs this bf16 matmul as {kernel!r}: the CPU has no bf16 instructions")
+        kernels.add(kernel)
+        check(dnnl.dnnl_primitive_create(ctypes.byref(prim), pd), "primitive_create")
+        weights = ptr(dnnl.dnnl_primitive_desc_query_md(pd, ctypes.c_int(query_weights_md), ctypes.c_int(0)))
+        args = (Arg * 3)(Arg(arg_src, memory(desc([m, k], bf16, tag_ab))), Arg(arg_weights, memory(weights)),
+                         Arg(arg_dst, memory(desc([m, n], f32, tag_ab))))
+
+        def run() -> None:
+            check(dnnl.dnnl_primitive_execute(prim, stream, ctypes.c_int(3), args), "primitive_execute")
+            check(dnnl.dnnl_stream_wait(stream), "stream_wait")
+
+        flops = 2 * m * k * n
+        calls = max(3, int(4e10 / flops))
+        run()  # warm-up
+        best = min(timed(lambda: [run() for _ in range(calls)]) for _ in range(repeat)) / calls
+        rates.append(flops / best / 1e9)
+    emit({"impl": "onednn", "mode": "bf16-floor", "gflops": round(statistics.fmean(rates), 2),
+          "gflops_by_shape": [round(r, 2) for r in rates], "kernel": ", ".join(sorted(kernels))})
 
 
 def timed(f) -> float:
@@ -402,7 +480,7 @@ def main() -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
-    ap.add_argument("--mode", choices=["throughput", "latency", "check", "stats", "floor"])
+    ap.add_argument("--mode", choices=["throughput", "latency", "check", "stats", "floor", "bf16-floor"])
     ap.add_argument("--optimize", action="store_true",
                     help="run the graph through onnxruntime.transformers.optimizer first (SkipLayerNorm, BiasGelu)")
     ap.add_argument("--corpus", help="texts, one per line (throughput, stats)")
@@ -439,6 +517,9 @@ def main() -> None:
 
     if mode == "floor":
         floor(args.repeat)
+        return
+    if mode == "bf16-floor":
+        bf16_floor(args.repeat)
         return
     model_dir = args.model_dir or resolve_model_dir(args.model)
     if not os.path.isdir(model_dir):

@@ -237,6 +237,7 @@ fn inspect(args: InspectArgs, file: &ConfigFile) -> Result<()> {
     }
     line("default prompt", info.default_prompt_name.clone().unwrap_or_else(|| "none".into()));
     line("attention", p.fusion.clone());
+    line("precision", p.precision.clone());
     line("device", device.to_string());
     line("onnx runtime", info.onnx_runtime_version.clone());
     line("batches", format!("up to {} padded tokens, {} texts", budget.max_tokens, budget.max_rows));

@@ -22,6 +22,7 @@ use akidb_engine::{
     session::{
         cache::default_coreml_cache_dir,
         graph::AttentionOp,
+        precision::Precision,
         runtime::{ComputeUnits, CoreMlFormat, CoreMlOptions, Device, SessionOptions},
     },
     ModelOptions,
@@ -67,6 +68,9 @@ pub struct ModelArgs {
     /// The kernel fused attention runs on: akidb (akidb's own kernels), packed (ONNX Runtime's Attention), multihead (ONNX Runtime's MultiHeadAttention) [default: akidb on an AVX-512 CPU, else packed]
     #[arg(long, env = "AKIDB_ATTENTION", value_parser = choice::<AttentionOp>(&["akidb", "packed", "multihead"]))]
     pub attention: Option<AttentionOp>,
+    /// Matrix products: fp32; bf16 (inputs rounded to bf16, fp32 sums, akidb's kernel; needs a CPU with AVX512-BF16); auto (bf16 where the CPU has it, else fp32). bf16 is kept only when it passes a quality gate against fp32 on a probe batch [default: fp32]
+    #[arg(long, env = "AKIDB_PRECISION", value_parser = choice::<Precision>(&["fp32", "bf16", "auto"]))]
+    pub precision: Option<Precision>,
     /// Inference threads [default: one per physical core]
     #[arg(long, env = "AKIDB_THREADS")]
     pub threads: Option<usize>,
@@ -417,6 +421,7 @@ impl ModelArgs {
                 remeasure_device: self.remeasure_device.unwrap_or(d.session.remeasure_device),
                 profile: self.profile.clone().or(d.session.profile),
                 model_inputs: self.model_input.iter().map(|m| (m.name.clone(), m.value)).collect(),
+                precision: self.precision.unwrap_or(d.session.precision),
             },
             max_batch_tokens: self.max_batch_tokens.or(d.max_batch_tokens),
             max_batch_size: self.max_batch_size.unwrap_or(d.max_batch_size),
@@ -673,7 +678,11 @@ mod tests {
                 parsed += 1;
             }
         }
-        assert_eq!(parsed, 3 + 3 + 4 + 2, "device, attention kernel, compute units and model format names");
+        assert_eq!(
+            parsed,
+            3 + 3 + 3 + 4 + 2,
+            "device, attention kernel, precision, compute units and model format names"
+        );
     }
 
     #[test]

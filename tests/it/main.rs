@@ -17,6 +17,7 @@ mod hardening;
 mod models;
 mod onnxruntime_script;
 mod pipeline;
+mod precision;
 mod profile;
 mod prompts;
 mod release;

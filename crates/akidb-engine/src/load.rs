@@ -27,6 +27,7 @@ use crate::{
         cache::{self, Key},
         device::{self, Decision, DecisionCache, DeviceSession, Outcome},
         fusion::{self, Loaded, Rewrite, PROBE_TEXTS},
+        precision::{self, Chosen, Precision},
         runtime::{
             self, choose_provider, coreml_available, Device, Inputs, Provider, RuntimeError, Session, SessionOptions,
         },
@@ -105,8 +106,16 @@ impl SessionPlan {
         budget: Budget,
     ) -> Result<Self, EngineError> {
         let coreml_available = coreml_available();
-        // --device coreml without CoreML: a clear error, before anything is loaded.
+        // --device coreml without CoreML, --precision bf16 without AVX512-BF16: a clear error,
+        // before anything is loaded.
         choose_provider(options.session.device, coreml_available)?;
+        if options.session.precision == Precision::Bf16 && !akidb_kernels::bf16::hardware_bf16() {
+            return Err(RuntimeError::Load {
+                path: files.onnx_path.display().to_string(),
+                message: precision::NoBf16.to_string(),
+            }
+            .into());
+        }
         // Only CoreML's caches are keyed by the model's content: on the CPU nothing reads it.
         let content = if coreml_available {
             cache::content_hash(&files.onnx_path, cache::cache_dir().map(|d| d.join("hashes")).as_deref())
@@ -157,11 +166,16 @@ impl SessionPlan {
         matches!((self.device, self.coreml_available), (Device::Cpu, _) | (Device::Auto, false))
     }
 
-    /// The verified rewritten graph's session when ONNX Runtime's optimization of it is cached:
-    /// it needs no probe, so it loads while the tokenizer is parsed.
-    pub(crate) fn preload(&self) -> Option<Loaded> {
+    /// The serving session when its verdicts are cached, so that it needs no probe and loads
+    /// while the tokenizer is parsed: the bf16 graph an earlier gate kept (its precision decided
+    /// too), else the verified rewritten graph when ONNX Runtime's optimization of it is cached.
+    pub(crate) fn preload(&self) -> Option<(Loaded, Option<Chosen>)> {
         let heads = self.heads.filter(|_| self.cpu_serves())?;
-        fusion::preload(&self.onnx_path, heads, &self.cpu, self.graphs.as_deref())
+        let graphs = self.graphs.as_deref();
+        if let Some((loaded, chosen)) = precision::preload(&self.onnx_path, heads, &self.cpu, graphs) {
+            return Some((loaded, Some(chosen)));
+        }
+        fusion::preload(&self.onnx_path, heads, &self.cpu, graphs).map(|loaded| (loaded, None))
     }
 
     /// Step 5: the CPU session and what became of its graph's rewrite.
@@ -177,31 +191,51 @@ impl SessionPlan {
         Session::load(&self.onnx_path, None, &self.coreml)
     }
 
-    /// Step 6: the serving session, what became of its rewrite and why that device serves.
+    /// Step 6: the serving session, what became of its rewrite, its precision (on the CPU, bf16
+    /// where `--precision` asks and the gate passes) and why that device serves.
     pub(crate) fn choose_device(
         self,
-        preloaded: Option<Loaded>,
+        preloaded: Option<(Loaded, Option<Chosen>)>,
         probe: Probe,
         measure: Measure<'_>,
-    ) -> Result<(DeviceSession<Session>, Rewrite, Decision), EngineError> {
+    ) -> Result<(DeviceSession<Session>, Rewrite, Chosen, Decision), EngineError> {
         match (self.device, self.coreml_available) {
             (Device::Cpu, _) | (Device::Auto, false) => {
                 let reason = if self.device == Device::Cpu { "--device cpu" } else { device::NO_COREML };
-                let Loaded { session, rewrite } = match preloaded {
-                    Some(loaded) => loaded,
-                    None => self.cpu(&probe)?,
+                let (loaded, decided) = match preloaded {
+                    Some(preloaded) => preloaded,
+                    None => (self.cpu(&probe)?, None),
                 };
-                Ok((DeviceSession::new(session, None), rewrite, Decision::fixed(Provider::Cpu, reason)))
+                let (Loaded { session, rewrite }, chosen) = match (self.heads, decided) {
+                    (_, Some(chosen)) => (loaded, chosen),
+                    (Some(heads), None) => precision::apply(
+                        loaded,
+                        self.cpu.precision,
+                        &self.onnx_path,
+                        heads,
+                        &self.cpu,
+                        probe.inputs(),
+                        self.graphs.as_deref(),
+                    )?,
+                    (None, None) if self.cpu.precision == Precision::Fp32 => (loaded, Chosen::default()),
+                    (None, None) => {
+                        (loaded, Chosen::fp32("bf16 runs on akidb's rewritten graph, and this one runs as exported"))
+                    }
+                };
+                Ok((DeviceSession::new(session, None), rewrite, chosen, Decision::fixed(Provider::Cpu, reason)))
             }
             (Device::CoreMl, _) => {
                 let session = self.load_coreml()?;
                 let rewrite = Rewrite::AsExported(COREML_AS_EXPORTED.into());
-                Ok((DeviceSession::new(session, None), rewrite, Decision::fixed(Provider::CoreMl, "--device coreml")))
+                let decision = Decision::fixed(Provider::CoreMl, "--device coreml");
+                Ok((DeviceSession::new(session, None), rewrite, Chosen::fp32("CoreML serves"), decision))
             }
             (Device::Auto, true) => {
                 let cache = device_cache(&self.decision_key);
                 let load_coreml = |plan: &SessionPlan| plan.load_coreml();
-                choose_by_measurement(self, probe, &load_coreml, &measure, cache.as_ref())
+                let (session, rewrite, decision) =
+                    choose_by_measurement(self, probe, &load_coreml, &measure, cache.as_ref())?;
+                Ok((session, rewrite, Chosen::fp32("measured against CoreML in fp32"), decision))
             }
         }
     }

@@ -71,6 +71,8 @@ pub struct Pipeline {
     /// Attention blocks fused (akidb's kernels or ONNX Runtime's), and if none, why.
     pub fused_attention: usize,
     pub fusion: String,
+    /// `fp32 (…)` or `bf16 (…)`: what the matrix products run in, and why (`--precision`).
+    pub precision: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -170,7 +172,8 @@ impl Model {
             Ok(Vec::new().into())
         };
         let measure = Measure { tokenizer: &tokenizer, config: &config, dense: &dense, max_seq_length, budget };
-        let (session, rewrite, decision) = plan.choose_device(preloaded, probe, measure)?;
+        let (session, rewrite, precision, decision) = plan.choose_device(preloaded, probe, measure)?;
+        tracing::info!(precision = %precision.describe(), "matrix products");
         let fused_attention = rewrite.fused();
         let readout = session.run(|s| Ok(Readout::rows(&config, s.outputs(), &dense)))??;
         let pipeline = session.run(|s| {
@@ -196,6 +199,7 @@ impl Model {
                 padding_side: if tokenizer.pads_left() { "left" } else { "right" },
                 fused_attention,
                 fusion: rewrite.describe(),
+                precision: precision.describe(),
             })
         })?;
         tracing::info!(fused_attention, fusion = %pipeline.fusion, "attention");

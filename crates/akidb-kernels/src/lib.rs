@@ -10,6 +10,9 @@
 //!   are read, so the projection before it is a plain `MatMul`.
 //! - `SkipLayerNorm` and `BiasGelu` (`rowwise`): what ONNX Runtime runs as two or three passes
 //!   over memory (bias `Add`, residual `Add`, `LayerNormalization`; bias `Add`, `Gelu`), in one.
+//! - `MatMulBf16` (`bf16`): ONNX Runtime 1.31 has no bf16 GEMM on x86; this product rounds its
+//!   inputs to bf16 and sums in fp32 with AVX512-BF16's `vdpbf16ps`, from weights packed at
+//!   rewrite time (`--precision bf16`, kept only when a quality gate passes).
 //! - `Unpad` / `Repad` (`unpad`): the encoder between them works on real tokens only, so no
 //!   matrix product is spent on padding (attention then takes the rows' extents from the mask).
 //!
@@ -23,6 +26,7 @@
 //! Measured in docs/performance.md ("Levers of issue #15").
 
 mod attention;
+pub mod bf16;
 mod ops;
 mod rowwise;
 mod simd;
@@ -34,7 +38,7 @@ mod speed;
 mod tests;
 
 pub use attention::{measured_faster, supported_head_size};
-pub use ops::{operators, ATTENTION, BIAS_GELU, DOMAIN, REPAD, SKIP_LAYER_NORM, UNPAD};
+pub use ops::{operators, ATTENTION, BIAS_GELU, DOMAIN, MATMUL_BF16, REPAD, SKIP_LAYER_NORM, UNPAD};
 
 /// Part of the key of a verified graph (`fusion`): a change to any kernel's arithmetic must bump
 /// it, so graphs verified against the old kernels are verified again.

@@ -4,6 +4,7 @@
 //! work over ONNX Runtime's own intra-op thread pool (`par_for`). No arithmetic here.
 
 use crate::attention::{self, supported_head_size, Shape};
+use crate::bf16::{Bf16Isa, MatMul};
 use crate::rowwise::{Gelu, Norm};
 use crate::simd::Out;
 use crate::unpad::Unpad;
@@ -15,7 +16,13 @@ pub const ATTENTION: &str = "Attention";
 
 /// akidb's operators, to register with every session that may load a rewritten graph.
 pub fn operators() -> ort::Result<ort::operator::OperatorDomain> {
-    ort::operator::OperatorDomain::new(DOMAIN)?.add(AttentionOp)?.add(NormOp)?.add(GeluOp)?.add(UnpadOp)?.add(RepadOp)
+    ort::operator::OperatorDomain::new(DOMAIN)?
+        .add(AttentionOp)?
+        .add(NormOp)?
+        .add(GeluOp)?
+        .add(UnpadOp)?
+        .add(RepadOp)?
+        .add(MatMulBf16Op)
 }
 
 /// `N` required float inputs.
@@ -86,6 +93,76 @@ impl ort::operator::Kernel for GeluKernel {
         // SAFETY: `Gelu::item`'s contract: `run_row_wise` runs only when `items()` is `Some(n)`,
         // calls each item i < n once, and with an output of x.len() floats.
         run_row_wise(ctx, BIAS_GELU, dims, gelu.x.len(), gelu.items(), |out, i| unsafe { gelu.item(out, i) })
+    }
+}
+
+/// The bf16 matrix product's operator name in [`DOMAIN`].
+pub const MATMUL_BF16: &str = "MatMulBf16";
+
+/// `MatMulBf16(x float [..., k], w uint16 packed) → [..., n]` with attributes `k` and `n`: `x · W`
+/// with bf16 inputs and fp32 sums, `W` [k, n] packed by [`crate::bf16::pack`].
+struct MatMulBf16Op;
+
+impl ort::operator::Operator for MatMulBf16Op {
+    type Kernel<'attr> = MatMulBf16Kernel;
+
+    fn name(&self) -> &str {
+        MATMUL_BF16
+    }
+
+    fn inputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorInput> {
+        use ort::{operator::OperatorInput, value::TensorElementType};
+        [OperatorInput::required(TensorElementType::Float32), OperatorInput::required(TensorElementType::Uint16)]
+    }
+
+    fn outputs(&self) -> impl IntoIterator<Item = ort::operator::OperatorOutput> {
+        float_output()
+    }
+
+    fn create_kernel<'attr>(&self, ctx: &ort::operator::KernelContext<'attr>) -> ort::Result<MatMulBf16Kernel> {
+        let size = |name: &str| {
+            ctx.get::<i64>(name)
+                .and_then(|v| usize::try_from(v).ok())
+                .filter(|&v| v > 0)
+                .ok_or_else(|| ort::Error::new(format!("akidb MatMulBf16: {name} must be a positive integer")))
+        };
+        Ok(MatMulBf16Kernel { k: size("k")?, n: size("n")?, isa: Bf16Isa::best() })
+    }
+}
+
+struct MatMulBf16Kernel {
+    k: usize,
+    n: usize,
+    isa: Bf16Isa,
+}
+
+impl ort::operator::Kernel for MatMulBf16Kernel {
+    fn compute(&mut self, ctx: &ort::operator::ComputeContext) -> ort::Result<()> {
+        let input = |i: usize| ctx.input(i)?.ok_or_else(|| ort::Error::new("akidb MatMulBf16: missing input"));
+        let (x, w) = (input(0)?, input(1)?);
+        let (dims, x) = x.try_extract_tensor::<f32>()?;
+        let (_, w) = w.try_extract_tensor::<u16>()?;
+        let product = MatMul { x, k: self.k, n: self.n, w };
+        let bad =
+            || ort::Error::new(format!("akidb MatMulBf16: sizes do not fit (x {dims:?}, k {}, n {})", self.k, self.n));
+        let items = product.items().ok_or_else(bad)?;
+        if dims.last().and_then(|&d| usize::try_from(d).ok()) != Some(self.k) {
+            return Err(bad());
+        }
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = self.n as i64;
+        }
+        let mut out = ctx.output(0, shape)?.ok_or_else(|| ort::Error::new("akidb MatMulBf16: no output"))?;
+        let (_, out) = out.try_extract_tensor_mut::<f32>()?;
+        if out.len() != product.rows() * self.n {
+            return Err(ort::Error::new("akidb MatMulBf16: output of the wrong size"));
+        }
+        let (out, isa) = (Out::new(out), self.isa);
+        // SAFETY: `MatMul::item`'s contract: `items` is `product.items()`, par_for calls each
+        // i < items once, the output holds rows · n floats (checked above), and `isa` is
+        // `Bf16Isa::best()`, which this CPU runs.
+        ctx.par_for(items, items, |i| unsafe { product.item(out, i, isa) })
     }
 }
 

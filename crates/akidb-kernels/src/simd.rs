@@ -268,6 +268,73 @@ mod x86 {
 
     use super::{Kernel, ROUND, V16};
 
+    /// `x` rounded to bf16 pairs, 32 floats per `vcvtne2ps2bf16`; the tail through masks.
+    ///
+    /// # Safety
+    /// As [`super::bf16_pairs`].
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_pairs(x: &[f32], a: &mut [u32]) {
+        let (xp, ap) = (x.as_ptr(), a.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY: each full step reads x[i .. i + 32] (i + 32 ≤ x.len()) and writes
+        // a[i/2 .. i/2 + 16]; the tail reads only x's remaining `rest` floats and writes ⌈rest/2⌉
+        // pairs, inside `a` (⌈x.len() / 2⌉ long: the caller's promise); the CPU has AVX512-BF16.
+        unsafe {
+            while i + 32 <= x.len() {
+                let (lo, hi) = (_mm512_loadu_ps(xp.add(i)), _mm512_loadu_ps(xp.add(i + 16)));
+                let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_storeu_si512(ap.add(i / 2).cast(), pairs);
+                i += 32;
+            }
+            let rest = x.len() - i;
+            if rest > 0 {
+                let mask = |n: usize| if n >= 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 };
+                let lo = _mm512_maskz_loadu_ps(mask(rest.min(16)), xp.add(i));
+                let hi = _mm512_maskz_loadu_ps(mask(rest.saturating_sub(16)), xp.add(i + 16));
+                let pairs = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                _mm512_mask_storeu_epi32(ap.add(i / 2).cast(), mask(rest.div_ceil(2)), pairs);
+            }
+        }
+    }
+
+    /// The bf16 micro-tile: `R` rows × 32 columns, 2·R fp32 accumulators, one `vdpbf16ps` per
+    /// row, register and pair of `k`; the pair of `a` is broadcast from memory.
+    ///
+    /// # Safety
+    /// As [`super::bf16_tile`], with `rows` = `R` ≤ 12 and pointers to its slices.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn bf16_tile<const R: usize>(
+        a: *const u32,
+        pairs: usize,
+        b: *const u16,
+        c: *mut f32,
+        ldc: usize,
+        cols: usize,
+    ) {
+        // SAFETY: every read is inside `a` (R rows of `pairs`) or `b` (`pairs` blocks of 64), every
+        // write inside the `R` × `cols` block of `c` the caller lends us; the CPU has AVX512-BF16.
+        unsafe {
+            let mut acc = [[_mm512_setzero_ps(); 2]; R];
+            for p in 0..pairs {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 64).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * 64 + 32).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let pair: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(r * pairs + p) as i32));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
+                }
+            }
+            // The panel's real columns: all 32 but in a weight's last, narrower panel.
+            let mask = |n: usize| if n >= 16 { u16::MAX } else { ((1u32 << n) - 1) as u16 };
+            let (low, high) = (mask(cols.min(16)), mask(cols.saturating_sub(16)));
+            for (r, acc) in acc.iter().enumerate() {
+                let row = c.add(r * ldc);
+                _mm512_mask_storeu_ps(row, low, acc[0]);
+                _mm512_mask_storeu_ps(row.add(16), high, acc[1]);
+            }
+        }
+    }
+
     /// Runs `kernel` compiled for AVX-512F.
     ///
     /// # Safety
@@ -438,6 +505,55 @@ mod x86 {
             }
         }
     }
+}
+
+/// Whether the CPU has AVX512-BF16 (`vdpbf16ps`): the precondition of [`bf16_tile`]. Never under
+/// Miri (it runs no `#[target_feature]` code the build did not enable).
+pub(crate) fn has_avx512_bf16() -> bool {
+    #[cfg(all(target_arch = "x86_64", not(miri)))]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+    {
+        false
+    }
+}
+
+/// `x` rounded to bf16 (to nearest even; subnormal inputs become zero, as `vcvtne2ps2bf16` has
+/// it) as pairs: `a[p]` holds `x[2p]` in its low half and `x[2p + 1]` (0 past the end) in its high.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`has_avx512_bf16`]); `a.len()` = ⌈`x.len()` / 2⌉.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe fn bf16_pairs(x: &[f32], a: &mut [u32]) {
+    assert_eq!(a.len(), x.len().div_ceil(2), "one pair per two floats");
+    // SAFETY: the sizes were just checked; the CPU is the caller's promise.
+    unsafe { x86::bf16_pairs(x, a) }
+}
+
+/// One micro-tile of the bf16 product (`bf16`): `rows` (≤ `bf16::MR`) rows of bf16 pairs `a`
+/// (row-major: `a[r · pairs + p]`) times one packed panel `b`, the fp32 sums written to `cols`
+/// (≤ 32) columns of `c`.
+///
+/// # Safety
+/// The CPU has AVX512-BF16 ([`has_avx512_bf16`]); `a` holds `rows · pairs` pairs and `b`
+/// `pairs · 64` values; `c` is valid for writes of `rows` rows of `cols` floats at stride `ldc`
+/// that nothing else accesses meanwhile.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn bf16_tile(a: &[u32], pairs: usize, b: &[u16], c: *mut f32, ldc: usize, rows: usize, cols: usize) {
+    debug_assert!(a.len() >= rows * pairs && b.len() >= pairs * 64 && cols <= 32);
+    macro_rules! rows {
+        ($($r:literal)*) => {
+            match rows {
+                // SAFETY: the caller's promises are `tile`'s, with R = rows.
+                $($r => unsafe { x86::bf16_tile::<$r>(a.as_ptr(), pairs, b.as_ptr(), c, ldc, cols) },)*
+                _ => unreachable!("a micro-tile has 1 to 12 rows, not {rows}"),
+            }
+        };
+    }
+    rows!(1 2 3 4 5 6 7 8 9 10 11 12)
 }
 
 #[cfg(test)]

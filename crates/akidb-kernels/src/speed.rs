@@ -27,3 +27,39 @@ fn gflops() {
         }
     }
 }
+
+/// Single-thread GFLOP/s of the bf16 product at MiniLM's shapes (2048 rows: a full batch) against
+/// an fp32 reference count: `cargo test -p akidb-kernels --release speed -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bf16_gflops() {
+    use crate::bf16::{pack, Bf16Isa, MatMul};
+    use crate::simd::Out;
+    for (k, n) in [(384usize, 1152usize), (384, 384), (384, 1536), (1536, 384)] {
+        let rows = 2048;
+        let x: Vec<f32> = (0..rows * k).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let w: Vec<f32> = (0..k * n).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+        let packed = pack(&w, k, n);
+        let product = MatMul { x: &x, k, n, w: &packed };
+        let mut out = vec![0f32; rows * n];
+        let isa = Bf16Isa::best();
+        let items = product.items().unwrap();
+        let mut run = || {
+            let handle = Out::new(&mut out);
+            for i in 0..items {
+                // SAFETY: i < items, the output holds rows · n floats, one item at a time, `isa`
+                // is this CPU's best.
+                unsafe { product.item(handle, i, isa) };
+            }
+        };
+        run();
+        let reps = 10;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            run();
+        }
+        let secs = t.elapsed().as_secs_f64() / reps as f64;
+        let flop = (2 * rows * k * n) as f64;
+        println!("{isa:?} [{rows}x{k}]·[{k}x{n}]: {:.2} ms, {:.1} GFLOP/s", secs * 1e3, flop / secs / 1e9);
+    }
+}

@@ -124,8 +124,9 @@ impl CacheEntry {
     /// saved so later starts load it with optimizations off and map its weights instead of
     /// copying them. Keyed beyond the entry's key (content, akidb and ONNX Runtime versions) by
     /// this CPU (the saved graph may hold kernels chosen for it) and the fused file's size and
-    /// modification time, so a fused graph that is replaced invalidates it.
-    pub fn optimized_dir(&self, fused_graph: &Path, fused: usize) -> std::io::Result<PathBuf> {
+    /// modification time, so a fused graph that is replaced invalidates it. `variant` tells the
+    /// graphs made from the fused one apart (`""` for it, `".bf16"` for its bf16 products).
+    pub fn optimized_dir(&self, fused_graph: &Path, fused: usize, variant: &str) -> std::io::Result<PathBuf> {
         let meta = std::fs::metadata(fused_graph)?;
         let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let key = Key::new("optimized-graph")
@@ -134,7 +135,7 @@ impl CacheEntry {
             .with("size", meta.len())
             .with("modified", modified)
             .short();
-        Ok(self.dir.join(format!("{}{}-{fused}.opt-{key}", self.prefix, self.key)))
+        Ok(self.dir.join(format!("{}{}-{fused}{variant}.opt-{key}", self.prefix, self.key)))
     }
 
     pub fn rejected_path(&self) -> PathBuf {
@@ -167,15 +168,16 @@ const OPTIMIZED_FORMAT: u32 = 2;
 /// when there is one (no graph optimizations, weights mapped from the file: the cold start's
 /// largest costs), else the graph loaded with full optimizations, whose optimized form is saved,
 /// checked against it on the probe batch and kept for the next start. `Err` only when `cached`
-/// itself does not load.
-fn load_cached(
+/// itself does not load. `variant` as for [`CacheEntry::optimized_dir`].
+pub(crate) fn load_cached(
     entry: &CacheEntry,
     cached: &Path,
     fused: usize,
+    variant: &str,
     options: &SessionOptions,
     probe: Inputs<'_>,
 ) -> Result<Session, RuntimeError> {
-    let Ok(dir) = entry.optimized_dir(cached, fused) else { return Session::load(cached, None, options) };
+    let Ok(dir) = entry.optimized_dir(cached, fused, variant) else { return Session::load(cached, None, options) };
     let graph = dir.join("model.onnx");
     if graph.exists() {
         match Session::load_with(&graph, None, options, &Optimization::Done) {
@@ -205,7 +207,7 @@ fn load_cached(
     let result = match checked {
         Ok(optimized) => {
             // Older optimizations of this entry (another fused file, another CPU) go first.
-            let stem = format!("{}{}-{fused}.opt-", entry.prefix, entry.key);
+            let stem = format!("{}{}-{fused}{variant}.opt-", entry.prefix, entry.key);
             entry.prune(|n| n.starts_with(&stem));
             match std::fs::rename(&tmp, &dir) {
                 Ok(()) => tracing::debug!(elapsed = ?started.elapsed(), "saved and checked the optimized graph"),
@@ -229,12 +231,24 @@ fn load_cached(
 pub fn preload(onnx_path: &Path, heads: usize, options: &SessionOptions, cache_dir: Option<&Path>) -> Option<Loaded> {
     let entry = CacheEntry::new(cache_dir?, onnx_path, heads, options.attention()).ok()?;
     let (cached, fused) = entry.cached()?;
-    let graph = entry.optimized_dir(&cached, fused).ok()?.join("model.onnx");
-    if !graph.exists() {
+    let session = load_optimized(&entry, &cached, fused, "", options)?;
+    Some(Loaded { session, rewrite: Rewrite::Fused(fused) })
+}
+
+/// ONNX Runtime's saved optimization of `graph` (made from the fused graph with `fused` blocks;
+/// `variant` as for [`CacheEntry::optimized_dir`]) when there is one and it loads.
+pub(crate) fn load_optimized(
+    entry: &CacheEntry,
+    graph: &Path,
+    fused: usize,
+    variant: &str,
+    options: &SessionOptions,
+) -> Option<Session> {
+    let optimized = entry.optimized_dir(graph, fused, variant).ok()?.join("model.onnx");
+    if !optimized.exists() {
         return None;
     }
-    let session = Session::load_with(&graph, None, options, &Optimization::Done).ok()?;
-    Some(Loaded { session, rewrite: Rewrite::Fused(fused) })
+    Session::load_with(&optimized, None, options, &Optimization::Done).ok()
 }
 
 /// Loads `onnx_path` with its attention blocks fused when a verified fused graph is cached or
@@ -265,7 +279,7 @@ pub fn load(
             ));
         }
         if let Some((cached, fused)) = entry.cached() {
-            match load_cached(&entry, &cached, fused, options, probe) {
+            match load_cached(&entry, &cached, fused, "", options, probe) {
                 Ok(session) => return Ok(Loaded { session, rewrite: Rewrite::Fused(fused) }),
                 Err(e) => {
                     tracing::warn!("the cached fused graph {} did not load ({e}); making it again", cached.display());

@@ -198,6 +198,22 @@ pub struct SessionOptions {
     /// Values for graph inputs only the model knows the meaning of (jina-v3's `task_id`),
     /// declared rather than guessed: each is an int64 filled into the input's shape ([`Feed`]).
     pub model_inputs: std::collections::BTreeMap<String, i64>,
+    /// fp32, or bf16 matrix products behind a quality gate (see `precision`).
+    pub precision: Precision,
+}
+
+/// Which arithmetic the matrix products use (`--precision`, `AKIDB_PRECISION`, `precision`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// float32 throughout (ONNX Runtime's sgemm).
+    #[default]
+    Fp32,
+    /// bf16 products with fp32 sums where the CPU has AVX512-BF16 and the gate passes, an error
+    /// on a CPU without it.
+    Bf16,
+    /// bf16 where the CPU has AVX512-BF16 and the gate passes, else fp32.
+    Auto,
 }
 
 impl Default for SessionOptions {
@@ -211,6 +227,7 @@ impl Default for SessionOptions {
             remeasure_device: false,
             profile: None,
             model_inputs: Default::default(),
+            precision: Default::default(),
         }
     }
 }

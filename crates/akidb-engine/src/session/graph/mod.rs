@@ -18,15 +18,18 @@
 //! The passes, in the order [`fuse_attention`] runs them: `attention` (the blocks), `rowwise`
 //! (LayerNorm and GELU, akidb's kernels only), `unpad` (the encoder on real tokens), `prune`
 //! (what the fused-away nodes left unread); `index` is the lookup they all match through, `io`
-//! the file format.
+//! the file format. `bf16` ([`to_bf16`]) is a further pass over a verified fused graph, for
+//! `--precision bf16`.
 
 mod attention;
+mod bf16;
 mod index;
 mod io;
 mod prune;
 mod rowwise;
 mod unpad;
 
+pub use bf16::to_bf16;
 pub use io::{decode_model, read_model, write_model};
 pub use onnx_protobuf::ModelProto;
 use onnx_protobuf::{attribute_proto::AttributeType, AttributeProto, NodeProto, OperatorSetIdProto};
