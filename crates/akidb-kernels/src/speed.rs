@@ -63,3 +63,31 @@ fn bf16_gflops() {
         println!("{isa:?} [{rows}x{k}]·[{k}x{n}]: {:.2} ms, {:.1} GFLOP/s", secs * 1e3, flop / secs / 1e9);
     }
 }
+
+/// Single-thread GFLOP/s of the bf16 micro-tile alone, its operands in cache: the ceiling the
+/// whole product (`bf16_gflops`) approaches (AVX512-BF16 only):
+/// `cargo test -p akidb-kernels --release --lib bf16_tile_alone -- --ignored --nocapture`.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore]
+fn bf16_tile_alone() {
+    if !crate::simd::has_avx512_bf16() {
+        return println!("no AVX512-BF16 on this CPU");
+    }
+    for k in [192usize, 384, 1536] {
+        let pairs = k / 2;
+        let a: Vec<u32> = (0..12 * pairs).map(|i| (i as u32 % 97) * 0x10001 + 0x3c00_3c00).collect();
+        let b: Vec<u16> = (0..pairs * 64).map(|i| 0x3c00 + (i % 31) as u16).collect();
+        let mut c = vec![0f32; 12 * 32];
+        let reps = 20_000_000 / pairs;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            // SAFETY: `a` holds 12 rows of `pairs`, `b` one panel of `pairs`, `c` 12 rows of 32;
+            // the CPU has AVX512-BF16 (checked above).
+            unsafe { crate::simd::bf16_tile(&a, pairs, &b, c.as_mut_ptr(), 32, 12, 32) };
+            std::hint::black_box(&mut c);
+        }
+        let secs = t.elapsed().as_secs_f64();
+        println!("12x32 tile, k {k}: {:.1} GFLOP/s", (reps * 12 * 32 * k * 2) as f64 / secs / 1e9);
+    }
+}

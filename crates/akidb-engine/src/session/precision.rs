@@ -202,7 +202,7 @@ fn remembered(
     match session {
         Ok(session) => {
             let chosen =
-                Chosen { bf16: true, why: "passed its quality gate on the probe batch (verdict cached)".into() };
+                Chosen { bf16: true, why: "passed its quality gate on the probe batch; verdict cached".into() };
             Some(Ok((Loaded { session, rewrite: Rewrite::Fused(fused) }, chosen)))
         }
         Err(e) => {
