@@ -182,7 +182,7 @@ fn a_kept_verdict_loads_bf16_alone_on_the_next_start() {
     let fp32 = fusion::load(&onnx, 2, &options, probe.inputs(), Some(cache.path())).unwrap();
     assert!(precision::preload(&onnx, 2, &options, Some(cache.path())).is_none(), "no verdict yet");
     let (gated, chosen) =
-        precision::apply(fp32, Precision::Bf16, &onnx, 2, &options, probe.inputs(), Some(cache.path())).unwrap();
+        precision::apply(fp32, Precision::Bf16, &onnx, Some(2), &options, probe.inputs(), Some(cache.path())).unwrap();
     assert!(chosen.bf16, "{chosen:?}");
     let names: Vec<String> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -248,7 +248,7 @@ fn the_gate_refuses_a_damaged_bf16_graph_and_remembers_a_refusal() {
     // A remembered refusal: fp32, saying why.
     std::fs::write(fused.with_extension("bf16-rejected"), format!("{why}\n")).unwrap();
     let (loaded, chosen) =
-        precision::apply(fp32, Precision::Bf16, &onnx, 2, &options, probe.inputs(), Some(cache.path())).unwrap();
+        precision::apply(fp32, Precision::Bf16, &onnx, Some(2), &options, probe.inputs(), Some(cache.path())).unwrap();
     assert!(!chosen.bf16 && chosen.why.contains("remembered in"), "{chosen:?}");
     assert_eq!(loaded.rewrite, Rewrite::Fused(2));
 }

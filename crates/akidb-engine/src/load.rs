@@ -206,21 +206,17 @@ impl SessionPlan {
                     Some(preloaded) => preloaded,
                     None => (self.cpu(&probe)?, None),
                 };
-                let (Loaded { session, rewrite }, chosen) = match (self.heads, decided) {
-                    (_, Some(chosen)) => (loaded, chosen),
-                    (Some(heads), None) => precision::apply(
+                let (Loaded { session, rewrite }, chosen) = match decided {
+                    Some(chosen) => (loaded, chosen),
+                    None => precision::apply(
                         loaded,
                         self.cpu.precision,
                         &self.onnx_path,
-                        heads,
+                        self.heads,
                         &self.cpu,
                         probe.inputs(),
                         self.graphs.as_deref(),
                     )?,
-                    (None, None) if self.cpu.precision == Precision::Fp32 => (loaded, Chosen::default()),
-                    (None, None) => {
-                        (loaded, Chosen::fp32("bf16 runs on akidb's rewritten graph, and this one runs as exported"))
-                    }
                 };
                 Ok((DeviceSession::new(session, None), rewrite, chosen, Decision::fixed(Provider::Cpu, reason)))
             }

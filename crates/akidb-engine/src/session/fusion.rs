@@ -395,15 +395,35 @@ pub fn adopt(
     Ok(result)
 }
 
-/// Runs both sessions on `probe`; `Ok(worst agreement)` when they agree, else why not. Hidden
-/// states agree when every real (unpadded) token's vector has a cosine of at least
-/// [`FUSED_MIN_COSINE`]; the logits of a classification head when every one is within
-/// [`LOGIT_TOLERANCE`] (relative above 1), reported as 1 − the largest difference.
+/// How closely a candidate session's outputs on the probe batch must follow the reference's.
+#[derive(Debug, Clone, Copy)]
+pub struct Agreement {
+    /// Hidden states: every real (unpadded) token's vector has at least this cosine.
+    pub min_cosine: f64,
+    /// A head's logits: every one within this, relative above 1.
+    pub logit_tolerance: f64,
+    /// A head's logits: the probe texts ranked the same by the first logit, too.
+    pub same_ranking: bool,
+}
+
+/// What the fused graph must keep of the exported one: everything, to float rounding.
+pub const FUSED: Agreement =
+    Agreement { min_cosine: FUSED_MIN_COSINE, logit_tolerance: LOGIT_TOLERANCE, same_ranking: false };
+
+/// Runs both sessions on `probe`; `Ok(worst agreement)` when the fused graph agrees with the
+/// original ([`FUSED`]), else why not.
 pub fn verify(original: &Session, fused: &Session, probe: Inputs<'_>) -> Result<f64, String> {
+    agree(original, fused, probe, &FUSED)
+}
+
+/// Runs both sessions on `probe`; `Ok(worst agreement)` when `candidate` follows `reference` as
+/// `bar` asks, else why not. Hidden states ([batch, tokens, dim]) by the cosine of every real
+/// token; 2-D outputs are a head's logits, reported as 1 − the largest relative difference.
+pub fn agree(reference: &Session, candidate: &Session, probe: Inputs<'_>, bar: &Agreement) -> Result<f64, String> {
     let run = |s: &Session| {
         s.run(probe, |h: ArrayViewD<'_, f32>| h.to_owned()).map_err(|e| format!("the probe run failed: {e}"))
     };
-    let (a, b): (ArrayD<f32>, ArrayD<f32>) = (run(original)?, run(fused)?);
+    let (a, b): (ArrayD<f32>, ArrayD<f32>) = (run(reference)?, run(candidate)?);
     if a.shape() != b.shape() {
         return Err(format!("outputs of shape {:?} instead of {:?}", b.shape(), a.shape()));
     }
@@ -412,25 +432,35 @@ pub fn verify(original: &Session, fused: &Session, probe: Inputs<'_>) -> Result<
         for ((index, &x), &y) in a.indexed_iter().zip(b.iter()) {
             let (row, label) = (index[0], index[1]);
             let diff = f64::from((x - y).abs()) / f64::from(x.abs()).max(1.0);
-            if diff.is_nan() || diff > LOGIT_TOLERANCE {
+            if diff.is_nan() || diff > bar.logit_tolerance {
                 return Err(format!("probe text {row}, logit {label}: {y} instead of {x}"));
             }
             largest = largest.max(diff);
+        }
+        if bar.same_ranking {
+            let order = |m: &ArrayD<f32>| {
+                let mut rows: Vec<usize> = (0..m.shape()[0]).collect();
+                rows.sort_by(|&i, &j| m[[j, 0]].total_cmp(&m[[i, 0]]));
+                rows
+            };
+            if order(&a) != order(&b) {
+                return Err(format!("the probe texts rank {:?} instead of {:?}", order(&b), order(&a)));
+            }
         }
         return Ok(1.0 - largest);
     }
     let mut worst = 1.0f64;
     for (row, (x, y)) in a.axis_iter(Axis(0)).zip(b.axis_iter(Axis(0))).enumerate() {
         for (t, (u, v)) in x.axis_iter(Axis(0)).zip(y.axis_iter(Axis(0))).enumerate() {
-            if probe.attention_mask[[row, t]] == 0 {
+            if probe.attention_mask.get([row, t]).is_some_and(|&m| m == 0) {
                 continue;
             }
             let dot: f64 = u.iter().zip(v.iter()).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
             let norms = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt()
                 * v.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
             let cosine = if norms > 0.0 { dot / norms } else { f64::from(u == v) };
-            if cosine.is_nan() || cosine < FUSED_MIN_COSINE {
-                return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {FUSED_MIN_COSINE}"));
+            if cosine.is_nan() || cosine < bar.min_cosine {
+                return Err(format!("probe text {row}, token {t}: cosine {cosine:.7} < {}", bar.min_cosine));
             }
             worst = worst.min(cosine);
         }

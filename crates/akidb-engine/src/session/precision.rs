@@ -8,11 +8,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{ArrayD, ArrayViewD, Axis};
-
 use crate::session::{
     cache,
-    fusion::{self, CacheEntry, Loaded, Rewrite},
+    fusion::{self, Agreement, CacheEntry, Loaded, Rewrite},
     graph::{self, AttentionOp},
     runtime::{Inputs, RuntimeError, Session, SessionOptions},
 };
@@ -56,14 +54,14 @@ impl Default for Chosen {
 pub struct NoBf16;
 
 /// The serving session for `precision`: `fp32` as it is; otherwise the bf16 graph made from the
-/// verified fused graph `fp32` runs, kept when the gate passes (the fp32 session is then dropped,
-/// and its weights with it). `Err` only for `bf16` on a CPU without AVX512-BF16, or when the
-/// fp32 graph itself fails.
+/// verified fused graph `fp32` runs (rewritten with `heads` attention heads), kept when the gate
+/// passes (the fp32 session is then dropped, and its weights with it). `Err` only for `bf16` on a
+/// CPU without AVX512-BF16.
 pub fn apply(
     fp32: Loaded,
     precision: Precision,
     onnx_path: &Path,
-    heads: usize,
+    heads: Option<usize>,
     options: &SessionOptions,
     probe: Inputs<'_>,
     cache_dir: Option<&Path>,
@@ -79,9 +77,10 @@ pub fn apply(
             _ => Ok((fp32, Chosen::fp32("--precision auto: this CPU has no AVX512-BF16"))),
         };
     }
-    let Rewrite::Fused(fused) = fp32.rewrite else {
+    let (Rewrite::Fused(fused), Some(heads)) = (&fp32.rewrite, heads) else {
         return Ok((fp32, Chosen::fp32("bf16 runs on akidb's rewritten graph, and this one runs as exported")));
     };
+    let fused = *fused;
     if options.attention() != AttentionOp::Akidb {
         return Ok((
             fp32,
@@ -225,51 +224,11 @@ fn rejected_path(fused: &Path) -> PathBuf {
     fused.with_extension("bf16-rejected")
 }
 
-/// Runs both sessions on `probe`; `Ok(worst agreement)` when bf16 is close enough to fp32, else
-/// why not: hidden states by the cosine of every real token ([`MIN_COSINE`]); a head's logits
-/// each within [`LOGIT_TOLERANCE`] (relative above 1) and ranked the same.
+/// The bar bf16 must clear against fp32 (see the module's documentation).
+pub const GATE: Agreement = Agreement { min_cosine: MIN_COSINE, logit_tolerance: LOGIT_TOLERANCE, same_ranking: true };
+
+/// Runs both sessions on `probe`; `Ok(worst agreement)` when bf16 clears [`GATE`] against fp32,
+/// else why not.
 pub fn gate(fp32: &Session, bf16: &Session, probe: Inputs<'_>) -> Result<f64, String> {
-    let run = |s: &Session| {
-        s.run(probe, |h: ArrayViewD<'_, f32>| h.to_owned()).map_err(|e| format!("the probe run failed: {e}"))
-    };
-    let (a, b): (ArrayD<f32>, ArrayD<f32>) = (run(fp32)?, run(bf16)?);
-    if a.shape() != b.shape() {
-        return Err(format!("outputs of shape {:?} instead of {:?}", b.shape(), a.shape()));
-    }
-    if a.ndim() == 2 {
-        let mut largest = 0f64;
-        for ((index, &x), &y) in a.indexed_iter().zip(b.iter()) {
-            let diff = f64::from((x - y).abs()) / f64::from(x.abs()).max(1.0);
-            if diff.is_nan() || diff > LOGIT_TOLERANCE {
-                return Err(format!("probe text {}, logit {}: {y} instead of {x}", index[0], index[1]));
-            }
-            largest = largest.max(diff);
-        }
-        let order = |m: &ArrayD<f32>| {
-            let mut rows: Vec<usize> = (0..m.shape()[0]).collect();
-            rows.sort_by(|&i, &j| m[[j, 0]].total_cmp(&m[[i, 0]]));
-            rows
-        };
-        if order(&a) != order(&b) {
-            return Err(format!("the probe texts rank {:?} instead of {:?}", order(&b), order(&a)));
-        }
-        return Ok(1.0 - largest);
-    }
-    let mut worst = 1.0f64;
-    for (row, (x, y)) in a.axis_iter(Axis(0)).zip(b.axis_iter(Axis(0))).enumerate() {
-        for (t, (u, v)) in x.axis_iter(Axis(0)).zip(y.axis_iter(Axis(0))).enumerate() {
-            if probe.attention_mask.get([row, t]).is_some_and(|&m| m == 0) {
-                continue;
-            }
-            let dot: f64 = u.iter().zip(v.iter()).map(|(p, q)| f64::from(*p) * f64::from(*q)).sum();
-            let norms = u.iter().map(|p| f64::from(*p).powi(2)).sum::<f64>().sqrt()
-                * v.iter().map(|q| f64::from(*q).powi(2)).sum::<f64>().sqrt();
-            let cosine = if norms > 0.0 { dot / norms } else { f64::from(u == v) };
-            if cosine.is_nan() || cosine < MIN_COSINE {
-                return Err(format!("probe text {row}, token {t}: cosine {cosine:.6} < {MIN_COSINE}"));
-            }
-            worst = worst.min(cosine);
-        }
-    }
-    Ok(worst)
+    fusion::agree(fp32, bf16, probe, &GATE)
 }
